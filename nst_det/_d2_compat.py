@@ -18,6 +18,7 @@ import logging
 import random
 import sys
 import types
+import warnings
 
 import numpy as np
 import torch
@@ -160,8 +161,12 @@ def install():
     global _installed
     if _installed:
         return
-    _install_stand_in_C()
-    _fix_lr_scheduler_hook()
-    _fix_map_dataset_fallback()
-    _fix_voc_evaluator_numpy()
+    with warnings.catch_warnings():
+        # Detectron2 scripts a few helpers with torch.jit.script at import time; torch >= 2.10
+        # deprecates it. That is Detectron2's business, not the user's: keep the log clean.
+        warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
+        _install_stand_in_C()
+        _fix_lr_scheduler_hook()
+        _fix_map_dataset_fallback()
+        _fix_voc_evaluator_numpy()
     _installed = True
