@@ -1,0 +1,129 @@
+"""Every config key of the classification stage (``tools/train_cls.py``), with its default.
+
+Yaml files in ``configs/imagenet`` and ``configs/demo`` inherit with ``_BASE_`` and list only what they
+change; a key that is not defined here is an error (``KeyError: 'Non-existent config key: ...'``).
+"""
+import os
+
+from fvcore.common.config import CfgNode as CN
+
+__all__ = ["get_cls_config", "load_cls_config"]
+
+
+def get_cls_config() -> CN:
+    """A fresh config with every classification key at its default."""
+    _C = CN()
+
+    _C.MODEL = CN()
+    # Number of classes of the student and the teacher (1000 for ImageNet, 10 for the digits demo).
+    _C.MODEL.NUM_CLASSES = 1000
+
+    _C.MODEL.STUDENT = CN()
+    # Student network by name (nst_det.classification.models.build_classifier): "inception_bn",
+    # a torchvision ResNet ("resnet18", "resnet50", ...), "demo_student", ...
+    _C.MODEL.STUDENT.NAME = "inception_bn"
+    # Local file the student starts from ("" = random init). Nothing is ever downloaded.
+    _C.MODEL.STUDENT.WEIGHTS = ""
+    # Student layers whose feature maps are transferred ([] = the network's default tap, the last
+    # feature map before global pooling). Matched in order with MODEL.TEACHER.TAP.
+    _C.MODEL.STUDENT.TAP = []
+
+    _C.MODEL.TEACHER = CN()
+    # Teacher network by name; only built when a distillation weight is > 0.
+    _C.MODEL.TEACHER.NAME = "resnet101"
+    # Local file of the trained teacher (a torchvision .pth or a checkpoint of tools/train_cls.py).
+    # Required whenever a distillation term is on: a random teacher teaches nothing.
+    _C.MODEL.TEACHER.WEIGHTS = ""
+    # Teacher layers matched with MODEL.STUDENT.TAP ([] = the network's default tap).
+    _C.MODEL.TEACHER.TAP = []
+
+    _C.DISTILL = CN()
+    # Linear warm-up of every distillation weight from 0 to its value over this many iterations
+    # (0 = off). Helps when a distillation term is orders of magnitude above the task loss early on.
+    _C.DISTILL.WARMUP_ITERS = 0
+
+    _C.DISTILL.NST = CN()
+    # Weight of the NST (MMD) term; 0 turns it off. Official code: 50 for the polynomial kernel.
+    _C.DISTILL.NST.WEIGHT = 0.0
+    # MMD kernel: "linear", "poly" or "gaussian".
+    _C.DISTILL.NST.KERNEL = "poly"
+    # Degree d of the polynomial kernel (x^T y + c)^d (paper: 2).
+    _C.DISTILL.NST.DEGREE = 2
+    # Constant c of the polynomial kernel (paper: 0).
+    _C.DISTILL.NST.COEF = 0.0
+    # Bandwidth sigma^2 of the Gaussian kernel; 0 = the rule of nst_det.losses (data-driven).
+    _C.DISTILL.NST.SIGMA2 = 0.0
+
+    _C.DISTILL.KD = CN()
+    # Weight of the KD term (T^2 * KL of the softened outputs); 0 turns it off. The official code's
+    # grad_scale 16 at T=4 is T^2, which kd_loss already includes: it corresponds to weight 1 here.
+    _C.DISTILL.KD.WEIGHT = 0.0
+    # Softmax temperature of KD (official code: 4).
+    _C.DISTILL.KD.TEMPERATURE = 4.0
+
+    _C.DISTILL.AT = CN()
+    # Weight of the attention-transfer term; 0 turns it off.
+    _C.DISTILL.AT.WEIGHT = 0.0
+    # Power p of the attention map sum_c |F_c|^p.
+    _C.DISTILL.AT.P = 2
+
+    _C.DISTILL.FITNET = CN()
+    # Weight of the FitNet hint term (1x1 regressor from student to teacher channels); 0 = off.
+    _C.DISTILL.FITNET.WEIGHT = 0.0
+
+    _C.DATA = CN()
+    # Data set: "imagenet" (train/ and val/ class folders) or "demo_digits" (scikit-learn's bundled
+    # handwritten digits, 1797 real 8x8 images, no download).
+    _C.DATA.NAME = "imagenet"
+    # Root of the data set ("" = $NST_DATASETS/imagenet, or ./datasets/imagenet when unset).
+    _C.DATA.ROOT = ""
+    # Data-loading worker processes per process (0 = load in the training process).
+    _C.DATA.NUM_WORKERS = 4
+
+    _C.SOLVER = CN()
+    # Total batch size over all processes (the official ImageNet runs: 64 per GPU x 8 = 512).
+    # Each process gets BATCH_SIZE / world size; it must divide evenly.
+    _C.SOLVER.BATCH_SIZE = 512
+    # Learning rate for SOLVER.BATCH_SIZE. Linear scaling rule: change the batch by a factor k,
+    # change BASE_LR by k.
+    _C.SOLVER.BASE_LR = 0.1
+    # SGD momentum.
+    _C.SOLVER.MOMENTUM = 0.9
+    # Nesterov momentum (the official code uses MXNet's "nag").
+    _C.SOLVER.NESTEROV = True
+    # L2 weight decay on every trainable parameter.
+    _C.SOLVER.WEIGHT_DECAY = 1e-4
+    # Number of training epochs.
+    _C.SOLVER.EPOCHS = 100
+    # Epochs after which the learning rate is multiplied by GAMMA (MultiStepLR stepped per epoch).
+    _C.SOLVER.STEPS = (30, 60, 90)
+    # Learning-rate decay factor at each of SOLVER.STEPS.
+    _C.SOLVER.GAMMA = 0.1
+    # Mixed precision (torch.amp autocast + GradScaler); used on CUDA only, ignored on the CPU.
+    _C.SOLVER.AMP = False
+    # Write a checkpoint every this many epochs (and always after the last epoch).
+    _C.SOLVER.CHECKPOINT_PERIOD = 1
+
+    # Folder of checkpoints, metrics.json, TensorBoard events and the config used.
+    _C.OUTPUT_DIR = "./output/cls"
+    # Random seed of python, numpy and torch (each process adds its rank); < 0 = draw one.
+    _C.SEED = 0
+    # Write losses, lr, images/s and ETA every this many iterations.
+    _C.LOG_PERIOD = 20
+    return _C
+
+
+def load_cls_config(config_file: str = "", opts=None) -> CN:
+    """Defaults, then ``config_file`` (with its ``_BASE_`` chain), then ``opts`` [KEY, VALUE, ...];
+    frozen. An unknown key in either is a ``KeyError`` naming it."""
+    cfg = get_cls_config()
+    if config_file:
+        if not os.path.isfile(config_file):
+            raise FileNotFoundError(f"config file '{config_file}' does not exist")
+        cfg.merge_from_file(config_file)
+    if opts:
+        if len(opts) % 2:
+            raise ValueError(f"config overrides must be KEY VALUE pairs, got {len(opts)} items: {opts}")
+        cfg.merge_from_list(list(opts))
+    cfg.freeze()
+    return cfg

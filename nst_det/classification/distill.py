@@ -1,0 +1,248 @@
+"""The student and the frozen teacher of the classification stage, and the loss dict they give.
+
+``build_distillation(cfg, input_shape)`` returns ``(student, teacher)``:
+
+- ``DistillationStudent`` is everything that trains: the student classifier, its feature taps and
+  the parameters of the distillation losses (FitNet's 1x1 regressors). Only it goes to the
+  optimizer, to ``DistributedDataParallel`` and to checkpoints.
+- ``FrozenTeacher`` is always in eval mode, has ``requires_grad=False`` and runs under
+  ``torch.no_grad()``; it is never wrapped by DDP and never saved with the student.
+
+``distillation_losses(student, teacher, images, targets, distill_scale)`` gives
+``{"loss_cls", "loss_nst", "loss_kd", "loss_at", "loss_fitnet"}`` (only the enabled terms), each
+already multiplied by its config weight (and by the warm-up factor ``distill_scale``).
+"""
+import logging
+import os
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = [
+    "DistillationStudent",
+    "NonFiniteLossError",
+    "FrozenTeacher",
+    "build_distillation",
+    "distillation_losses",
+    "distill_terms",
+]
+
+logger = logging.getLogger(__name__)
+
+# loss name -> config node of its weight
+_DISTILL_TERMS = ("nst", "kd", "at", "fitnet")
+_FEATURE_TERMS = ("nst", "at", "fitnet")
+
+
+def distill_terms(cfg):
+    """Names of the distillation terms whose weight is > 0, e.g. ``["nst", "kd"]``."""
+    return [t for t in _DISTILL_TERMS if cfg.DISTILL[t.upper()].WEIGHT > 0]
+
+
+def _as_layer_list(layers):
+    if isinstance(layers, str):
+        return [layers]
+    return list(layers)
+
+
+def _check_spatial(student_layers, teacher_layers, s_feats, t_feats):
+    """ValueError naming both layers when a student/teacher pair differs in H x W."""
+    for sl, tl in zip(student_layers, teacher_layers):
+        s, t = s_feats[sl], t_feats[tl]
+        if s.shape[-2:] != t.shape[-2:]:
+            raise ValueError(
+                f"student layer '{sl}' gives {tuple(s.shape)} but teacher layer '{tl}' gives "
+                f"{tuple(t.shape)}: NST/AT/FitNet need the same spatial size H x W "
+                f"(choose other MODEL.STUDENT.TAP / MODEL.TEACHER.TAP or input size)")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A loss term is NaN or infinite; the message and ``.term`` name it (e.g. ``loss_nst``)."""
+
+    def __init__(self, message: str, term: str = ""):
+        super().__init__(message)
+        self.term = term
+
+
+class FrozenTeacher(nn.Module):
+    """The teacher's feature taps, frozen: eval mode always, no grad, never trained."""
+
+    def __init__(self, taps: nn.Module, layers):
+        super().__init__()
+        self.taps = taps
+        self.layers = list(layers)
+        self.requires_grad_(False)
+        super().train(False)
+
+    def train(self, mode: bool = True):
+        """Stays in eval mode whatever ``mode`` says (BatchNorm keeps its running statistics)."""
+        return super().train(False)
+
+    @torch.no_grad()
+    def forward(self, images):
+        """images [N, 3, H, W] -> (logits [N, K], {layer: [N, C_T, h, w]})."""
+        return self.taps(images)
+
+
+class DistillationStudent(nn.Module):
+    """The trainable module: the student classifier (``.classifier``), its taps and loss heads.
+
+    ``forward(images, targets, teacher_outputs, distill_scale)`` returns the weighted loss dict.
+    """
+
+    def __init__(self, classifier: nn.Module, taps: nn.Module, student_layers, teacher_layers,
+                 cfg, heads: nn.ModuleDict):
+        super().__init__()
+        self.classifier = classifier
+        self.taps = taps
+        self.student_layers = list(student_layers)
+        self.teacher_layers = list(teacher_layers)
+        # Parameters that the distillation losses learn (FitNet regressors), saved with the student.
+        self.heads = heads
+        self.terms = distill_terms(cfg)
+        self.weights = {t: float(cfg.DISTILL[t.upper()].WEIGHT) for t in self.terms}
+        nst = cfg.DISTILL.NST
+        self.nst_kwargs = dict(kernel=nst.KERNEL, degree=int(nst.DEGREE), coef=float(nst.COEF),
+                               sigma2=float(nst.SIGMA2) if nst.SIGMA2 > 0 else None)
+        self.kd_temperature = float(cfg.DISTILL.KD.TEMPERATURE)
+        self.at_p = cfg.DISTILL.AT.P
+
+    def student_state_dict(self) -> dict:
+        """What a checkpoint keeps of the student: the classifier and the loss heads."""
+        return {"model": self.classifier.state_dict(), "heads": self.heads.state_dict()}
+
+    def load_student_state_dict(self, state: dict) -> None:
+        """Inverse of :meth:`student_state_dict` (strict)."""
+        self.classifier.load_state_dict(state["model"])
+        self.heads.load_state_dict(state.get("heads", {}))
+
+    def forward(self, images, targets, teacher_outputs=None, distill_scale: float = 1.0):
+        """images [N, 3, H, W], targets [N] -> {"loss_cls": ..., "loss_<term>": ...} (scalars)."""
+        from nst_det import losses as L
+
+        if self.taps is None:
+            logits, feats = self.classifier(images), {}
+        else:
+            logits, feats = self.taps(images)
+        out = {"loss_cls": F.cross_entropy(logits, targets)}
+        if not self.terms:
+            return out
+        if teacher_outputs is None:
+            raise ValueError(f"distillation terms {self.terms} are on but no teacher output given")
+        t_logits, t_feats = teacher_outputs
+        if any(t in _FEATURE_TERMS for t in self.terms):
+            _check_spatial(self.student_layers, self.teacher_layers, feats, t_feats)
+        pairs = [(feats[s], t_feats[t]) for s, t in zip(self.student_layers, self.teacher_layers)]
+        for term in self.terms:
+            w = self.weights[term] * distill_scale
+            if term == "kd":
+                inputs = (logits, t_logits)
+                fn = lambda: L.kd_loss(logits, t_logits, temperature=self.kd_temperature)  # noqa: E731
+            else:
+                inputs = tuple(x for pair in pairs for x in pair)
+                fn = {"nst": lambda: sum(L.nst_loss(s, t, **self.nst_kwargs) for s, t in pairs),
+                      "at": lambda: sum(L.at_loss(s, t, p=self.at_p) for s, t in pairs),
+                      "fitnet": lambda: sum(head(s, t) for head, (s, t) in
+                                            zip(self.heads["fitnet"], pairs))}[term]
+            out[f"loss_{term}"] = w * _named_term(f"loss_{term}", fn, inputs)
+        return out
+
+
+def _named_term(name, fn, inputs):
+    """``fn()``; an error of the loss is re-raised naming the term ``name`` -- as
+    :class:`NonFiniteLossError` when its inputs hold NaN/inf."""
+    try:
+        return fn()
+    except ValueError as e:
+        if not all(bool(torch.isfinite(x).all()) for x in inputs):
+            raise NonFiniteLossError(f"{name} is not finite: {e}", term=name) from e
+        raise ValueError(f"{name}: {e}") from e
+
+
+def distillation_losses(student, teacher, images, targets, distill_scale: float = 1.0):
+    """Loss dict of one batch: the teacher (no grad) then ``student`` (a DistillationStudent, bare
+    or wrapped by DDP). images [N, 3, H, W], targets [N]."""
+    teacher_outputs = teacher(images) if teacher is not None else None
+    return student(images, targets, teacher_outputs, distill_scale)
+
+
+def _build_taps(net, layers, which):
+    from nst_det.classification.taps import FeatureTaps
+
+    try:
+        return FeatureTaps(net, layers)
+    except (KeyError, ValueError, AttributeError) as e:
+        raise type(e)(f"MODEL.{which}.TAP {layers}: {e}") from e
+
+
+def _build_net(cfg, which):
+    from nst_det.classification.models import build_classifier
+    from nst_det.modeling.teacher import weights_checksum
+
+    node = cfg.MODEL[which]
+    weights = node.WEIGHTS
+    if weights and not os.path.isfile(weights):
+        raise FileNotFoundError(f"MODEL.{which}.WEIGHTS file '{weights}' does not exist")
+    net = build_classifier(node.NAME, cfg.MODEL.NUM_CLASSES, weights=weights)
+    if weights:
+        logger.info(f"{which.lower()} {node.NAME}: weights {weights} (sha256 {weights_checksum(weights)})")
+    else:
+        logger.info(f"{which.lower()} {node.NAME}: random initialisation")
+    return net
+
+
+def _layers(cfg, which):
+    from nst_det.classification.taps import default_tap
+
+    node = cfg.MODEL[which]
+    return _as_layer_list(node.TAP) if len(node.TAP) else _as_layer_list(default_tap(node.NAME))
+
+
+def build_distillation(cfg, input_shape=(3, 224, 224)):
+    """``(DistillationStudent, FrozenTeacher or None)`` from ``cfg`` (teacher only if a distillation
+    weight is > 0). ``input_shape`` [3, H, W] is used for one dry forward pass that finds the
+    tapped channel counts (for FitNet's regressors) and checks the spatial sizes early."""
+    from nst_det import losses as L
+
+    terms = distill_terms(cfg)
+    student_net = _build_net(cfg, "STUDENT")
+    heads = nn.ModuleDict()
+    if not terms:
+        return DistillationStudent(student_net, None, [], [], cfg, heads), None
+
+    if not cfg.MODEL.TEACHER.WEIGHTS:
+        raise ValueError(
+            f"distillation terms {terms} are on but MODEL.TEACHER.WEIGHTS is empty: give the file "
+            f"of the trained teacher (a random teacher teaches nothing)")
+    teacher_net = _build_net(cfg, "TEACHER")
+    s_layers, t_layers = _layers(cfg, "STUDENT"), _layers(cfg, "TEACHER")
+    if len(s_layers) != len(t_layers):
+        raise ValueError(f"MODEL.STUDENT.TAP {s_layers} and MODEL.TEACHER.TAP {t_layers} must "
+                         f"name the same number of layers")
+    s_taps = _build_taps(student_net, s_layers, "STUDENT")
+    teacher = FrozenTeacher(_build_taps(teacher_net, t_layers, "TEACHER"), t_layers)
+
+    # Dry run on one blank image: channel counts and early check of the spatial sizes.
+    was_training = student_net.training
+    s_taps.eval()
+    with torch.no_grad():
+        x = torch.zeros(1, *input_shape)
+        _, s_feats = s_taps(x)
+        _, t_feats = teacher(x)
+    s_taps.train(was_training)
+    for layer, feats, which in ((s_layers, s_feats, "STUDENT"), (t_layers, t_feats, "TEACHER")):
+        missing = [n for n in layer if n not in feats]
+        if missing:
+            raise KeyError(f"MODEL.{which}.TAP: layers {missing} gave no feature map "
+                           f"(got {sorted(feats)})")
+    if any(t in _FEATURE_TERMS for t in terms):
+        _check_spatial(s_layers, t_layers, s_feats, t_feats)
+    if "fitnet" in terms:
+        heads["fitnet"] = nn.ModuleList(
+            L.FitNetLoss(s_feats[s].shape[1], t_feats[t].shape[1], 1.0)
+            for s, t in zip(s_layers, t_layers))
+    student = DistillationStudent(student_net, s_taps, s_layers, t_layers, cfg, heads)
+    logger.info(f"distillation: {', '.join(f'{t} x {student.weights[t]:g}' for t in terms)}; "
+                f"student taps {s_layers} <- teacher taps {t_layers}")
+    return student, teacher

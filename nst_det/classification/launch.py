@@ -1,0 +1,94 @@
+"""Start one training function in every process of a distributed job, on GPUs or CPU processes.
+
+- Under ``torchrun`` (``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` in the environment): join the group
+  with ``env://`` (NCCL on GPUs, gloo on the CPU) and run ``main_func`` once in this process.
+- With GPUs: Detectron2's ``launch`` (one process per GPU, NCCL).
+- Without GPUs and ``num_processes > 1``: the same spawning with the gloo backend, so DDP runs on
+  the CPU (Detectron2 v0.6's ``launch`` requires CUDA).
+
+In every case Detectron2's ``comm`` helpers (rank, world size, local rank) work inside ``main_func``.
+"""
+import logging
+import os
+import socket
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from detectron2.utils import comm
+
+__all__ = ["launch_cls", "free_port", "init_from_torchrun_env"]
+
+logger = logging.getLogger(__name__)
+DEFAULT_TIMEOUT = timedelta(minutes=30)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _make_local_group(world_size: int, local_size: int, machine_rank: int) -> None:
+    """Create the per-machine process group that ``comm.get_local_rank`` needs."""
+    for i in range(world_size // local_size):
+        group = dist.new_group(list(range(i * local_size, (i + 1) * local_size)))
+        if i == machine_rank:
+            comm._LOCAL_PROCESS_GROUP = group
+
+
+def init_from_torchrun_env() -> bool:
+    """Join the process group described by torchrun's environment; False when not under torchrun."""
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        return False
+    if dist.is_initialized():
+        return True
+    world_size = int(os.environ["WORLD_SIZE"])
+    local_size = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    rank = int(os.environ["RANK"])
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+    dist.init_process_group(backend=backend, init_method="env://", world_size=world_size,
+                            rank=rank, timeout=DEFAULT_TIMEOUT)
+    _make_local_group(world_size, local_size, rank // local_size)
+    comm.synchronize()
+    return True
+
+
+def _cpu_worker(local_rank, main_func, world_size, num_per_machine, machine_rank, dist_url, args):
+    rank = machine_rank * num_per_machine + local_rank
+    dist.init_process_group(backend="gloo", init_method=dist_url, world_size=world_size,
+                            rank=rank, timeout=DEFAULT_TIMEOUT)
+    _make_local_group(world_size, num_per_machine, machine_rank)
+    comm.synchronize()
+    try:
+        main_func(*args)
+    finally:
+        dist.destroy_process_group()
+
+
+def launch_cls(main_func, num_processes_per_machine: int, num_machines: int = 1,
+               machine_rank: int = 0, dist_url=None, args=()):
+    """Run ``main_func(*args)`` in each process of the job (see the module docstring)."""
+    if init_from_torchrun_env():
+        return main_func(*args)
+    world_size = num_processes_per_machine * num_machines
+    if world_size <= 1:
+        return main_func(*args)
+    if dist_url is None or dist_url == "auto":
+        if num_machines != 1:
+            raise ValueError("--dist-url auto works on one machine only; give tcp://HOST:PORT")
+        dist_url = f"tcp://127.0.0.1:{free_port()}"
+    if torch.cuda.is_available():
+        from detectron2.engine import launch
+
+        return launch(main_func, num_processes_per_machine, num_machines=num_machines,
+                      machine_rank=machine_rank, dist_url=dist_url, args=args)
+    logger.info(f"No GPU: running {num_processes_per_machine} CPU processes per machine on gloo")
+    mp.spawn(_cpu_worker, nprocs=num_processes_per_machine,
+             args=(main_func, world_size, num_processes_per_machine, machine_rank, dist_url, args),
+             daemon=False)

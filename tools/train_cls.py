@@ -1,0 +1,48 @@
+#!/usr/bin/env python
+"""Train or evaluate a classification student, alone or distilled from a teacher (NST, KD, AT,
+FitNet and their sums): the first stage of nst_det.
+
+    python tools/train_cls.py --config-file configs/imagenet/nst_poly_kd.yaml --num-gpus 8
+    python tools/train_cls.py --config-file configs/demo/cls_student_nst.yaml --resume
+    python tools/train_cls.py --config-file CONFIG --eval-only MODEL.STUDENT.WEIGHTS model.pth
+    torchrun --nproc_per_node 8 tools/train_cls.py --config-file CONFIG
+
+Without a GPU, --num-gpus N runs N CPU processes on the gloo backend.
+"""
+import nst_det  # noqa: F401  (first: makes Detectron2 usable on this stack)
+from detectron2.engine import default_argument_parser
+
+from nst_det.classification.config import load_cls_config
+from nst_det.classification.engine import ClsTrainer, default_cls_setup
+from nst_det.classification.launch import launch_cls
+
+
+def setup(args):
+    """Config from --config-file and the KEY VALUE overrides; logging; config.yaml in OUTPUT_DIR."""
+    cfg = load_cls_config(args.config_file, args.opts)
+    default_cls_setup(cfg, args)
+    return cfg
+
+
+def main(args):
+    cfg = setup(args)
+    trainer = ClsTrainer(cfg, eval_only=args.eval_only)
+    if args.eval_only:
+        trainer.resume_or_load(resume=args.resume)
+        return trainer.evaluate(teacher=args.eval_teacher)
+    trainer.resume_or_load(resume=args.resume)
+    return trainer.train()
+
+
+def argument_parser():
+    parser = default_argument_parser()
+    parser.add_argument("--eval-teacher", action="store_true",
+                        help="with --eval-only: evaluate the configured teacher instead of the student")
+    return parser
+
+
+if __name__ == "__main__":
+    args = argument_parser().parse_args()
+    print("Command Line Args:", args)
+    launch_cls(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
+               dist_url=args.dist_url, args=(args,))
