@@ -1,0 +1,76 @@
+"""Tests of nst_det/classification/models.py: classifiers by name and loading their weights."""
+import pytest
+import torch
+
+import nst_det  # noqa: F401  (first: Detectron2 compatibility)
+from nst_det.classification.models import available_classifiers, build_classifier
+from nst_det.classification.taps import FeatureTaps, default_tap
+
+
+@pytest.mark.parametrize("name", available_classifiers())
+def test_every_name_builds_with_num_classes_outputs_and_its_default_tap(name):
+    with torch.device("meta"):  # no memory, no compute: structure only
+        model = build_classifier(name, num_classes=7)
+    modules = dict(model.named_modules())
+    assert default_tap(name) in modules
+    last_linear = [m for m in modules.values() if isinstance(m, torch.nn.Linear)][-1]
+    assert last_linear.out_features == 7
+
+
+@pytest.mark.parametrize("name,size", [("inception_bn", 64), ("resnet18", 64), ("demo_student", 32)])
+def test_forward_gives_logits_per_image(name, size):
+    torch.manual_seed(0)
+    model = build_classifier(name, num_classes=5).eval()
+    with torch.no_grad():
+        logits = model(torch.randn(3, 3, size, size))
+    assert tuple(logits.shape) == (3, 5)
+    assert torch.isfinite(logits).all()
+
+
+def test_demo_teacher_is_bigger_and_last_maps_share_spatial_size():
+    torch.manual_seed(0)
+    teacher, student = build_classifier("demo_teacher", 10), build_classifier("demo_student", 10)
+    n_teacher = sum(p.numel() for p in teacher.parameters())
+    n_student = sum(p.numel() for p in student.parameters())
+    assert n_teacher > 10 * n_student
+    x = torch.randn(2, 3, 32, 32)
+    _, ft = FeatureTaps(teacher, [default_tap("demo_teacher")])(x)
+    _, fs = FeatureTaps(student, [default_tap("demo_student")])(x)
+    assert ft["block3"].shape[-2:] == fs["block3"].shape[-2:] == (8, 8)
+    gray = build_classifier("demo_student", 10, in_channels=1)
+    assert tuple(gray(torch.randn(2, 1, 32, 32)).shape) == (2, 10)
+
+
+def test_unknown_name_lists_available_names():
+    with pytest.raises(KeyError, match="resnet18.*inception_bn"):
+        build_classifier("resnet19", 10)
+
+
+def test_weights_round_trip_from_torchvision_state_dict_and_nst_det_checkpoint(tmp_path):
+    torch.manual_seed(0)
+    source = build_classifier("demo_student", 4).eval()
+    x = torch.randn(2, 3, 32, 32)
+    expected = source(x)
+    torch.save(source.state_dict(), tmp_path / "plain.pth")
+    # A DDP-wrapped FeatureTaps of a student inside a checkpoint, next to a teacher.
+    wrapped = {f"module.student.model.{k}": v for k, v in source.state_dict().items()}
+    wrapped.update({"module.teacher.fc.weight": torch.zeros(1)})
+    torch.save({"model": wrapped, "epoch": 3}, tmp_path / "ckpt.pth")
+    for path in ("plain.pth", "ckpt.pth"):
+        loaded = build_classifier("demo_student", 4, weights=str(tmp_path / path)).eval()
+        torch.testing.assert_close(loaded(x), expected)
+
+
+def test_missing_weights_file_is_named(tmp_path):
+    path = tmp_path / "nope.pth"
+    with pytest.raises(FileNotFoundError, match="nope.pth"):
+        build_classifier("resnet18", 10, weights=str(path))
+
+
+def test_wrong_keys_are_named_with_counts(tmp_path):
+    torch.save(build_classifier("demo_student", 10).state_dict(), tmp_path / "student.pth")
+    with pytest.raises(ValueError, match=r"missing keys .*unexpected keys") as err:
+        build_classifier("demo_teacher", 10, weights=str(tmp_path / "student.pth"))
+    assert "block1.conv2.weight" in str(err.value)
+    with pytest.raises(ValueError, match=r"fc.weight: file \(10, 32\) vs model \(3, 32\)"):
+        build_classifier("demo_student", 3, weights=str(tmp_path / "student.pth"))
