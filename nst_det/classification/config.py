@@ -77,6 +77,8 @@ def get_cls_config() -> CN:
     _C.DATA.NAME = "imagenet"
     # Root of the data set ("" = $NST_DATASETS/imagenet, or ./datasets/imagenet when unset).
     _C.DATA.ROOT = ""
+    # Side of the demo digits after bilinear upsampling from 8x8 (demo_digits only).
+    _C.DATA.IMAGE_SIZE = 32
     # Data-loading worker processes per process (0 = load in the training process).
     _C.DATA.NUM_WORKERS = 4
 
@@ -124,6 +126,9 @@ def load_cls_config(config_file: str = "", opts=None) -> CN:
     if opts:
         if len(opts) % 2:
             raise ValueError(f"config overrides must be KEY VALUE pairs, got {len(opts)} items: {opts}")
-        cfg.merge_from_list(list(opts))
+        try:
+            cfg.merge_from_list(list(opts))
+        except AssertionError as e:  # yacs asserts on an unknown key given on the command line
+            raise KeyError(f"{e} (config keys: nst_det/classification/config.py)") from e
     cfg.freeze()
     return cfg

@@ -3,7 +3,8 @@
 ``build_cls_dataset(cfg, train)`` gives the training or the validation set;
 ``build_train_loader`` shards the training set over the processes with a seeded
 ``DistributedSampler`` (one permutation per epoch, so a run resumed at an epoch boundary sees the
-same images in the same order); ``build_val_loader`` shards the validation set without padding (Detectron2's ``InferenceSampler``) so every image counts once.
+same images in the same order); ``build_val_loader`` shards the validation set without padding
+(Detectron2's ``InferenceSampler``) so every image counts once.
 """
 import logging
 import os
@@ -105,6 +106,7 @@ class DigitsDataset(Dataset):
         images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
         self.images = images.sub_(0.5).div_(0.5).expand(-1, 3, -1, -1).contiguous()
         self.labels = torch.from_numpy(digits.target[index]).long()
+        self.index = index  # positions in sklearn's load_digits()
         self.train = train
         self.shift = size // 8
         self.classes = [str(c) for c in range(10)]
@@ -128,7 +130,7 @@ def build_cls_dataset(cfg, train: bool):
     if name == "imagenet":
         return build_imagenet_dataset(imagenet_root(cfg.DATA.ROOT), train)
     if name == "demo_digits":
-        return DigitsDataset(train=train)
+        return DigitsDataset(train=train, size=cfg.DATA.IMAGE_SIZE)
     raise KeyError(f"DATA.NAME '{name}' is unknown; known: 'imagenet', 'demo_digits'")
 
 

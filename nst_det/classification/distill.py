@@ -14,10 +14,13 @@ already multiplied by its config weight (and by the warm-up factor ``distill_sca
 """
 import logging
 import os
+import pickle
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from nst_det.classification.checkpointer import UnreadableCheckpointError
 
 __all__ = [
     "DistillationStudent",
@@ -184,9 +187,17 @@ def _build_net(cfg, which):
     weights = node.WEIGHTS
     if weights and not os.path.isfile(weights):
         raise FileNotFoundError(f"MODEL.{which}.WEIGHTS file '{weights}' does not exist")
-    net = build_classifier(node.NAME, cfg.MODEL.NUM_CLASSES, weights=weights)
+    try:
+        net = build_classifier(node.NAME, cfg.MODEL.NUM_CLASSES, weights=weights)
+    except (RuntimeError, EOFError, pickle.UnpicklingError) as e:  # torch.load of a broken file
+        raise UnreadableCheckpointError(
+            f"MODEL.{which}.WEIGHTS file '{weights}' is truncated or unreadable "
+            f"({type(e).__name__}: {e})") from e
+    except ValueError as e:  # keys or shapes that do not fit
+        raise ValueError(f"MODEL.{which}.WEIGHTS: {e}") from e
     if weights:
-        logger.info(f"{which.lower()} {node.NAME}: weights {weights} (sha256 {weights_checksum(weights)})")
+        logger.info(f"{which.lower()} {node.NAME}: weights {weights} "
+                    f"(sha256 {weights_checksum(weights)})")
     else:
         logger.info(f"{which.lower()} {node.NAME}: random initialisation")
     return net

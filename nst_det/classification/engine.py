@@ -127,8 +127,7 @@ class ClsTrainer:
         self.model = self.student
         if self.world_size > 1:
             self.model = DistributedDataParallel(
-                self.student, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                broadcast_buffers=False)
+                self.student, device_ids=[self.device.index] if self.device.type == "cuda" else None)
 
         self.train_loader = None
         if not eval_only:
@@ -291,6 +290,7 @@ class ClsTrainer:
                     last = epoch + 1 == cfg.SOLVER.EPOCHS
                     if last or (epoch + 1) % cfg.SOLVER.CHECKPOINT_PERIOD == 0:
                         self.save(epoch + 1, final=last)
+                    self.start_epoch = epoch + 1
             finally:
                 for w in writers:
                     w.close()

@@ -1,0 +1,126 @@
+"""Tests of nst_det/classification/data.py: ImageNet folders, the digits demo set, the loaders."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import nst_det  # noqa: F401
+from nst_det.classification.config import get_cls_config
+from nst_det.classification.data import (
+    DIGITS_NUM_TRAIN,
+    DigitsDataset,
+    build_cls_dataset,
+    build_train_loader,
+    build_val_loader,
+    imagenet_root,
+)
+
+
+def _imagenet(tmp_path, classes=("cat", "dog"), per_class=2, splits=("train", "val")):
+    rng = np.random.RandomState(0)
+    for split in splits:
+        for c in classes:
+            folder = tmp_path / "imagenet" / split / c
+            folder.mkdir(parents=True)
+            for i in range(per_class):
+                pixels = rng.randint(0, 255, (16, 20, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(folder / f"{i}.png")
+    return str(tmp_path / "imagenet")
+
+
+def _cfg(root):
+    cfg = get_cls_config()
+    cfg.DATA.ROOT = root
+    return cfg
+
+
+def test_imagenet_folders_give_224_crops(tmp_path):
+    cfg = _cfg(_imagenet(tmp_path))
+    train, val = build_cls_dataset(cfg, train=True), build_cls_dataset(cfg, train=False)
+    assert len(train) == 4 and train.classes == ["cat", "dog"]
+    assert train[0][0].shape == (3, 224, 224) and val[3][0].shape == (3, 224, 224)
+    assert val[3][1] == 1
+    assert torch.equal(val[0][0], val[0][0])  # validation is deterministic
+
+
+def test_root_defaults_to_nst_datasets(monkeypatch):
+    monkeypatch.setenv("NST_DATASETS", "/data/sets")
+    assert imagenet_root("") == "/data/sets/imagenet"
+    assert imagenet_root("/x") == "/x"
+
+
+def test_missing_root_names_path_and_readme(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"nowhere.*datasets/README.md"):
+        build_cls_dataset(_cfg(str(tmp_path / "nowhere")), train=True)
+
+
+def test_missing_val_folder_names_it(tmp_path):
+    root = _imagenet(tmp_path, splits=("train",))
+    with pytest.raises(FileNotFoundError, match=r"imagenet/val'.*datasets/README.md"):
+        build_cls_dataset(_cfg(root), train=False)
+
+
+def test_empty_split_names_it(tmp_path):
+    root = _imagenet(tmp_path, splits=("val",))
+    (tmp_path / "imagenet" / "train" / "cat").mkdir(parents=True)  # a class folder, no image
+    with pytest.raises(ValueError, match=r"imagenet/train' is empty"):
+        build_cls_dataset(_cfg(root), train=True)
+
+
+def test_unknown_data_set_name():
+    cfg = get_cls_config()
+    cfg.DATA.NAME = "cifar"
+    with pytest.raises(KeyError, match="DATA.NAME 'cifar'"):
+        build_cls_dataset(cfg, train=True)
+
+
+def test_digits_split_is_fixed_disjoint_and_real():
+    from sklearn.datasets import load_digits
+
+    train, val = DigitsDataset(train=True), DigitsDataset(train=False)
+    assert (len(train), len(val)) == (DIGITS_NUM_TRAIN, 1797 - DIGITS_NUM_TRAIN)
+    assert train[0][0].shape == (3, 32, 32) and set(val.labels.tolist()) == set(range(10))
+    # The images are sklearn's scans (upsampled, normalised) and the two splits share none.
+    assert sorted(train.index.tolist() + val.index.tolist()) == list(range(1797))
+    scans = torch.from_numpy(load_digits().images[val.index]).float().div(16)[:, None]
+    expected = torch.nn.functional.interpolate(scans, size=(32, 32), mode="bilinear") * 2 - 1
+    assert torch.allclose(val.images[:, :1], expected, atol=1e-6)
+    assert torch.equal(val.labels, torch.from_numpy(load_digits().target[val.index]))
+    assert torch.equal(DigitsDataset(train=False).images, val.images)  # deterministic split
+
+
+def test_digits_training_images_shift_validation_ones_do_not():
+    train, val = DigitsDataset(train=True), DigitsDataset(train=False)
+    torch.manual_seed(0)
+    draws = [train[5][0] for _ in range(6)]
+    assert any(not torch.equal(draws[0], d) for d in draws[1:])
+    assert torch.equal(val[5][0], val[5][0])
+
+
+def test_train_loader_order_depends_only_on_seed_and_epoch():
+    data = torch.utils.data.TensorDataset(torch.arange(20).float()[:, None], torch.arange(20))
+
+    def order(epoch, seed=3):
+        loader = build_train_loader(data, 4, 0, seed=seed)
+        loader.sampler.set_epoch(epoch)
+        return torch.cat([y for _, y in loader]).tolist()
+
+    torch.manual_seed(123)
+    first = order(1)
+    torch.manual_seed(456)
+    assert order(1) == first and order(2) != first
+    assert len(first) == 20 and sorted(first) == list(range(20))
+
+
+def test_val_loader_sees_every_image_once():
+    data = torch.utils.data.TensorDataset(torch.zeros(7, 1), torch.arange(7))
+    assert torch.cat([y for _, y in build_val_loader(data, 3, 0)]).tolist() == list(range(7))
+
+
+def test_empty_and_too_small_sets_are_errors():
+    empty = torch.utils.data.TensorDataset(torch.zeros(0, 1), torch.zeros(0))
+    with pytest.raises(ValueError, match="empty"):
+        build_train_loader(empty, 4, 0, seed=0)
+    tiny = torch.utils.data.TensorDataset(torch.zeros(3, 1), torch.zeros(3))
+    with pytest.raises(ValueError, match="fewer than its batch of 4"):
+        build_train_loader(tiny, 4, 0, seed=0)
