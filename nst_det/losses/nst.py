@@ -1,0 +1,248 @@
+"""Neuron Selectivity Transfer (Huang & Wang, "Like What You Like", arXiv 1707.01219): the squared
+MMD between the L2-normalised channel maps of a student and a teacher feature map.
+
+Exact, and never through an N x C x C x HW tensor: the pairwise kernel values come from C x C Gram
+matrices (or, for the degree-2 polynomial kernel when H*W is small, from H*W x H*W ones), and the
+Gram path has a hand-written backward of two batched matmuls with the L2-normalisation folded in.
+"""
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.autograd.function import once_differentiable
+
+from nst_det.losses.feature_pair import check_feature_pair, check_loss_finite
+
+__all__ = ["KERNELS", "RESIZE_MODES", "NORM_EPS", "nst_loss", "NSTLoss"]
+
+KERNELS = ("linear", "poly", "gaussian")
+# resize=None: spatial sizes must match; "to_teacher": the student map is resized (bilinear) to the
+# teacher's H x W; "to_student": the teacher map is resized to the student's H x W.
+RESIZE_MODES = (None, "to_teacher", "to_student")
+# Spatial L2 normalisation f / sqrt(||f||^2 + eps), as the official L2Normalization(mode='spatial',
+# eps=1e-10); an all-zero map normalises to zero with finite gradients.
+NORM_EPS = 1e-10
+
+
+def _inv_norm(sq_norms):
+    """[N, C] squared spatial norms -> [N, C] factors 1 / sqrt(||f||^2 + NORM_EPS)."""
+    return (sq_norms + NORM_EPS).rsqrt()
+
+
+def _sq_norms(maps):
+    """[N, C, HW] maps -> [N, C] squared L2 norms over the HW positions (no HW-sized temporary)."""
+    return torch.linalg.vector_norm(maps, dim=-1).square()
+
+
+def _self_gram(x):
+    """[N, C, HW] -> [N, C, C] x x^T, the symmetric product taken as three half-size blocks
+    (3/4 of the multiply-adds of one bmm)."""
+    h = x.shape[1] // 2
+    if h < 64:
+        return torch.bmm(x, x.transpose(1, 2))
+    top, bottom = x[:, :h], x[:, h:]
+    gram = x.new_empty(x.shape[0], x.shape[1], x.shape[1])
+    gram[:, :h, :h] = torch.bmm(top, top.transpose(1, 2))
+    gram[:, h:, h:] = torch.bmm(bottom, bottom.transpose(1, 2))
+    off_diagonal = torch.bmm(top, bottom.transpose(1, 2))
+    gram[:, :h, h:] = off_diagonal
+    gram[:, h:, :h] = off_diagonal.transpose(1, 2)
+    return gram
+
+
+def _sq_dist(gram, sq_rows, sq_cols):
+    """[N, A, B] Gram of unit-ish vectors, [N, A], [N, B] squared norms -> [N, A, B] ||x - y||^2."""
+    return (sq_rows[:, :, None] + sq_cols[:, None, :] - 2 * gram).clamp_min(0)
+
+
+def _pooled_sigma2(d_tt, d_ss, d_st):
+    """[N] mean of ||z - z'||^2 over all ordered pairs of the pooled maps {t_i} U {s_j}, detached."""
+    c_t, c_s = d_tt.shape[-1], d_ss.shape[-1]
+    total = d_tt.sum((-2, -1)) + d_ss.sum((-2, -1)) + 2 * d_st.sum((-2, -1))
+    sigma2 = total.detach() / (c_t + c_s) ** 2
+    return sigma2.clamp_min(torch.finfo(sigma2.dtype).eps)
+
+
+def _kernel_means(g_tt, g_ss, g_st, kernel, degree, coef, sigma2):
+    """C x C Grams of the normalised maps -> ([N] mean k(t, t'), [N] mean k(s, s'), [N] mean k(s, t))."""
+    if kernel == "poly":
+        return tuple((g + coef).pow(degree).mean((-2, -1)) for g in (g_tt, g_ss, g_st))
+    sq_t = g_tt.diagonal(dim1=-2, dim2=-1)
+    sq_s = g_ss.diagonal(dim1=-2, dim2=-1)
+    d_tt, d_ss, d_st = _sq_dist(g_tt, sq_t, sq_t), _sq_dist(g_ss, sq_s, sq_s), _sq_dist(g_st, sq_s, sq_t)
+    if sigma2 is None:
+        sigma2 = _pooled_sigma2(d_tt, d_ss, d_st)
+    else:
+        sigma2 = torch.full_like(d_tt[:, 0, 0], sigma2)
+    scale = (-0.5 / sigma2)[:, None, None]
+    return tuple(torch.exp(d * scale).mean((-2, -1)) for d in (d_tt, d_ss, d_st))
+
+
+class _ChannelGramMMD(torch.autograd.Function):
+    """[N, C_S, HW] raw student, [N, C_T, HW] raw teacher -> [N] MMD^2 of their normalised maps.
+
+    Forward: three bmm's give the raw Grams; their diagonals give the spatial norms, so the
+    normalised maps S, T are never materialised. Backward: with P = dL/dG_ss, Q = dL/dG_st (C x C,
+    from autograd on the small kernel expression), dL/dS = (P + P^T) S + Q T, and through
+    S = F / n the normalisation gives dL/dF = D (P + P^T - diag(r)) D F + D Q D_t F_t with
+    r = rowsum((P + P^T) * G_ss + Q * G_st), D = diag(1/n): two bmm's, no HW-sized temporaries.
+    """
+
+    @staticmethod
+    def forward(ctx, student, teacher, kernel, degree, coef, sigma2, need_grad):
+        g_ss = _self_gram(student)
+        g_st = torch.bmm(student, teacher.transpose(1, 2))
+        g_tt = _self_gram(teacher)
+        inv_s = _inv_norm(g_ss.diagonal(dim1=1, dim2=2))
+        inv_t = _inv_norm(g_tt.diagonal(dim1=1, dim2=2))
+        g_ss.mul_(inv_s[:, :, None]).mul_(inv_s[:, None, :])
+        g_st.mul_(inv_s[:, :, None]).mul_(inv_t[:, None, :])
+        g_tt.mul_(inv_t[:, :, None]).mul_(inv_t[:, None, :])
+        with torch.enable_grad():
+            g_ss.requires_grad_(need_grad)
+            g_st.requires_grad_(need_grad)
+            k_tt, k_ss, k_st = _kernel_means(g_tt, g_ss, g_st, kernel, degree, coef, sigma2)
+            student_terms = k_ss - 2 * k_st
+            if need_grad:
+                p, q = torch.autograd.grad(student_terms.sum(), (g_ss, g_st))
+        if need_grad:
+            p = p + p.transpose(1, 2)
+            r = (p * g_ss.detach()).sum(-1) + (q * g_st.detach()).sum(-1)
+            p.diagonal(dim1=1, dim2=2).sub_(r)
+            a = p.mul_(inv_s[:, :, None]).mul_(inv_s[:, None, :])
+            b = q * inv_s[:, :, None] * inv_t[:, None, :]
+            ctx.save_for_backward(student, teacher, a, b)
+        return (k_tt + student_terms).detach()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_mmd2):
+        student, teacher, a, b = ctx.saved_tensors
+        w = grad_mmd2[:, None, None]
+        grad = torch.bmm(a * w, student)
+        grad.baddbmm_(b * w, teacher)
+        return grad, None, None, None, None, None, None
+
+
+class _MeanMapMMD(torch.autograd.Function):
+    """[N, C_S, HW], [N, C_T, HW] raw maps -> [N] linear-kernel MMD^2 = ||mean_j s_j - mean_i t_i||^2.
+
+    Backward: every s_j gets v = 2 (mu_S - mu_T) / C_S, and through s = f / n,
+    dL/df = v / n - f (f . v) / n^3: one matvec and two passes over the student map.
+    """
+
+    @staticmethod
+    def forward(ctx, student, teacher):
+        inv_s = _inv_norm(_sq_norms(student))
+        inv_t = _inv_norm(_sq_norms(teacher))
+        mu_s = torch.bmm((inv_s / student.shape[1]).unsqueeze(1), student)
+        mu_t = torch.bmm((inv_t / teacher.shape[1]).unsqueeze(1), teacher)
+        diff = mu_s - mu_t
+        ctx.save_for_backward(student, inv_s, diff)
+        return diff.square().sum((-2, -1))
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_mmd2):
+        student, inv_s, diff = ctx.saved_tensors
+        v = diff * (2 * grad_mmd2 / student.shape[1])[:, None, None]
+        f_dot_v = torch.bmm(student, v.transpose(1, 2))
+        grad = student * (-f_dot_v * inv_s[:, :, None].pow(3))
+        grad.addcmul_(v, inv_s[:, :, None])
+        return grad, None
+
+
+def _spatial_gram_poly2_mmd2(student, teacher, coef):
+    """[N, C_S, HW], [N, C_T, HW] raw maps -> [N] MMD^2 of k(x, y) = (x^T y + c)^2 from HW x HW Grams:
+    ||S^T S / C_S - T^T T / C_T||_F^2 + 2c ||mu_S - mu_T||^2 (exact; cheap when HW << C)."""
+    s = student * _inv_norm(_sq_norms(student))[:, :, None]
+    t = teacher * _inv_norm(_sq_norms(teacher))[:, :, None]
+    h = torch.bmm(s.transpose(1, 2), s) / s.shape[1] - torch.bmm(t.transpose(1, 2), t) / t.shape[1]
+    mmd2 = h.square().sum((-2, -1))
+    if coef != 0:
+        mmd2 = mmd2 + 2 * coef * (s.mean(1) - t.mean(1)).square().sum(-1)
+    return mmd2
+
+
+def _channel_gram_is_cheaper(c_s, c_t, hw):
+    """Whether C x C Grams cost no more than HW x HW ones for the degree-2 polynomial kernel."""
+    return hw * (c_s + c_t) >= c_s * c_s + c_s * c_t + c_t * c_t
+
+
+def check_kernel_args(kernel, degree, coef, sigma2, resize):
+    """Raise ValueError for an unknown kernel or resize mode, a non-positive-integer degree, or a
+    non-positive sigma2."""
+    if kernel not in KERNELS:
+        raise ValueError(f"nst_loss: kernel must be one of {KERNELS}, got {kernel!r}")
+    if resize not in RESIZE_MODES:
+        raise ValueError(f"nst_loss: resize must be one of {RESIZE_MODES}, got {resize!r}")
+    if kernel == "poly" and (isinstance(degree, bool) or not isinstance(degree, int) or degree < 1):
+        raise ValueError(f"nst_loss: poly kernel degree must be a positive integer, got {degree!r}")
+    if kernel == "poly" and not isinstance(coef, (int, float)):
+        raise ValueError(f"nst_loss: poly kernel coef must be a number, got {coef!r}")
+    if kernel == "gaussian" and sigma2 is not None:
+        if isinstance(sigma2, bool) or not isinstance(sigma2, (int, float)) or not 0 < sigma2 < float("inf"):
+            raise ValueError(f"nst_loss: gaussian sigma2 must be a positive number or None, got {sigma2!r}")
+
+
+def nst_loss(student, teacher, kernel="poly", degree=2, coef=0.0, sigma2=None, resize=None):
+    """NST loss: squared MMD of the normalised channel maps, per image, averaged over the batch.
+
+    student: [N, C_S, H, W]; teacher: [N, C_T, H, W] (C_S and C_T may differ) -> scalar tensor.
+    Each channel map f (H*W positions) becomes s = f / sqrt(||f||^2 + 1e-10); per image
+        MMD^2 = 1/C_T^2 sum_ii' k(t_i, t_i') + 1/C_S^2 sum_jj' k(s_j, s_j') - 2/(C_T C_S) sum_ij k(t_i, s_j)
+    with k = "linear": x^T y; "poly": (x^T y + coef)^degree; "gaussian": exp(-||x - y||^2 / (2 sigma2)).
+    sigma2=None sets, per image, sigma2 = the mean of ||z - z'||^2 over all ordered pairs of the
+    pooled maps {t_i} U {s_j} (C_T + C_S of them, self-pairs included), detached, floored at the
+    dtype's machine epsilon. No loss weight is applied (NSTLoss does that). The teacher is detached.
+    float16/bfloat16 inputs are computed (and returned) in float32, float64 in float64; autocast is
+    switched off inside. Different H, W raise ValueError unless resize="to_teacher" (bilinear resize
+    of the student to the teacher's H x W) or resize="to_student" (the teacher to the student's).
+    """
+    check_kernel_args(kernel, degree, coef, sigma2, resize)
+    hint = "; pass resize='to_teacher' or resize='to_student' to resize one of them (bilinear)"
+    check_feature_pair("nst_loss", student, teacher, same_size=resize is None, hint=hint)
+    dtype = torch.promote_types(torch.promote_types(student.dtype, teacher.dtype), torch.float32)
+    s, t = student.to(dtype), teacher.detach().to(dtype)
+    with torch.autocast(device_type=s.device.type, enabled=False):
+        if resize == "to_teacher" and s.shape[-2:] != t.shape[-2:]:
+            s = F.interpolate(s, size=t.shape[-2:], mode="bilinear", align_corners=False)
+        elif resize == "to_student" and s.shape[-2:] != t.shape[-2:]:
+            t = F.interpolate(t, size=s.shape[-2:], mode="bilinear", align_corners=False)
+        n, c_s, c_t, hw = s.shape[0], s.shape[1], t.shape[1], s.shape[2] * s.shape[3]
+        s, t = s.reshape(n, c_s, hw), t.reshape(n, c_t, hw)
+        if kernel == "linear" or (kernel == "poly" and degree == 1):
+            mmd2 = _MeanMapMMD.apply(s, t)
+        elif kernel == "poly" and degree == 2 and not _channel_gram_is_cheaper(c_s, c_t, hw):
+            mmd2 = _spatial_gram_poly2_mmd2(s, t, float(coef))
+        else:
+            need_grad = torch.is_grad_enabled() and s.requires_grad
+            mmd2 = _ChannelGramMMD.apply(s, t, kernel, degree, float(coef), sigma2, need_grad)
+        loss = mmd2.mean()
+    check_loss_finite("nst_loss", loss, student=student, teacher=teacher)
+    return loss
+
+
+class NSTLoss(nn.Module):
+    """weight * nst_loss(student [N, C_S, H, W], teacher [N, C_T, H, W]) as a module for configs.
+
+    The official code adds lambda * (mean k(s, s') - 2 mean k(s, t)) with lambda = 50 (poly kernel);
+    the teacher-teacher term is constant for the student, so weight=50 gives the same gradients.
+    The paper writes (lambda / 2) * MMD^2, i.e. weight = lambda / 2.
+    """
+
+    def __init__(self, weight=1.0, kernel="poly", degree=2, coef=0.0, sigma2=None, resize=None):
+        super().__init__()
+        check_kernel_args(kernel, degree, coef, sigma2, resize)
+        self.weight = float(weight)
+        self.kernel, self.degree, self.coef, self.sigma2, self.resize = kernel, degree, coef, sigma2, resize
+
+    def forward(self, student, teacher):
+        """student [N, C_S, H, W], teacher [N, C_T, H, W] -> weighted scalar loss."""
+        loss = nst_loss(student, teacher, self.kernel, self.degree, self.coef, self.sigma2, self.resize)
+        return self.weight * loss
+
+    def extra_repr(self):
+        return (
+            f"weight={self.weight}, kernel={self.kernel!r}, degree={self.degree}, coef={self.coef}, "
+            f"sigma2={self.sigma2}, resize={self.resize!r}"
+        )
