@@ -9,6 +9,8 @@ FitNet and their sums): the first stage of nst_det.
 
 Without a GPU, --num-gpus N runs N CPU processes on the gloo backend.
 """
+import logging
+
 import nst_det  # noqa: F401  (first: makes Detectron2 usable on this stack)
 from detectron2.engine import default_argument_parser
 
@@ -27,17 +29,20 @@ def setup(args):
 def main(args):
     cfg = setup(args)
     trainer = ClsTrainer(cfg, eval_only=args.eval_only)
-    if args.eval_only:
-        trainer.resume_or_load(resume=args.resume)
-        return trainer.evaluate(teacher=args.eval_teacher)
     trainer.resume_or_load(resume=args.resume)
+    if args.eval_only:
+        which = "teacher" if args.eval_teacher else "student"
+        metrics = trainer.evaluate(teacher=args.eval_teacher)
+        logging.getLogger("nst_det").info(f"{which} on {cfg.DATA.NAME} val: top-1 "
+                                          f"{metrics['top1']:.2f}%  top-5 {metrics['top5']:.2f}%")
+        return metrics
     return trainer.train()
 
 
 def argument_parser():
     parser = default_argument_parser()
     parser.add_argument("--eval-teacher", action="store_true",
-                        help="with --eval-only: evaluate the configured teacher instead of the student")
+                        help="with --eval-only: evaluate the configured teacher, not the student")
     return parser
 
 

@@ -94,7 +94,7 @@ class ClsCheckpointer:
         self.save_to_disk = save_to_disk
 
     def save(self, name: str, state: dict) -> str:
-        """Write ``state`` to ``output_dir/name`` atomically, then point ``last_checkpoint`` at it."""
+        """Write ``state`` to ``output_dir/name`` atomically, then point ``last_checkpoint`` to it."""
         path = os.path.join(self.output_dir, name)
         if not self.save_to_disk:
             return path

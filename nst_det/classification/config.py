@@ -1,7 +1,7 @@
 """Every config key of the classification stage (``tools/train_cls.py``), with its default.
 
-Yaml files in ``configs/imagenet`` and ``configs/demo`` inherit with ``_BASE_`` and list only what they
-change; a key that is not defined here is an error (``KeyError: 'Non-existent config key: ...'``).
+Yaml files in ``configs/imagenet`` and ``configs/demo`` inherit with ``_BASE_`` and list only what
+they change; a key that is not defined here is an error (``KeyError: 'Non-existent config key: ...'``).
 """
 import os
 
@@ -125,7 +125,8 @@ def load_cls_config(config_file: str = "", opts=None) -> CN:
         cfg.merge_from_file(config_file)
     if opts:
         if len(opts) % 2:
-            raise ValueError(f"config overrides must be KEY VALUE pairs, got {len(opts)} items: {opts}")
+            raise ValueError(f"config overrides must be KEY VALUE pairs, got {len(opts)} items: "
+                             f"{opts}")
         try:
             cfg.merge_from_list(list(opts))
         except AssertionError as e:  # yacs asserts on an unknown key given on the command line

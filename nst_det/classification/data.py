@@ -140,7 +140,7 @@ def _check_not_empty(dataset, what):
 
 
 def build_train_loader(dataset, batch_per_process: int, num_workers: int, seed: int):
-    """Loader of this process's shard of ``dataset``; call ``loader.sampler.set_epoch(e)`` each epoch.
+    """Loader of this process's shard of ``dataset``; call ``loader.sampler.set_epoch(e)`` per epoch.
 
     Shuffles with a permutation that depends only on (``seed``, epoch); drops the last incomplete
     batch. Data-worker seeds are drawn from torch's global RNG, which checkpoints save and restore.

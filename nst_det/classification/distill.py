@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from nst_det import losses as L
 from nst_det.classification.checkpointer import UnreadableCheckpointError
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "build_distillation",
     "distillation_losses",
     "distill_terms",
+    "tap_layers",
 ]
 
 logger = logging.getLogger(__name__)
@@ -122,8 +124,6 @@ class DistillationStudent(nn.Module):
 
     def forward(self, images, targets, teacher_outputs=None, distill_scale: float = 1.0):
         """images [N, 3, H, W], targets [N] -> {"loss_cls": ..., "loss_<term>": ...} (scalars)."""
-        from nst_det import losses as L
-
         if self.taps is None:
             logits, feats = self.classifier(images), {}
         else:
@@ -138,18 +138,21 @@ class DistillationStudent(nn.Module):
             _check_spatial(self.student_layers, self.teacher_layers, feats, t_feats)
         pairs = [(feats[s], t_feats[t]) for s, t in zip(self.student_layers, self.teacher_layers)]
         for term in self.terms:
-            w = self.weights[term] * distill_scale
-            if term == "kd":
-                inputs = (logits, t_logits)
-                fn = lambda: L.kd_loss(logits, t_logits, temperature=self.kd_temperature)  # noqa: E731
-            else:
-                inputs = tuple(x for pair in pairs for x in pair)
-                fn = {"nst": lambda: sum(L.nst_loss(s, t, **self.nst_kwargs) for s, t in pairs),
-                      "at": lambda: sum(L.at_loss(s, t, p=self.at_p) for s, t in pairs),
-                      "fitnet": lambda: sum(head(s, t) for head, (s, t) in
-                                            zip(self.heads["fitnet"], pairs))}[term]
-            out[f"loss_{term}"] = w * _named_term(f"loss_{term}", fn, inputs)
+            inputs = (logits, t_logits) if term == "kd" else tuple(x for p in pairs for x in p)
+            value = _named_term(f"loss_{term}",
+                                lambda: self._term(term, logits, t_logits, pairs), inputs)
+            out[f"loss_{term}"] = self.weights[term] * distill_scale * value
         return out
+
+    def _term(self, term, logits, t_logits, pairs):
+        """Unweighted value of one distillation term, summed over the tapped layer pairs."""
+        if term == "kd":
+            return L.kd_loss(logits, t_logits, temperature=self.kd_temperature)
+        if term == "nst":
+            return sum(L.nst_loss(s, t, **self.nst_kwargs) for s, t in pairs)
+        if term == "at":
+            return sum(L.at_loss(s, t, p=self.at_p) for s, t in pairs)
+        return sum(head(s, t) for head, (s, t) in zip(self.heads["fitnet"], pairs))  # fitnet
 
 
 def _named_term(name, fn, inputs):
@@ -203,7 +206,8 @@ def _build_net(cfg, which):
     return net
 
 
-def _layers(cfg, which):
+def tap_layers(cfg, which: str):
+    """Layers tapped for ``which`` ("STUDENT" or "TEACHER"): MODEL.<which>.TAP or the default."""
     from nst_det.classification.taps import default_tap
 
     node = cfg.MODEL[which]
@@ -214,8 +218,6 @@ def build_distillation(cfg, input_shape=(3, 224, 224)):
     """``(DistillationStudent, FrozenTeacher or None)`` from ``cfg`` (teacher only if a distillation
     weight is > 0). ``input_shape`` [3, H, W] is used for one dry forward pass that finds the
     tapped channel counts (for FitNet's regressors) and checks the spatial sizes early."""
-    from nst_det import losses as L
-
     terms = distill_terms(cfg)
     student_net = _build_net(cfg, "STUDENT")
     heads = nn.ModuleDict()
@@ -227,7 +229,7 @@ def build_distillation(cfg, input_shape=(3, 224, 224)):
             f"distillation terms {terms} are on but MODEL.TEACHER.WEIGHTS is empty: give the file "
             f"of the trained teacher (a random teacher teaches nothing)")
     teacher_net = _build_net(cfg, "TEACHER")
-    s_layers, t_layers = _layers(cfg, "STUDENT"), _layers(cfg, "TEACHER")
+    s_layers, t_layers = tap_layers(cfg, "STUDENT"), tap_layers(cfg, "TEACHER")
     if len(s_layers) != len(t_layers):
         raise ValueError(f"MODEL.STUDENT.TAP {s_layers} and MODEL.TEACHER.TAP {t_layers} must "
                          f"name the same number of layers")

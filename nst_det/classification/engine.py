@@ -126,8 +126,8 @@ class ClsTrainer:
 
         self.model = self.student
         if self.world_size > 1:
-            self.model = DistributedDataParallel(
-                self.student, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            self.model = DistributedDataParallel(self.student, device_ids=device_ids)
 
         self.train_loader = None
         if not eval_only:
@@ -263,7 +263,7 @@ class ClsTrainer:
                     self.student.train()
                     self.train_loader.sampler.set_epoch(epoch)
                     start = time.perf_counter()
-                    for images, targets in self.train_loader:
+                    for i, (images, targets) in enumerate(self.train_loader):
                         storage.iter = self.iter
                         lr = self.optimizer.param_groups[0]["lr"]
                         reduced = self.run_step(images, targets, epoch)
@@ -277,8 +277,11 @@ class ClsTrainer:
                         self.iter += 1
                         if self.iter % cfg.LOG_PERIOD == 0 or self.iter == self.max_iter:
                             self._log(storage, reduced, lr, step_time, epoch)
-                            for w in writers:
-                                w.write()
+                            # The epoch's last iteration is written with its val metrics below
+                            # (writers skip iterations they already wrote).
+                            if i + 1 < self.iters_per_epoch:
+                                for w in writers:
+                                    w.write()
                     self.scheduler.step()
                     metrics = self.evaluate()
                     storage.put_scalars(**{f"val/{k}": v for k, v in metrics.items()},

@@ -6,7 +6,7 @@
 - Without GPUs and ``num_processes > 1``: the same spawning with the gloo backend, so DDP runs on
   the CPU (Detectron2 v0.6's ``launch`` requires CUDA).
 
-In every case Detectron2's ``comm`` helpers (rank, world size, local rank) work inside ``main_func``.
+In every case Detectron2's ``comm`` helpers (rank, world size, local rank) work in ``main_func``.
 """
 import logging
 import os

@@ -1,0 +1,63 @@
+"""Tests of nst_det/classification/demo.py and visualize.py: the table, the curves, the maps."""
+import json
+import os
+
+import pytest
+import torch
+
+from cls_testing import save_teacher
+
+from nst_det.classification.demo import DEMO_CONFIGS, format_table, plot_curves, val_curve
+from nst_det.classification.visualize import (
+    normalised_maps,
+    save_selectivity_figure,
+    selective_channels,
+)
+
+RESULTS = {"teacher": {"top1": 99.0, "curve": [90.0, 99.0]},
+           "runs": {"student alone": [{"top1": 90.0, "curve": [80.0, 90.0]},
+                                      {"top1": 94.0, "curve": [82.0, 94.0]}],
+                    "NST (poly)": [{"top1": 95.0, "curve": [85.0, 95.0]},
+                                   {"top1": 97.0, "curve": [86.0, 97.0]}]}}
+
+
+def test_table_gives_mean_and_sample_std_per_method():
+    table = format_table(RESULTS)
+    assert "| teacher (demo_teacher) | 99.00 | 1 |" in table
+    assert "| student: student alone | 92.00 ± 2.83 | 2 seeds: 90.0, 94.0 |" in table
+    assert "| student: NST (poly) | 96.00 ± 1.41 |" in table
+
+
+def test_curves_are_saved_as_png(tmp_path):
+    path = plot_curves(RESULTS, str(tmp_path / "curves.png"))
+    with open(path, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_val_curve_reads_metrics_json(tmp_path):
+    rows = [{"iteration": 0, "lr": 0.1}, {"iteration": 1, "epoch": 1, "val/top1": 50.0},
+            {"iteration": 3, "epoch": 2, "val/top1": 75.0}]
+    (tmp_path / "metrics.json").write_text("\n".join(json.dumps(r) for r in rows))
+    assert val_curve(str(tmp_path)) == [50.0, 75.0]
+
+
+def test_normalised_maps_have_unit_norm_and_peaked_channels_rank_first():
+    feats = torch.ones(3, 4, 4)
+    feats[1] = 0
+    feats[1, 2, 2] = 5.0  # one position only: the most selective channel
+    feats[2, :2] = 3.0    # half of the positions
+    maps = normalised_maps(feats)
+    assert torch.allclose(maps.flatten(1).norm(dim=1), torch.ones(3), atol=1e-6)
+    assert selective_channels(maps, 3).tolist() == [1, 2, 0]
+
+
+def test_selectivity_figure_for_two_student_checkpoints(tmp_path):
+    teacher = save_teacher(tmp_path, "demo_teacher", num_classes=10)
+    after = save_teacher(tmp_path, "demo_student", num_classes=10, seed=3)
+    config = os.path.join(DEMO_CONFIGS, "cls_student_nst.yaml")
+    path = save_selectivity_figure(config, ["MODEL.TEACHER.WEIGHTS", teacher], "init", after,
+                                   str(tmp_path / "sel.png"), image_index=3, top_k=4)
+    assert os.path.getsize(path) > 1000
+    with pytest.raises(FileNotFoundError, match="student weights file '.*missing.pth'"):
+        save_selectivity_figure(config, ["MODEL.TEACHER.WEIGHTS", teacher], "init",
+                                str(tmp_path / "missing.pth"), str(tmp_path / "x.png"))
