@@ -1,0 +1,70 @@
+"""DistillTrainer: Detectron2's DefaultTrainer with nst_det's evaluators, evaluation of the student
+alone (no teacher file needed) and of the teacher alone."""
+import logging
+
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import get_cfg
+from detectron2.engine import DefaultTrainer, default_setup
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
+
+from nst_det.config import add_nst_config, student_cfg
+from nst_det.evaluation import build_evaluator
+from nst_det.modeling import build_teacher
+
+__all__ = ["DistillTrainer", "setup_cfg"]
+
+logger = logging.getLogger(__name__)
+
+
+def setup_cfg(args, setup: bool = True):
+    """The frozen config of a ``tools/train_net.py`` command line (``args.config_file``,
+    ``args.opts``); ``setup`` also runs Detectron2's ``default_setup`` and nst_det's logger."""
+    cfg = add_nst_config(get_cfg())
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    cfg.freeze()
+    if setup:
+        default_setup(cfg, args)
+        setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="nst_det")
+    return cfg
+
+
+class DistillTrainer(DefaultTrainer):
+    """DefaultTrainer for plain and distilled detectors: VOC/COCO evaluators by data set type."""
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        return build_evaluator(cfg, dataset_name, output_folder)
+
+    def train(self):
+        """Train; returns the final evaluation results ({data set: {task: metrics}} or, for one
+        test set, {task: metrics}) or None when no evaluation ran."""
+        super().train()
+        return getattr(self, "_last_eval_results", None)
+
+    @classmethod
+    def build_student(cls, cfg, resume: bool = False):
+        """The student alone (plain GeneralizedRCNN, no teacher), loaded from MODEL.WEIGHTS or,
+        with ``resume``, from the last checkpoint in OUTPUT_DIR."""
+        model = cls.build_model(student_cfg(cfg))
+        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+            cfg.MODEL.WEIGHTS, resume=resume)
+        return model
+
+    @classmethod
+    def test_student(cls, cfg, resume: bool = False):
+        """Evaluate the student alone on DATASETS.TEST (``--eval-only``)."""
+        return cls.test(cfg, cls.build_student(cfg, resume=resume))
+
+    @classmethod
+    def test_teacher(cls, cfg):
+        """Evaluate the teacher of MODEL.DISTILL alone on the student's DATASETS.TEST, at the
+        student's test size, with the same evaluators (``--eval-only --eval-teacher``)."""
+        teacher = build_teacher(cfg)
+        teacher_cfg = cfg.clone()
+        teacher_cfg.defrost()
+        teacher_cfg.INPUT.FORMAT = teacher.input_format  # images are read as the teacher expects
+        teacher_cfg.freeze()
+        logger.info("Evaluating the teacher alone.")
+        return cls.test(teacher_cfg, teacher)

@@ -1,0 +1,16 @@
+"""Detection evaluation of nst_det: VOC and COCO evaluators for models, and evaluation of saved
+COCO-format predictions files."""
+from .evaluators import (  # noqa: F401
+    COCO_STAT_NAMES,
+    COCODetectionEvaluator,
+    VOCDetectionEvaluator,
+    build_evaluator,
+    coco_summary,
+    voc_metrics,
+)
+from .predictions_eval import (  # noqa: F401
+    evaluate_predictions_coco,
+    evaluate_predictions_file,
+    evaluate_predictions_voc,
+    load_coco_predictions,
+)

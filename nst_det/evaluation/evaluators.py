@@ -1,0 +1,132 @@
+"""Detection evaluators of nst_det: PASCAL VOC (AP50 per class, 07 11-point and area AP50) and COCO
+(the 12 numbers of pycocotools' summary), chosen by the data set's ``evaluator_type``."""
+import logging
+import math
+import os
+import tempfile
+from collections import OrderedDict, defaultdict
+from typing import Dict, List, Optional, Sequence
+
+from detectron2.data import MetadataCatalog
+from detectron2.evaluation import COCOEvaluator, PascalVOCDetectionEvaluator
+from detectron2.evaluation.pascal_voc_evaluation import voc_eval
+from detectron2.utils import comm
+from detectron2.utils.logger import create_small_table
+
+from nst_det._d2_compat import has_compiled_ops
+
+__all__ = ["COCO_STAT_NAMES", "VOCDetectionEvaluator", "COCODetectionEvaluator",
+           "build_evaluator", "voc_metrics", "coco_summary"]
+
+logger = logging.getLogger(__name__)
+
+# The 12 numbers of pycocotools' COCOeval.summarize() for boxes, in its order.
+COCO_STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl",
+                   "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+
+
+def voc_metrics(lines_by_class: Dict[int, List[str]], anno_file_template: str, image_set_path: str,
+                class_names: Sequence[str], use_07_metric: bool) -> "OrderedDict[str, float]":
+    """VOC metrics (percent) from detections in the devkit's text form, per class id
+    (``"<image id> <score> <xmin> <ymin> <xmax> <ymax>"``, 1-based corners).
+
+    ``AP``: mean over IoU 0.50:0.95, ``AP50``/``AP75`` and ``AP50-<class>`` with the data set's
+    metric (``use_07_metric``: VOC2007's 11-point one); ``AP50_11point`` and ``AP50_area`` give
+    AP50 under both metrics (11-point interpolation, and the area under the precision envelope as
+    in VOC2010+).
+    """
+    aps = defaultdict(list)  # IoU threshold (percent) -> AP per class
+    ap50_other = []
+    with tempfile.TemporaryDirectory(prefix="nst_det_voc_eval_") as dirname:
+        res_file_template = os.path.join(dirname, "{}.txt")
+        for cls_id, cls_name in enumerate(class_names):
+            with open(res_file_template.format(cls_name), "w") as f:
+                f.write("\n".join(lines_by_class.get(cls_id, [])))
+            for thresh in range(50, 100, 5):
+                _, _, ap = voc_eval(res_file_template, anno_file_template, image_set_path, cls_name,
+                                    ovthresh=thresh / 100.0, use_07_metric=use_07_metric)
+                aps[thresh].append(ap * 100)
+            _, _, ap = voc_eval(res_file_template, anno_file_template, image_set_path, cls_name,
+                                ovthresh=0.5, use_07_metric=not use_07_metric)
+            ap50_other.append(ap * 100)
+    mean = {t: sum(v) / len(v) for t, v in aps.items()}
+    mean_other = sum(ap50_other) / len(ap50_other)
+    results = OrderedDict(AP=sum(mean.values()) / len(mean), AP50=mean[50], AP75=mean[75])
+    results["AP50_11point"] = mean[50] if use_07_metric else mean_other
+    results["AP50_area"] = mean_other if use_07_metric else mean[50]
+    for name, ap in zip(class_names, aps[50]):
+        results[f"AP50-{name}"] = ap
+    return results
+
+
+class VOCDetectionEvaluator(PascalVOCDetectionEvaluator):
+    """Detectron2's VOC evaluator, reporting also AP50 per class and AP50 under both the VOC2007
+    11-point and the area metric (``voc_metrics``)."""
+
+    def evaluate(self):
+        all_predictions = comm.gather(self._predictions, dst=0)
+        if not comm.is_main_process():
+            return
+        predictions = defaultdict(list)
+        for predictions_per_rank in all_predictions:
+            for cls_id, lines in predictions_per_rank.items():
+                predictions[cls_id].extend(lines)
+        self._logger.info(f"Evaluating {self._dataset_name} with the VOC "
+                          f"{2007 if self._is_2007 else 2012} metric (Python devkit port).")
+        results = voc_metrics(predictions, self._anno_file_template, self._image_set_path,
+                              self._class_names, self._is_2007)
+        self._logger.info("VOC results:\n" + create_small_table(results))
+        return OrderedDict(bbox=results)
+
+
+def coco_summary(coco_eval, class_names: Optional[Sequence[str]] = None) -> "OrderedDict[str, float]":
+    """The 12 summary numbers (percent, NaN when undefined) of a summarized box ``COCOeval``, and
+    ``AP-<class>`` (IoU 0.50:0.95, all areas, 100 detections) when ``class_names`` is given."""
+    if coco_eval is None:
+        return OrderedDict((name, math.nan) for name in COCO_STAT_NAMES)
+    results = OrderedDict(
+        (name, float(value * 100) if value >= 0 else math.nan)
+        for name, value in zip(COCO_STAT_NAMES, coco_eval.stats)
+    )
+    if class_names and len(class_names) > 1:
+        precisions = coco_eval.eval["precision"]  # [IoU, recall, class, area, max detections]
+        if precisions.shape[2] != len(class_names):
+            raise ValueError(f"COCO evaluation has {precisions.shape[2]} categories but the data set "
+                             f"names {len(class_names)} classes: {list(class_names)}")
+        for idx, name in enumerate(class_names):
+            precision = precisions[:, :, idx, 0, -1]
+            precision = precision[precision > -1]
+            results[f"AP-{name}"] = float(precision.mean() * 100) if precision.size else math.nan
+    return results
+
+
+class COCODetectionEvaluator(COCOEvaluator):
+    """Detectron2's COCO evaluator, reporting for boxes all 12 numbers of pycocotools' summary
+    (AP, AP50, AP75, APs/m/l, AR1/10/100, ARs/m/l) and AP per class."""
+
+    def _derive_coco_results(self, coco_eval, iou_type, class_names=None):
+        if iou_type != "bbox":
+            return super()._derive_coco_results(coco_eval, iou_type, class_names)
+        if coco_eval is None:
+            self._logger.warning("No predictions from the model!")
+        results = coco_summary(coco_eval, class_names)
+        self._logger.info("Evaluation results for bbox:\n" + create_small_table(
+            {k: v for k, v in results.items() if k in COCO_STAT_NAMES}))
+        return results
+
+
+def build_evaluator(cfg, dataset_name: str, output_folder: Optional[str] = None):
+    """The evaluator of ``dataset_name`` by its metadata ``evaluator_type``: "pascal_voc" -> VOC,
+    "coco" -> COCO (the fast C++ COCOeval only when Detectron2's compiled ops exist)."""
+    if output_folder is None:
+        output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
+    evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", None)
+    if evaluator_type == "pascal_voc":
+        return VOCDetectionEvaluator(dataset_name)
+    if evaluator_type == "coco":
+        return COCODetectionEvaluator(dataset_name, output_dir=output_folder,
+                                      use_fast_impl=has_compiled_ops())
+    raise ValueError(
+        f"no detection evaluator for data set '{dataset_name}' (metadata evaluator_type "
+        f"{evaluator_type!r}); nst_det evaluates 'pascal_voc' and 'coco' data sets"
+    )

@@ -1,0 +1,370 @@
+"""DistillGeneralizedRCNN: a student GeneralizedRCNN trained with NST (and optionally KD) from a
+frozen teacher detector.
+
+In training the student runs as an ordinary ``GeneralizedRCNN``; hooks keep the backbone's input
+and features (and, for KD, the sampled proposals and class logits). The teacher then runs without
+autograd on the same images, only as far as the matched features (its backbone, and its box head
+on the student's proposals when KD is on), and ``loss_nst`` (and ``loss_kd``) join the losses.
+In inference only the student runs. The teacher is held outside the module tree, so
+``state_dict()``, ``parameters()``, the optimizer and DistributedDataParallel see the student only.
+"""
+import contextlib
+import logging
+from typing import Dict, List, Optional, Sequence
+
+import torch
+from detectron2.config import configurable
+from detectron2.modeling import META_ARCH_REGISTRY, GeneralizedRCNN
+from detectron2.structures import ImageList
+from detectron2.utils.events import get_event_storage
+from torch import nn
+
+from nst_det.losses import kd_loss, nst_loss
+from nst_det.losses.nst import check_kernel_args
+
+from .teacher import build_teacher
+
+__all__ = ["DistillGeneralizedRCNN"]
+
+logger = logging.getLogger(__name__)
+
+_SWAPPABLE_FORMATS = ("RGB", "BGR")
+
+
+def _available_features(backbone: nn.Module) -> Dict[str, object]:
+    """{name: ShapeSpec} of the backbone's outputs and, for FPN-like backbones, of its bottom-up net."""
+    shapes = {}
+    bottom_up = getattr(backbone, "bottom_up", None)
+    if bottom_up is not None and hasattr(bottom_up, "output_shape"):
+        shapes.update(bottom_up.output_shape())
+    shapes.update(backbone.output_shape())
+    return shapes
+
+
+def _check_features(role: str, key: str, names: Sequence[str], backbone: nn.Module):
+    available = _available_features(backbone)
+    unknown = [n for n in names if n not in available]
+    if unknown:
+        raise ValueError(
+            f"{key} names {role} feature(s) {unknown} that the {role} backbone does not give; "
+            f"available: {sorted(available)}"
+        )
+    return available
+
+
+def _current_iter() -> Optional[int]:
+    """The trainer's iteration from Detectron2's event storage; None outside training loops."""
+    try:
+        return get_event_storage().iter
+    except AssertionError:  # no EventStorage is active
+        return None
+
+
+class _ForwardCapture:
+    """Temporarily hook modules and keep what passes through them."""
+
+    def __init__(self):
+        self.store = {}
+        self._handles = []
+
+    def output(self, name: str, module: nn.Module):
+        self._handles.append(module.register_forward_hook(
+            lambda m, args, out: self.store.__setitem__(name, out)))
+
+    def input(self, name: str, module: nn.Module, index: int):
+        self._handles.append(module.register_forward_pre_hook(
+            lambda m, args: self.store.__setitem__(name, args[index])))
+
+    def remove(self):
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+
+@META_ARCH_REGISTRY.register()
+class DistillGeneralizedRCNN(GeneralizedRCNN):
+    """GeneralizedRCNN student + frozen teacher; training adds ``loss_nst`` (and ``loss_kd``)."""
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        teacher: nn.Module,
+        student_features: Sequence[str],
+        teacher_features: Sequence[str],
+        level_weights: Sequence[float],
+        nst_weight: float,
+        nst_kernel: str = "poly",
+        nst_degree: int = 2,
+        nst_coef: float = 0.0,
+        nst_sigma2: Optional[float] = None,
+        kd_enabled: bool = False,
+        kd_weight: float = 1.0,
+        kd_temperature: float = 4.0,
+        warmup_iters: int = 0,
+        **kwargs,
+    ):
+        """
+        Args:
+            teacher: a trained, plain detector (e.g. GeneralizedRCNN); frozen and put in eval mode.
+            student_features, teacher_features: names matched in order by NST (see
+                MODEL.DISTILL.STUDENT_FEATURES); each pair must have the same stride.
+            level_weights: weight of each matched pair in loss_nst.
+            nst_weight: overall weight of loss_nst (0 = NST off).
+            nst_kernel, nst_degree, nst_coef, nst_sigma2: the MMD kernel (nst_det.losses.nst_loss).
+            kd_enabled, kd_weight, kd_temperature: KD on the ROI box head's class logits.
+            warmup_iters: distillation weights grow linearly over this many iterations (0 = off).
+            kwargs: the arguments of GeneralizedRCNN (the student).
+        """
+        super().__init__(**kwargs)
+        self.student_features = list(student_features)
+        self.teacher_features = list(teacher_features)
+        self.level_weights = [float(w) for w in level_weights]
+        self.nst_weight = float(nst_weight)
+        self.nst_kwargs = dict(kernel=nst_kernel, degree=nst_degree, coef=nst_coef, sigma2=nst_sigma2)
+        self.kd_enabled = bool(kd_enabled)
+        self.kd_weight = float(kd_weight)
+        self.kd_temperature = float(kd_temperature)
+        self.warmup_iters = int(warmup_iters)
+
+        teacher.eval()
+        teacher.requires_grad_(False)
+        # A plain attribute holding a list is not registered as a submodule: the teacher stays out
+        # of state_dict(), parameters(), train()/eval() and DistributedDataParallel.
+        self._teacher_holder = [teacher]
+        self._check_distillation()
+        teacher.to(self.device)
+
+    @classmethod
+    def from_config(cls, cfg):
+        ret = super().from_config(cfg)
+        d = cfg.MODEL.DISTILL
+        ret.update(
+            teacher=build_teacher(cfg),
+            student_features=d.STUDENT_FEATURES,
+            teacher_features=d.TEACHER_FEATURES,
+            level_weights=d.LEVEL_WEIGHTS,
+            nst_weight=d.WEIGHT,
+            nst_kernel=d.LOSS.KERNEL,
+            nst_degree=d.LOSS.DEGREE,
+            nst_coef=d.LOSS.COEF,
+            nst_sigma2=d.LOSS.SIGMA2 if d.LOSS.SIGMA2 > 0 else None,
+            kd_enabled=d.KD.ENABLED,
+            kd_weight=d.KD.WEIGHT,
+            kd_temperature=d.KD.TEMPERATURE,
+            warmup_iters=d.WARMUP_ITERS,
+        )
+        return ret
+
+    @property
+    def teacher(self) -> nn.Module:
+        """The frozen teacher detector (not a submodule)."""
+        return self._teacher_holder[0]
+
+    def _apply(self, fn, *args, **kwargs):
+        # .to(), .cuda(), .half() ... move the teacher with the student.
+        super()._apply(fn, *args, **kwargs)
+        if hasattr(self, "_teacher_holder"):
+            self.teacher._apply(fn, *args, **kwargs)
+        return self
+
+    # ----------------------------------------------------------------------------------------
+    # build-time checks
+    # ----------------------------------------------------------------------------------------
+    def _check_distillation(self):
+        """Raise a ValueError naming the key when the distillation settings cannot work."""
+        n = len(self.student_features)
+        if len(self.teacher_features) != n:
+            raise ValueError(
+                f"MODEL.DISTILL.STUDENT_FEATURES {self.student_features} and "
+                f"MODEL.DISTILL.TEACHER_FEATURES {self.teacher_features} must have the same length"
+            )
+        if len(self.level_weights) != n:
+            raise ValueError(
+                f"MODEL.DISTILL.LEVEL_WEIGHTS {self.level_weights} needs one weight per entry of "
+                f"MODEL.DISTILL.STUDENT_FEATURES {self.student_features}"
+            )
+        student_shapes = _check_features(
+            "student", "MODEL.DISTILL.STUDENT_FEATURES", self.student_features, self.backbone)
+        teacher_shapes = _check_features(
+            "teacher", "MODEL.DISTILL.TEACHER_FEATURES", self.teacher_features, self.teacher.backbone)
+        for s_name, t_name in zip(self.student_features, self.teacher_features):
+            s_stride, t_stride = student_shapes[s_name].stride, teacher_shapes[t_name].stride
+            if s_stride != t_stride:
+                raise ValueError(
+                    f"student feature '{s_name}' has stride {s_stride} but teacher feature "
+                    f"'{t_name}' has stride {t_stride}: NST needs matched levels of the same "
+                    "spatial size (MODEL.DISTILL.STUDENT_FEATURES / TEACHER_FEATURES)"
+                )
+        s_div, t_div = self.backbone.size_divisibility, self.teacher.backbone.size_divisibility
+        if t_div > 1 and s_div % t_div != 0:
+            raise ValueError(
+                f"the teacher backbone needs inputs divisible by {t_div} but the student pads its "
+                f"batch to multiples of {s_div}; the teacher sees the student's padded batch"
+            )
+        if self.input_format != self.teacher.input_format and not (
+            self.input_format in _SWAPPABLE_FORMATS
+            and self.teacher.input_format in _SWAPPABLE_FORMATS
+        ):
+            raise ValueError(
+                f"student INPUT.FORMAT '{self.input_format}' and teacher INPUT.FORMAT "
+                f"'{self.teacher.input_format}' differ and only RGB<->BGR can be converted"
+            )
+        try:
+            check_kernel_args(resize=None, **self.nst_kwargs)
+        except ValueError as e:
+            raise ValueError(f"MODEL.DISTILL.LOSS: {e}") from e
+        if self.kd_enabled:
+            self._check_kd()
+        if self.nst_weight == 0 and not self.kd_enabled:
+            logger.warning("MODEL.DISTILL.WEIGHT is 0 and KD is off: nothing is distilled.")
+
+    def _check_kd(self):
+        for role, model in (("student", self), ("teacher", self.teacher)):
+            heads = model.roi_heads
+            if not all(hasattr(heads, a) for a in ("box_pooler", "box_head", "box_predictor")):
+                raise ValueError(
+                    f"MODEL.DISTILL.KD.ENABLED needs a box head with box_pooler, box_head and "
+                    f"box_predictor (e.g. StandardROIHeads); the {role} has "
+                    f"{type(heads).__name__}"
+                )
+        s_classes = self.roi_heads.box_predictor.num_classes
+        t_classes = self.teacher.roi_heads.box_predictor.num_classes
+        if s_classes != t_classes:
+            raise ValueError(
+                f"MODEL.DISTILL.KD.ENABLED: the student has {s_classes} classes but the teacher "
+                f"{t_classes} (MODEL.ROI_HEADS.NUM_CLASSES must agree)"
+            )
+
+    # ----------------------------------------------------------------------------------------
+    # forward
+    # ----------------------------------------------------------------------------------------
+    def forward(self, batched_inputs: List[Dict[str, torch.Tensor]]):
+        """Training: the student's losses + ``loss_nst`` (+ ``loss_kd``); inference: the student's."""
+        if not self.training:
+            return super().forward(batched_inputs)
+        capture = self._student_capture()
+        try:
+            losses = super().forward(batched_inputs)
+        finally:
+            capture.remove()
+        student = capture.store
+        teacher_images = self.teacher_images(batched_inputs, student["images"])
+        teacher = self._teacher_forward(teacher_images, student.get("proposal_boxes"))
+        losses.update(self.distillation_losses(student, teacher))
+        return losses
+
+    def _student_capture(self) -> _ForwardCapture:
+        capture = _ForwardCapture()
+        capture.input("images", self.backbone, 0)
+        capture.output("features", self.backbone)
+        if hasattr(self.backbone, "bottom_up"):
+            capture.output("bottom_up", self.backbone.bottom_up)
+        if self.kd_enabled:
+            capture.input("proposal_boxes", self.roi_heads.box_pooler, 1)
+            capture.output("box_predictions", self.roi_heads.box_predictor)
+        return capture
+
+    def teacher_images(self, batched_inputs: List[Dict[str, torch.Tensor]],
+                       student_images: torch.Tensor) -> torch.Tensor:
+        """The teacher's input [N, 3, H, W]: the student's preprocessed batch when both normalise
+        alike, else the same raw images normalised with the teacher's PIXEL_MEAN/STD and format,
+        padded like the student's batch."""
+        teacher = self.teacher
+        same_format = teacher.input_format == self.input_format
+        if (same_format and torch.equal(teacher.pixel_mean, self.pixel_mean)
+                and torch.equal(teacher.pixel_std, self.pixel_std)):
+            return student_images
+        images = [x["image"].to(self.device) for x in batched_inputs]
+        if not same_format:
+            images = [x.flip(0) for x in images]  # RGB <-> BGR
+        images = [(x - teacher.pixel_mean) / teacher.pixel_std for x in images]
+        images = ImageList.from_tensors(images, self.backbone.size_divisibility).tensor
+        if images.shape != student_images.shape:
+            raise ValueError(
+                f"teacher batch {tuple(images.shape)} is not padded like the student batch "
+                f"{tuple(student_images.shape)}"
+            )
+        return images
+
+    def _teacher_forward(self, images: torch.Tensor, proposal_boxes=None) -> Dict[str, object]:
+        """Run the teacher without autograd only as far as distillation needs: {name: tensor}."""
+        teacher = self.teacher
+        backbone = teacher.backbone
+        names = set(self.teacher_features) if self.nst_weight else set()
+        fpn_names = set(backbone.output_shape())
+        out = {}
+        # no_grad, not inference_mode: the student's loss saves these tensors for its backward.
+        with torch.no_grad():
+            if not self.kd_enabled and names and not names & fpn_names:
+                features = backbone.bottom_up(images)  # only bottom-up features are matched
+            elif self.kd_enabled or names:
+                capture = _ForwardCapture()
+                if names - fpn_names:
+                    capture.output("bottom_up", backbone.bottom_up)
+                try:
+                    features = dict(backbone(images))
+                finally:
+                    capture.remove()
+                kd_features = dict(features)
+                features.update(capture.store.get("bottom_up", {}))
+                if self.kd_enabled:
+                    heads = teacher.roi_heads
+                    x = heads.box_pooler([kd_features[f] for f in heads.box_in_features],
+                                         proposal_boxes)
+                    out["class_logits"] = heads.box_predictor(heads.box_head(x))[0]
+            else:
+                features = {}
+        out["features"] = {n: features[n] for n in names}
+        return out
+
+    def distillation_losses(self, student: Dict[str, object], teacher: Dict[str, object]
+                            ) -> Dict[str, torch.Tensor]:
+        """{"loss_nst": ..., "loss_kd": ...} from captured student and teacher outputs; puts each
+        level's MMD^2 in the event storage as ``nst/<student feature>``."""
+        factor = self.warmup_factor(_current_iter())
+        losses = {}
+        if self.nst_weight:
+            student_features = dict(student.get("bottom_up", {}))
+            student_features.update(student["features"])
+            terms = self.nst_per_level(student_features, teacher["features"])
+            total = sum(w * t for w, t in zip(self.level_weights, terms))
+            losses["loss_nst"] = factor * self.nst_weight * total
+            self._log_levels(terms, factor)
+        if self.kd_enabled:
+            student_logits = student["box_predictions"][0]
+            kd = kd_loss(student_logits, teacher["class_logits"], self.kd_temperature)
+            losses["loss_kd"] = factor * self.kd_weight * kd
+        return losses
+
+    def nst_per_level(self, student_features: Dict[str, torch.Tensor],
+                      teacher_features: Dict[str, torch.Tensor]) -> List[torch.Tensor]:
+        """Unweighted MMD^2 of each matched pair; student [N, C_S, H, W] vs teacher [N, C_T, H, W]."""
+        terms = []
+        for s_name, t_name in zip(self.student_features, self.teacher_features):
+            s, t = student_features[s_name], teacher_features[t_name]
+            if s.shape[0] != t.shape[0] or s.shape[2:] != t.shape[2:]:
+                raise ValueError(
+                    f"student feature '{s_name}' is {tuple(s.shape)} but teacher feature "
+                    f"'{t_name}' is {tuple(t.shape)}: matched levels need the same batch size "
+                    "and spatial size"
+                )
+            terms.append(nst_loss(s, t, **self.nst_kwargs))
+        return terms
+
+    def warmup_factor(self, iteration: Optional[int]) -> float:
+        """min(1, iteration / WARMUP_ITERS); 1 when warm-up is off or outside a training loop."""
+        if self.warmup_iters <= 0 or iteration is None:
+            return 1.0
+        return min(1.0, iteration / self.warmup_iters)
+
+    def _log_levels(self, terms: List[torch.Tensor], factor: float):
+        try:
+            storage = get_event_storage()
+        except AssertionError:
+            return
+        values = torch.stack([t.detach().float() for t in terms]).cpu().tolist()  # one sync
+        for name, value in zip(self.student_features, values):
+            storage.put_scalar(f"nst/{name}", value)
+        if self.warmup_iters > 0:
+            storage.put_scalar("distill/warmup_factor", factor)

@@ -1,0 +1,97 @@
+"""Tests of nst_det/config.py and of the detection configs in configs/."""
+import glob
+import os
+import re
+
+import pytest
+
+import nst_det  # noqa: F401  (first: Detectron2 compatibility)
+import nst_det.modeling  # noqa: F401  (registers DistillGeneralizedRCNN and the backbones)
+from detectron2.config import get_cfg
+from nst_det import config as nst_config
+from nst_det.config import add_nst_config, get_nst_cfg, load_teacher_cfg, student_cfg
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DETECTION_CONFIGS = sorted(
+    glob.glob(os.path.join(REPO, "configs", "*.yaml"))
+    + glob.glob(os.path.join(REPO, "configs", "demo", "det_*.yaml"))
+)
+
+
+def test_defaults_of_every_distill_key():
+    d = get_nst_cfg().MODEL.DISTILL
+    assert d.TEACHER_CONFIG == "" and d.TEACHER_WEIGHTS == ""
+    assert d.STUDENT_FEATURES == ["p2", "p3", "p4", "p5", "p6"]
+    assert d.TEACHER_FEATURES == ["p2", "p3", "p4", "p5", "p6"]
+    assert d.LEVEL_WEIGHTS == [1.0] * 5
+    assert d.WEIGHT > 0 and d.WARMUP_ITERS == 0
+    assert (d.LOSS.KERNEL, d.LOSS.DEGREE, d.LOSS.COEF, d.LOSS.SIGMA2) == ("poly", 2, 0.0, 0.0)
+    assert (d.KD.ENABLED, d.KD.WEIGHT, d.KD.TEMPERATURE) == (False, 1.0, 4.0)
+
+
+def test_every_key_has_a_comment_above_it():
+    source = open(nst_config.__file__).read().splitlines()
+    assignments = [i for i, line in enumerate(source) if re.match(r"\s+_C\.MODEL\.DISTILL\.[A-Z_.]+ = ", line)]
+    assert len(assignments) >= 15
+    for i in assignments:
+        above = source[i - 1].strip()
+        assert above.startswith("#") or source[i].strip().endswith("CN()"), source[i]
+
+
+def test_inception_bn_keys_are_added():
+    cfg = add_nst_config(get_cfg())
+    assert "INCEPTION_BN" in cfg.MODEL and "OUT_FEATURES" in cfg.MODEL.INCEPTION_BN
+
+
+def test_unknown_key_in_a_yaml_is_an_error(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("MODEL:\n  DISTILL:\n    WIEGHT: 1.0\n")
+    cfg = get_nst_cfg()
+    with pytest.raises(KeyError, match="WIEGHT"):
+        cfg.merge_from_file(str(path))
+
+
+def test_load_teacher_cfg_errors_name_the_key(tmp_path):
+    with pytest.raises(ValueError, match="MODEL.DISTILL.TEACHER_CONFIG is empty"):
+        load_teacher_cfg("")
+    missing = str(tmp_path / "nope.yaml")
+    with pytest.raises(FileNotFoundError, match=r"nope\.yaml.*MODEL\.DISTILL\.TEACHER_CONFIG"):
+        load_teacher_cfg(missing)
+
+
+def test_load_teacher_cfg_merges_the_file_and_freezes(tmp_path):
+    path = tmp_path / "teacher.yaml"
+    path.write_text("MODEL:\n  RESNETS:\n    DEPTH: 101\n  PIXEL_STD: [1.0, 1.0, 1.0]\n")
+    cfg = load_teacher_cfg(str(path))
+    assert cfg.MODEL.RESNETS.DEPTH == 101 and list(cfg.MODEL.PIXEL_STD) == [1.0, 1.0, 1.0]
+    assert cfg.is_frozen()
+
+
+def test_student_cfg_builds_the_plain_student():
+    cfg = get_nst_cfg()
+    cfg.MODEL.META_ARCHITECTURE = "DistillGeneralizedRCNN"
+    plain = student_cfg(cfg)
+    assert plain.MODEL.META_ARCHITECTURE == "GeneralizedRCNN"
+    assert cfg.MODEL.META_ARCHITECTURE == "DistillGeneralizedRCNN"  # the original is untouched
+
+
+@pytest.mark.parametrize("path", DETECTION_CONFIGS, ids=lambda p: os.path.relpath(p, REPO))
+def test_detection_config_merges_and_its_teacher_config_exists(path, monkeypatch):
+    monkeypatch.chdir(REPO)  # configs name their teacher's config relative to the repository
+    cfg = get_nst_cfg()
+    cfg.merge_from_file(path)
+    if cfg.MODEL.META_ARCHITECTURE == "DistillGeneralizedRCNN":
+        teacher = load_teacher_cfg(cfg.MODEL.DISTILL.TEACHER_CONFIG)
+        assert teacher.MODEL.META_ARCHITECTURE == "GeneralizedRCNN"
+        assert teacher.MODEL.ROI_HEADS.NUM_CLASSES == cfg.MODEL.ROI_HEADS.NUM_CLASSES
+        assert cfg.MODEL.DISTILL.TEACHER_WEIGHTS
+        d = cfg.MODEL.DISTILL
+        assert len(d.STUDENT_FEATURES) == len(d.TEACHER_FEATURES) == len(d.LEVEL_WEIGHTS)
+
+
+def test_the_config_set_is_complete():
+    names = {os.path.relpath(p, os.path.join(REPO, "configs")) for p in DETECTION_CONFIGS}
+    for dataset in ("voc", "coco"):
+        for kind in ("R101_teacher", "R18_baseline", "nst_pretrained", "nst", "nst_pretrained_nst"):
+            assert f"{dataset}_frcnn_{kind}.yaml" in names
+    assert {"demo/det_teacher.yaml", "demo/det_student.yaml", "demo/det_student_nst.yaml"} <= names

@@ -1,0 +1,49 @@
+#!/usr/bin/env python
+"""Train or evaluate a Faster R-CNN, plain or distilled with NST from a teacher (Detectron2 style).
+
+    python tools/train_net.py --config-file configs/voc_frcnn_nst.yaml
+    python tools/train_net.py --config-file configs/voc_frcnn_nst.yaml --eval-only MODEL.WEIGHTS out/model_final.pth
+    python tools/train_net.py --config-file configs/voc_frcnn_nst.yaml --eval-only --eval-teacher
+    python tools/train_net.py --config-file configs/voc_frcnn_nst.yaml --resume
+"""
+import nst_det  # noqa: F401  (first: makes Detectron2 usable here and registers nst_det's models)
+import nst_det.data  # noqa: F401  (registers the demo data sets)
+from detectron2.engine import default_argument_parser, launch
+
+from nst_det.engine import DistillTrainer, setup_cfg
+
+
+class Trainer(DistillTrainer):
+    """The trainer of this tool (VOC/COCO evaluators, student-only and teacher-only evaluation)."""
+
+
+def setup(args):
+    """Config from the command line (get_cfg + add_nst_config + file + opts), frozen; logging."""
+    return setup_cfg(args)
+
+
+def main(args):
+    cfg = setup(args)
+    if args.eval_only:
+        if args.eval_teacher:
+            return Trainer.test_teacher(cfg)
+        return Trainer.test_student(cfg, resume=args.resume)
+    if args.eval_teacher:
+        raise ValueError("--eval-teacher goes with --eval-only")
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    return trainer.train()
+
+
+def argument_parser():
+    parser = default_argument_parser()
+    parser.add_argument("--eval-teacher", action="store_true",
+                        help="with --eval-only: evaluate the teacher of MODEL.DISTILL alone")
+    return parser
+
+
+if __name__ == "__main__":
+    args = argument_parser().parse_args()
+    print("Command Line Args:", args)
+    launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
+           dist_url=args.dist_url, args=(args,))
