@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from nst_det.losses import NSTLoss, nst_loss
+from nst_det.losses import nst as nst_module
 
 KERNELS = {
     "linear": dict(kernel="linear"),
@@ -107,8 +108,11 @@ def test_float32_matches_naive_float64(kernel_name, shape_name):
     torch.testing.assert_close(student.grad.double(), ref_student.grad, rtol=1e-3, atol=1e-4 * scale)
 
 
+# The Gram path forms the gradient in forward when C_S + C_T > H*W ("eager"), else in backward.
 GRADCHECK_CASES = {
     "linear": (dict(kernel="linear"), (2, 3, 4, 2, 3), "_MeanMapMMDBackward"),
+    "poly_channel_backward": (dict(kernel="poly"), (2, 2, 3, 2, 3), "_ChannelGramMMDBackward"),
+    "gaussian_channel_backward": (dict(kernel="gaussian", sigma2=0.4), (2, 2, 3, 2, 3), "_ChannelGramMMDBackward"),
     "poly_d1": (dict(kernel="poly", degree=1, coef=0.3), (1, 3, 4, 2, 3), "_MeanMapMMDBackward"),
     "poly_channel": (dict(kernel="poly"), (2, 3, 4, 2, 3), "_ChannelGramMMDBackward"),
     "poly_c_channel": (dict(kernel="poly", degree=3, coef=0.5), (1, 3, 4, 2, 3), "_ChannelGramMMDBackward"),
@@ -124,6 +128,20 @@ def test_gradcheck_through_each_path(case):
     student, teacher = make_pair(shape, seed=3)
     assert node in backward_nodes(nst_loss(student, teacher, **kwargs))
     assert torch.autograd.gradcheck(lambda s: nst_loss(s, teacher, **kwargs), (student,))
+
+
+@pytest.mark.parametrize("shape", [(5, 2, 3, 3, 4), (5, 6, 7, 2, 3)], ids=["backward", "eager"])
+@pytest.mark.parametrize("kernel_name", ["poly_d3", "gaussian_auto"])
+def test_images_in_chunks_give_the_same_value_and_grad(monkeypatch, kernel_name, shape):
+    kwargs = KERNELS[kernel_name]
+    student, teacher = make_pair(shape, seed=7)
+    ref = naive_mmd2(student, teacher, **kwargs)
+    (ref_grad,) = torch.autograd.grad(ref, student)
+    c_s, c_t = shape[1], shape[2]
+    monkeypatch.setattr(nst_module, "GRAM_CHUNK_ENTRIES", 2 * (c_s * c_s + c_s * c_t + c_t * c_t))
+    loss = nst_loss(student, teacher, **kwargs)
+    torch.testing.assert_close(loss, ref, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(torch.autograd.grad(loss, student)[0], ref_grad, rtol=1e-7, atol=1e-10)
 
 
 def test_auto_sigma2_is_the_detached_pooled_mean_squared_distance():

@@ -34,10 +34,10 @@ def _sq_norms(maps):
 
 
 def _self_gram(x):
-    """[N, C, HW] -> [N, C, C] x x^T, the symmetric product taken as three half-size blocks
-    (3/4 of the multiply-adds of one bmm)."""
+    """[N, C, HW] -> [N, C, C] x x^T; when the products dominate (C >= 128, HW >= C), the
+    symmetric result is taken as three half-size blocks (3/4 of the multiply-adds of one bmm)."""
     h = x.shape[1] // 2
-    if h < 64:
+    if h < 64 or x.shape[2] < x.shape[1]:
         return torch.bmm(x, x.transpose(1, 2))
     top, bottom = x[:, :h], x[:, h:]
     gram = x.new_empty(x.shape[0], x.shape[1], x.shape[1])
@@ -50,74 +50,138 @@ def _self_gram(x):
 
 
 def _sq_dist(gram, sq_rows, sq_cols):
-    """[N, A, B] Gram of unit-ish vectors, [N, A], [N, B] squared norms -> [N, A, B] ||x - y||^2."""
-    return (sq_rows[:, :, None] + sq_cols[:, None, :] - 2 * gram).clamp_min(0)
+    """[n, A, B] Gram, [n, A], [n, B] squared norms -> [n, A, B] ||x - y||^2 = -2 G + sq_rows 1^T
+    + 1 sq_cols^T (one baddbmm), clamped at 0."""
+    rows = torch.stack([sq_rows, torch.ones_like(sq_rows)], dim=2)
+    cols = torch.stack([torch.ones_like(sq_cols), sq_cols], dim=1)
+    return torch.baddbmm(gram, rows, cols, beta=-2).clamp_min_(0)
 
 
 def _pooled_sigma2(d_tt, d_ss, d_st):
-    """[N] mean of ||z - z'||^2 over all ordered pairs of the pooled maps {t_i} U {s_j}, detached."""
+    """[n] mean of ||z - z'||^2 over all ordered pairs of the pooled maps {t_i} U {s_j}."""
     c_t, c_s = d_tt.shape[-1], d_ss.shape[-1]
     total = d_tt.sum((-2, -1)) + d_ss.sum((-2, -1)) + 2 * d_st.sum((-2, -1))
-    sigma2 = total.detach() / (c_t + c_s) ** 2
-    return sigma2.clamp_min(torch.finfo(sigma2.dtype).eps)
+    return (total / (c_t + c_s) ** 2).clamp_min(torch.finfo(total.dtype).eps)
 
 
-def _kernel_means(g_tt, g_ss, g_st, kernel, degree, coef, sigma2):
-    """C x C Grams of the normalised maps -> ([N] mean k(t, t'), [N] mean k(s, s'), [N] mean k(s, t))."""
+def _row_dot(x, y):
+    """[n, A, B], [n, A, B] -> [n, A] sum_b x_ab y_ab, without an [n, A, B] temporary."""
+    return torch.einsum("nab,nab->na", x, y)
+
+
+def _poly_mean(gram, degree, coef):
+    """[n, A, B] Gram -> [n] mean of (G + coef)^degree."""
+    shifted = gram if coef == 0 else gram + coef
+    if degree == 2:
+        return torch.linalg.vector_norm(shifted, dim=(-2, -1)).square() / (gram.shape[1] * gram.shape[2])
+    return shifted.pow(degree).mean((-2, -1))
+
+
+def _poly_derivative(gram, degree, coef, factor):
+    """[n, A, B] Gram -> factor * degree * (G + coef)^(degree - 1)."""
+    shifted = gram if coef == 0 else gram + coef
+    if degree == 2:
+        return shifted * (2 * factor)
+    return shifted.pow(degree - 1).mul_(degree * factor)
+
+
+def _kernel_mmd2(g_tt, g_ss, g_st, kernel, degree, coef, sigma2, need_grad):
+    """Grams of the normalised maps [n, C_T, C_T], [n, C_S, C_S], [n, C_S, C_T] -> ([n] MMD^2,
+    P = dMMD^2/dG_ss, Q = dMMD^2/dG_st), P and Q None unless need_grad; P is symmetric."""
+    c_s, c_t = g_st.shape[1], g_st.shape[2]
     if kernel == "poly":
-        return tuple((g + coef).pow(degree).mean((-2, -1)) for g in (g_tt, g_ss, g_st))
-    sq_t = g_tt.diagonal(dim1=-2, dim2=-1)
-    sq_s = g_ss.diagonal(dim1=-2, dim2=-1)
+        mmd2 = _poly_mean(g_tt, degree, coef) + _poly_mean(g_ss, degree, coef) - 2 * _poly_mean(g_st, degree, coef)
+        if not need_grad:
+            return mmd2, None, None
+        p = _poly_derivative(g_ss, degree, coef, 1 / c_s**2)
+        return mmd2, p, _poly_derivative(g_st, degree, coef, -2 / (c_s * c_t))
+    # Gaussian: D = ||x||^2 + ||y||^2 - 2 x^T y, with ||x||^2 on the Gram diagonals.
+    sq_t, sq_s = g_tt.diagonal(dim1=1, dim2=2), g_ss.diagonal(dim1=1, dim2=2)
     d_tt, d_ss, d_st = _sq_dist(g_tt, sq_t, sq_t), _sq_dist(g_ss, sq_s, sq_s), _sq_dist(g_st, sq_s, sq_t)
-    if sigma2 is None:
-        sigma2 = _pooled_sigma2(d_tt, d_ss, d_st)
-    else:
-        sigma2 = torch.full_like(d_tt[:, 0, 0], sigma2)
-    scale = (-0.5 / sigma2)[:, None, None]
-    return tuple(torch.exp(d * scale).mean((-2, -1)) for d in (d_tt, d_ss, d_st))
+    bandwidth = _pooled_sigma2(d_tt, d_ss, d_st) if sigma2 is None else torch.full_like(sq_t[:, 0], sigma2)
+    scale = (-0.5 / bandwidth)[:, None, None]
+    k_tt, k_ss, k_st = (d.mul_(scale).exp_() for d in (d_tt, d_ss, d_st))
+    rows_ss, rows_st = k_ss.sum(-1), k_st.sum(-1)
+    mmd2 = k_tt.mean((-2, -1)) + rows_ss.sum(-1) / c_s**2 - 2 * rows_st.sum(-1) / (c_s * c_t)
+    if not need_grad:
+        return mmd2, None, None
+    # dMMD^2/dD_ss = kappa_ss K_ss, dMMD^2/dD_st = kappa_st K_st; chain through D (diagonals included).
+    kappa_ss, kappa_st = scale / c_s**2, -2 * scale / (c_s * c_t)
+    p = k_ss.mul_(-2 * kappa_ss)
+    p.diagonal(dim1=1, dim2=2).add_(2 * kappa_ss[:, :, 0] * rows_ss + kappa_st[:, :, 0] * rows_st)
+    return mmd2, p, k_st.mul_(-2 * kappa_st)
+
+
+def _normalised_grams(student, teacher):
+    """[n, C_S, HW], [n, C_T, HW] raw maps -> Grams of the normalised maps G_tt, G_ss, G_st and the
+    factors 1/n_s [n, C_S], 1/n_t [n, C_T] (the norms come from the raw Grams' diagonals)."""
+    g_ss = _self_gram(student)
+    g_st = torch.bmm(student, teacher.transpose(1, 2))
+    g_tt = _self_gram(teacher)
+    inv_s = _inv_norm(g_ss.diagonal(dim1=1, dim2=2))
+    inv_t = _inv_norm(g_tt.diagonal(dim1=1, dim2=2))
+    g_ss.mul_(inv_s[:, :, None] * inv_s[:, None, :])
+    g_st.mul_(inv_s[:, :, None] * inv_t[:, None, :])
+    g_tt.mul_(inv_t[:, :, None] * inv_t[:, None, :])
+    return g_tt, g_ss, g_st, inv_s, inv_t
+
+
+# Images per chunk of the Gram path: at most this many Gram entries (C_S^2 + C_S C_T + C_T^2 per
+# image) are alive at once, which bounds the C x C temporaries when C is large.
+GRAM_CHUNK_ENTRIES = 2**22
 
 
 class _ChannelGramMMD(torch.autograd.Function):
     """[N, C_S, HW] raw student, [N, C_T, HW] raw teacher -> [N] MMD^2 of their normalised maps.
 
-    Forward: three bmm's give the raw Grams; their diagonals give the spatial norms, so the
-    normalised maps S, T are never materialised. Backward: with P = dL/dG_ss, Q = dL/dG_st (C x C,
-    from autograd on the small kernel expression), dL/dS = (P + P^T) S + Q T, and through
-    S = F / n the normalisation gives dL/dF = D (P + P^T - diag(r)) D F + D Q D_t F_t with
-    r = rowsum((P + P^T) * G_ss + Q * G_st), D = diag(1/n): two bmm's, no HW-sized temporaries.
+    Forward: three bmm's give the raw Grams, whose diagonals give the spatial norms, so the
+    normalised maps S = D F (D = diag(1/n)) and T are never materialised. Gradient: with
+    P = dMMD^2/dG_ss (symmetric) and Q = dMMD^2/dG_st in closed form, dMMD^2/dS = 2 P S + Q T;
+    through S = F / n, dMMD^2/dF = D (2P - diag(r)) D F + D Q D_t F_t with
+    r = rowsum(2P * G_ss + Q * G_st) (r_j = s_j . dMMD^2/ds_j): two
+    bmm's with C x C factors, no HW-sized temporaries. The factors are kept for backward unless
+    they are larger than the gradient (C_S + C_T > HW); then the gradient is formed in forward.
     """
 
     @staticmethod
     def forward(ctx, student, teacher, kernel, degree, coef, sigma2, need_grad):
-        g_ss = _self_gram(student)
-        g_st = torch.bmm(student, teacher.transpose(1, 2))
-        g_tt = _self_gram(teacher)
-        inv_s = _inv_norm(g_ss.diagonal(dim1=1, dim2=2))
-        inv_t = _inv_norm(g_tt.diagonal(dim1=1, dim2=2))
-        g_ss.mul_(inv_s[:, :, None]).mul_(inv_s[:, None, :])
-        g_st.mul_(inv_s[:, :, None]).mul_(inv_t[:, None, :])
-        g_tt.mul_(inv_t[:, :, None]).mul_(inv_t[:, None, :])
-        with torch.enable_grad():
-            g_ss.requires_grad_(need_grad)
-            g_st.requires_grad_(need_grad)
-            k_tt, k_ss, k_st = _kernel_means(g_tt, g_ss, g_st, kernel, degree, coef, sigma2)
-            student_terms = k_ss - 2 * k_st
-            if need_grad:
-                p, q = torch.autograd.grad(student_terms.sum(), (g_ss, g_st))
-        if need_grad:
-            p = p + p.transpose(1, 2)
-            r = (p * g_ss.detach()).sum(-1) + (q * g_st.detach()).sum(-1)
-            p.diagonal(dim1=1, dim2=2).sub_(r)
-            a = p.mul_(inv_s[:, :, None]).mul_(inv_s[:, None, :])
-            b = q * inv_s[:, :, None] * inv_t[:, None, :]
+        n, c_s, hw = student.shape
+        c_t = teacher.shape[1]
+        ctx.eager = need_grad and c_s + c_t > hw
+        mmd2, factors = [], []
+        unit_grad = torch.empty_like(student) if ctx.eager else None
+        step = max(1, GRAM_CHUNK_ENTRIES // (c_s * c_s + c_s * c_t + c_t * c_t))
+        for i in range(0, n, step):
+            chunk = slice(i, i + step)
+            g_tt, g_ss, g_st, inv_s, inv_t = _normalised_grams(student[chunk], teacher[chunk])
+            chunk_mmd2, p, q = _kernel_mmd2(g_tt, g_ss, g_st, kernel, degree, coef, sigma2, need_grad)
+            mmd2.append(chunk_mmd2)
+            if not need_grad:
+                continue
+            r = 2 * _row_dot(p, g_ss) + _row_dot(q, g_st)
+            a = p.mul_(inv_s[:, :, None] * (2 * inv_s)[:, None, :])
+            a.diagonal(dim1=1, dim2=2).sub_(r * inv_s.square())
+            b = q.mul_(inv_s[:, :, None] * inv_t[:, None, :])
+            if ctx.eager:
+                torch.bmm(a, student[chunk], out=unit_grad[chunk])
+                unit_grad[chunk].baddbmm_(b, teacher[chunk])
+            else:
+                factors.append((a, b))
+        if ctx.eager:
+            ctx.save_for_backward(unit_grad)
+        elif need_grad:
+            a, b = (torch.cat(parts) for parts in zip(*factors)) if len(factors) > 1 else factors[0]
             ctx.save_for_backward(student, teacher, a, b)
-        return (k_tt + student_terms).detach()
+        return torch.cat(mmd2)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_mmd2):
-        student, teacher, a, b = ctx.saved_tensors
         w = grad_mmd2[:, None, None]
+        if ctx.eager:
+            (unit_grad,) = ctx.saved_tensors
+            return unit_grad * w, None, None, None, None, None, None
+        student, teacher, a, b = ctx.saved_tensors
         grad = torch.bmm(a * w, student)
         grad.baddbmm_(b * w, teacher)
         return grad, None, None, None, None, None, None

@@ -1,0 +1,253 @@
+#!/usr/bin/env python
+"""Benchmark nst_det's NST loss against the broadcast formulation of public PyTorch KD collections.
+
+For each scale and kernel it measures forward+backward time and peak extra memory of
+  - nst:        nst_det.losses.nst_loss (Gram matrices, hand-written backward),
+  - broadcast:  (a.unsqueeze(1) * b.unsqueeze(2)).sum(-1) over an N x C x C x HW tensor per term,
+  - gram+autograd (poly only): the same Gram-matrix formula with autograd's default backward,
+and one torch.bmm(F, F^T) on the student map as the unit of time. Broadcast runs whose estimated
+memory exceeds --max-gb are not run ("does not fit").
+
+Time: median of --repeats runs after one warm-up (one run if the warm-up took over 2 s); "x bmm" is the median over those runs of the
+run's time divided by the mean of two bmm(F, F^T) timed right before and after it (robust to load
+drifting on a shared machine). Peak extra memory: on CPU, the resident-set high-water mark
+(/proc/self/status VmHWM, reset through /proc/self/clear_refs) minus the resident set before the
+run, with glibc told to return every block >= 64 KiB to the system on free (MALLOC_MMAP_THRESHOLD_,
+set by re-executing this script), so freed tensors leave the resident set; on CUDA,
+torch.cuda.max_memory_allocated minus the memory allocated before the run. Inputs (student with
+requires_grad, teacher) are allocated before the run; the student's gradient counts as extra.
+
+    python tools/benchmark_losses.py [--device cpu|cuda] [--repeats 3] [--max-gb 8] [--threads N]
+        [--scales classification detection-P2 detection-P3 cifar]
+"""
+import argparse
+import gc
+import os
+import platform
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+import nst_det  # noqa: F401  (sets up the package before its submodules)
+from nst_det.losses import nst_loss
+
+MMAP_THRESHOLD_ENV = "MALLOC_MMAP_THRESHOLD_"
+SLOW_SECONDS = 2.0
+
+# name: (N, C_S, C_T, H, W)
+SCALES = {
+    "classification": (64, 1024, 2048, 7, 7),
+    "detection-P2": (2, 256, 256, 200, 336),
+    "detection-P3": (2, 256, 256, 100, 168),
+    # A scale where the broadcast form fits in memory, to compare against it.
+    "cifar": (64, 256, 256, 8, 8),
+}
+KERNELS = ("linear", "poly", "gaussian")
+
+
+def normalise(maps):
+    """[N, C, H, W] -> [N, C, HW] channel maps divided by sqrt(||f||^2 + 1e-10) (autograd)."""
+    flat = maps.flatten(2)
+    return flat / (flat.square().sum(-1, keepdim=True) + 1e-10).sqrt()
+
+
+def broadcast_mmd2(student, teacher, kernel):
+    """The public KD collections' form: every pair through an [N, C, C, HW] tensor; -> scalar."""
+    s, t = normalise(student), normalise(teacher.detach())
+
+    def pairs(a, b):  # [N, C_a, HW], [N, C_b, HW] -> [N, C_b, C_a]
+        if kernel == "gaussian":
+            return (a.unsqueeze(1) - b.unsqueeze(2)).pow(2).sum(-1)
+        return (a.unsqueeze(1) * b.unsqueeze(2)).sum(-1)
+
+    p_tt, p_ss, p_st = pairs(t, t), pairs(s, s), pairs(s, t)
+    if kernel == "poly":
+        k_tt, k_ss, k_st = p_tt.pow(2), p_ss.pow(2), p_st.pow(2)
+    elif kernel == "gaussian":
+        c_s, c_t = s.shape[1], t.shape[1]
+        total = p_tt.sum((1, 2)) + p_ss.sum((1, 2)) + 2 * p_st.sum((1, 2))
+        scale = (-0.5 * (c_s + c_t) ** 2 / total.detach())[:, None, None]
+        k_tt, k_ss, k_st = (torch.exp(p * scale) for p in (p_tt, p_ss, p_st))
+    else:
+        k_tt, k_ss, k_st = p_tt, p_ss, p_st
+    return (k_tt.mean((1, 2)) + k_ss.mean((1, 2)) - 2 * k_st.mean((1, 2))).mean()
+
+
+def gram_autograd_poly_mmd2(student, teacher):
+    """Degree-2 polynomial MMD^2 from C x C Gram matrices with autograd's default backward; -> scalar."""
+    s, t = normalise(student), normalise(teacher.detach())
+    terms = [torch.bmm(a, b.transpose(1, 2)).pow(2).mean((1, 2)) for a, b in ((t, t), (s, s), (s, t))]
+    return (terms[0] + terms[1] - 2 * terms[2]).mean()
+
+
+def broadcast_bytes(shape, kernel, element_size):
+    """Estimated peak of the broadcast form: the largest pairwise tensor times 2 (its product and,
+    in backward, the gradients of both factors), times 5 for the Gaussian (difference, square,
+    their gradients): the factors measured at the cifar scale."""
+    n, c_s, c_t, h, w = shape
+    largest = n * max(c_s, c_t) ** 2 * h * w * element_size
+    return largest * (5 if kernel == "gaussian" else 2)
+
+
+class Meter:
+    """Times and peak extra memory of one forward+backward on one device."""
+
+    def __init__(self, device):
+        self.device = device
+
+    def sync(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def seconds(self, fn):
+        self.sync()
+        start = time.perf_counter()
+        fn()
+        self.sync()
+        return time.perf_counter() - start
+
+    def seconds_and_peak_extra_bytes(self, fn):
+        gc.collect()
+        self.sync()
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            before = torch.cuda.memory_allocated(self.device)
+        else:
+            before = _status_kib("VmRSS:") * 1024
+            with open("/proc/self/clear_refs", "w") as clear_refs:
+                clear_refs.write("5")
+        took = self.seconds(fn)
+        if self.device.type == "cuda":
+            return took, torch.cuda.max_memory_allocated(self.device) - before
+        return took, _status_kib("VmHWM:") * 1024 - before
+
+
+def _cpu_name():
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            return next(line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
+def _status_kib(key):
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith(key))
+
+
+def measure(meter, step, reference, repeats):
+    """step(): one forward+backward. -> dict(seconds, x_bmm, peak, loss); a step slower than
+    SLOW_SECONDS in its warm-up is timed once."""
+    start = time.perf_counter()
+    loss = step()  # warm-up
+    if time.perf_counter() - start > SLOW_SECONDS:
+        repeats = 1
+    times, ratios, peaks = [], [], []
+    for _ in range(repeats):
+        before = meter.seconds(reference)
+        took, peak = meter.seconds_and_peak_extra_bytes(step)
+        after = meter.seconds(reference)
+        peaks.append(peak)
+        times.append(took)
+        ratios.append(took / ((before + after) / 2))
+    return dict(seconds=statistics.median(times), x_bmm=statistics.median(ratios), peak=max(peaks), loss=loss)
+
+
+def run_scale(name, shape, args, meter):
+    n, c_s, c_t, h, w = shape
+    gen = torch.Generator().manual_seed(0)
+    student = torch.randn(n, c_s, h, w, generator=gen).to(meter.device).requires_grad_()
+    teacher = torch.randn(n, c_t, h, w, generator=gen).to(meter.device)
+    flat = student.detach().flatten(2)
+    input_bytes = student.numel() * student.element_size()
+
+    def reference():
+        torch.bmm(flat, flat.transpose(1, 2))
+
+    def step_of(loss_fn):
+        def step():
+            student.grad = None
+            loss = loss_fn()
+            loss.backward()
+            student.grad = None
+            return loss.item()
+
+        return step
+
+    rows = [("bmm(F, F^T)", measure(meter, reference, reference, args.repeats))]
+    rows[0][1]["loss"] = None
+    for kernel in KERNELS:
+        nst = measure(meter, step_of(lambda: nst_loss(student, teacher, kernel=kernel)), reference, args.repeats)
+        rows.append((f"nst {kernel}", nst))
+        if kernel == "poly":
+            gram = measure(meter, step_of(lambda: gram_autograd_poly_mmd2(student, teacher)), reference, args.repeats)
+            gram["vs"] = nst
+            rows.append(("gram+autograd poly", gram))
+        needs = broadcast_bytes(shape, kernel, student.element_size())
+        if needs > args.max_gb * 2**30:
+            rows.append((f"broadcast {kernel}", dict(needs=needs)))
+            continue
+        bcast = measure(meter, step_of(lambda: broadcast_mmd2(student, teacher, kernel)), reference, args.repeats)
+        bcast["vs"] = nst
+        rows.append((f"broadcast {kernel}", bcast))
+    print_rows(name, shape, rows, input_bytes)
+    return rows, input_bytes
+
+
+def print_rows(name, shape, rows, input_bytes):
+    n, c_s, c_t, h, w = shape
+    print(f"\n### {name}: N={n}, C_S={c_s}, C_T={c_t}, {h}x{w}; one input map {input_bytes / 2**20:.1f} MiB\n")
+    print("| method | fwd+bwd (s) | x bmm | peak extra (MiB) | x input | / nst (time, memory) | loss |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for method, r in rows:
+        if "needs" in r:
+            print(f"| {method} | does not fit (needs {r['needs'] / 2**30:.1f} GB) | | | | | |")
+            continue
+        vs = ""
+        if "vs" in r:
+            vs = f"{r['seconds'] / r['vs']['seconds']:.1f}x, {r['peak'] / max(r['vs']['peak'], 1):.0f}x"
+        loss = "" if r["loss"] is None else f"{r['loss']:.6g}"
+        print(
+            f"| {method} | {r['seconds']:.3f} | {r['x_bmm']:.2f} | {r['peak'] / 2**20:.1f} | "
+            f"{r['peak'] / input_bytes:.2f} | {vs} | {loss} |"
+        )
+    sys.stdout.flush()
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per method (after one warm-up)")
+    parser.add_argument("--max-gb", type=float, default=8.0, help="run the broadcast form only below this estimate")
+    parser.add_argument("--scales", nargs="+", default=list(SCALES), choices=list(SCALES))
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    args = parser.parse_args()
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    if args.device == "cpu" and os.environ.get(MMAP_THRESHOLD_ENV) is None:
+        # Re-execute with freed blocks returned to the system, so the resident set tracks live memory.
+        os.execve(sys.executable, [sys.executable] + sys.argv, {**os.environ, MMAP_THRESHOLD_ENV: "65536"})
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device is available")
+    device = torch.device(args.device)
+    machine = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
+    print(
+        f"torch {torch.__version__}, device {args.device} ({machine}), {os.cpu_count()} CPUs, "
+        f"{torch.get_num_threads()} torch threads, repeats {args.repeats}, max-gb {args.max_gb}"
+    )
+    meter = Meter(device)
+    results = {name: run_scale(name, SCALES[name], args, meter) for name in args.scales}
+    if "detection-P2" in results:
+        rows, input_bytes = results["detection-P2"]
+        print("\nTarget at detection-P2 (issue 2): fwd+bwd <= 6x one bmm(F, F^T), peak extra <= 4x one input map")
+        for method, r in rows:
+            if method.startswith("nst"):
+                ok = r["x_bmm"] <= 6 and r["peak"] <= 4 * input_bytes
+                print(f"- {method}: {r['x_bmm']:.2f}x bmm, {r['peak'] / input_bytes:.2f}x input: {'met' if ok else 'NOT met'}")
+
+
+if __name__ == "__main__":
+    main()
