@@ -1,84 +1,29 @@
-"""Atomic checkpoints of the classification trainer and the choice of one to resume from.
+"""Checkpoints of the classification trainer: written atomically (nst_det.checkpoint.atomic), named
+by epoch, and the choice of one to resume from.
 
-A checkpoint is written to a temporary file in the same folder, flushed, fsynced and renamed over
-its final name (``os.replace``), so a reader sees either the old file or the whole new one. The
-``last_checkpoint`` file, written the same way, names only a checkpoint that is complete.
+``model_epoch_NNNN.pth`` is written every SOLVER.CHECKPOINT_PERIOD epochs and ``model_final.pth``
+after the last; ``last_checkpoint`` names the newest complete one.
 """
 import glob
 import logging
 import os
 import re
-import tempfile
 
-import torch
+from nst_det.checkpoint.atomic import (
+    LAST_CHECKPOINT,
+    UnreadableCheckpointError,
+    atomic_save,
+    atomic_write_text,
+    load_checkpoint,
+    load_newest_readable,
+    read_last_checkpoint,
+)
 
-__all__ = [
-    "UnreadableCheckpointError",
-    "LAST_CHECKPOINT",
-    "atomic_save",
-    "atomic_write_text",
-    "load_checkpoint",
-    "checkpoint_name",
-    "ClsCheckpointer",
-]
+__all__ = ["UnreadableCheckpointError", "load_checkpoint", "checkpoint_name", "ClsCheckpointer"]
 
 logger = logging.getLogger(__name__)
 
-LAST_CHECKPOINT = "last_checkpoint"
 _EPOCH_FILE = re.compile(r"model_epoch_(\d+)\.pth$")
-
-
-class UnreadableCheckpointError(RuntimeError):
-    """A checkpoint file that is truncated, corrupt or not a checkpoint."""
-
-
-def _atomic_write(path: str, write) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    try:  # make the rename itself durable
-        dir_fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass
-
-
-def atomic_save(obj, path: str) -> None:
-    """``torch.save(obj)`` to ``path`` through a temporary file: never a half-written ``path``."""
-    _atomic_write(path, lambda f: torch.save(obj, f))
-
-
-def atomic_write_text(text: str, path: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file."""
-    _atomic_write(path, lambda f: f.write(text.encode("utf-8")))
-
-
-def load_checkpoint(path: str) -> dict:
-    """The checkpoint dict in ``path`` (on the CPU); a clear error when missing or unreadable."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint file '{path}' does not exist")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # truncated zip, pickle garbage, wrong format
-        raise UnreadableCheckpointError(
-            f"checkpoint file '{path}' is truncated or unreadable ({type(e).__name__}: {e})") from e
-    if not isinstance(ckpt, dict) or "model" not in ckpt:
-        raise UnreadableCheckpointError(
-            f"checkpoint file '{path}' is not a checkpoint of tools/train_cls.py (no 'model' key)")
-    return ckpt
 
 
 def checkpoint_name(epoch: int, final: bool = False) -> str:
@@ -105,43 +50,17 @@ class ClsCheckpointer:
 
     def _candidates(self):
         """Checkpoint paths in ``output_dir``, newest first (last_checkpoint's, then by epoch)."""
-        paths = []
-        last = os.path.join(self.output_dir, LAST_CHECKPOINT)
-        if os.path.isfile(last):
-            with open(last, encoding="utf-8") as f:
-                name = f.read().strip()
-            if name:
-                paths.append(os.path.join(self.output_dir, name))
+        last = read_last_checkpoint(self.output_dir)
+        paths = [last] if last else []
         by_epoch = []
         for p in glob.glob(os.path.join(self.output_dir, "model_*.pth")):
             m = _EPOCH_FILE.search(p)
             by_epoch.append((int(m.group(1)) if m else -1, os.path.getmtime(p), p))
-        for _, _, p in sorted(by_epoch, reverse=True):
-            if p not in paths:
-                paths.append(p)
-        return paths
+        return paths + [p for _, _, p in sorted(by_epoch, reverse=True) if p not in paths]
 
     def load_latest(self):
         """``(path, checkpoint)`` of the newest readable checkpoint, or ``(None, None)`` if none.
-
-        An unreadable newer file is reported (error naming it) and skipped: resume falls back to
-        the newest complete one, saying so. If files exist but none is readable, that is an error.
-        """
-        candidates = self._candidates()
-        bad = []
-        for path in candidates:
-            try:
-                ckpt = load_checkpoint(path)
-            except (FileNotFoundError, UnreadableCheckpointError) as e:
-                logger.error(str(e))
-                bad.append(path)
-                continue
-            if bad:
-                logger.warning(f"--resume: falling back to the newest complete checkpoint {path} "
-                               f"(skipped unreadable: {', '.join(bad)})")
-            return path, ckpt
-        if bad:
-            raise UnreadableCheckpointError(
-                f"--resume: no readable checkpoint in '{self.output_dir}'; unreadable: "
-                f"{', '.join(bad)}")
-        return None, None
+        An unreadable newer file is reported by name and skipped (resume falls back, saying so)."""
+        return load_newest_readable(
+            self._candidates(), lambda p: load_checkpoint(p, source="tools/train_cls.py"),
+            self.output_dir)

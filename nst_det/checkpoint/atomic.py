@@ -1,0 +1,125 @@
+"""Checkpoint files that are never half-written, and the choice of one to resume from.
+
+Used by both stages (the classification trainer and the Detectron2 trainer). A file is written to a
+temporary file in the same folder, flushed, fsynced and renamed over its final name
+(``os.replace``), so a reader sees either the old file or the whole new one. The
+``last_checkpoint`` file, written the same way after its checkpoint, names only a complete file.
+"""
+import logging
+import os
+import tempfile
+from typing import Callable, Iterable, Optional, Tuple
+
+import torch
+
+__all__ = [
+    "LAST_CHECKPOINT",
+    "UnreadableCheckpointError",
+    "atomic_save",
+    "atomic_write_text",
+    "unreadable_checkpoint",
+    "load_checkpoint",
+    "read_last_checkpoint",
+    "load_newest_readable",
+]
+
+logger = logging.getLogger(__name__)
+
+LAST_CHECKPOINT = "last_checkpoint"
+
+
+class UnreadableCheckpointError(RuntimeError):
+    """A checkpoint file that is truncated, corrupt or not a checkpoint."""
+
+
+def _atomic_write(path: str, write: Callable) -> None:
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    try:  # make the rename itself durable
+        dir_fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:
+        pass
+
+
+def atomic_save(obj, path: str) -> None:
+    """``torch.save(obj)`` to ``path`` through a temporary file: never a half-written ``path``."""
+    _atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def atomic_write_text(text: str, path: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file."""
+    _atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def unreadable_checkpoint(path: str, error: BaseException) -> UnreadableCheckpointError:
+    """The error for a checkpoint file that ``torch.load``/``pickle`` could not read."""
+    return UnreadableCheckpointError(
+        f"checkpoint file '{path}' is truncated or unreadable ({type(error).__name__}: {error})")
+
+
+def load_checkpoint(path: str, source: str = "nst_det") -> dict:
+    """The checkpoint dict in ``path`` (on the CPU); a clear error when missing or unreadable.
+
+    ``source`` names the tool whose checkpoints have a ``"model"`` key, for the error message.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint file '{path}' does not exist")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # truncated zip, pickle garbage, wrong format
+        raise unreadable_checkpoint(path, e) from e
+    if not isinstance(ckpt, dict) or "model" not in ckpt:
+        raise UnreadableCheckpointError(
+            f"checkpoint file '{path}' is not a checkpoint of {source} (no 'model' key)")
+    return ckpt
+
+
+def read_last_checkpoint(folder: str) -> Optional[str]:
+    """The path that ``folder/last_checkpoint`` names, or None when there is no such tag."""
+    tag = os.path.join(folder, LAST_CHECKPOINT)
+    if not os.path.isfile(tag):
+        return None
+    with open(tag, encoding="utf-8") as f:
+        name = f.read().strip()
+    return os.path.join(folder, name) if name else None
+
+
+def load_newest_readable(candidates: Iterable[str], load: Callable[[str], object], folder: str
+                         ) -> Tuple[Optional[str], object]:
+    """``(path, load(path))`` of the first readable of ``candidates`` (newest first), or
+    ``(None, None)`` when there are none.
+
+    An unreadable file is reported (an error naming it) and skipped: resume falls back to the
+    newest complete checkpoint, saying so. If files exist but none is readable, that is an error.
+    """
+    bad = []
+    for path in candidates:
+        try:
+            ckpt = load(path)
+        except (FileNotFoundError, UnreadableCheckpointError) as e:
+            logger.error(str(e))
+            bad.append(path)
+            continue
+        if bad:
+            logger.warning(f"--resume: falling back to the newest complete checkpoint {path} "
+                           f"(skipped unreadable: {', '.join(bad)})")
+        return path, ckpt
+    if bad:
+        raise UnreadableCheckpointError(
+            f"--resume: no readable checkpoint in '{folder}'; unreadable: {', '.join(bad)}")
+    return None, None
