@@ -252,7 +252,9 @@ def _train_cls(out, *extra, wait=True):
            os.path.join(ROOT, "configs/demo/cls_student.yaml"), *extra, "OUTPUT_DIR", str(out),
            "SOLVER.EPOCHS", "2", "SOLVER.STEPS", "(1,)", "SOLVER.BATCH_SIZE", "256",
            "DATA.IMAGE_SIZE", "16", "LOG_PERIOD", "1"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    env = dict(os.environ, OMP_NUM_THREADS="1")  # tiny nets; two runs share the cores
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            env=env)
     if wait:
         out_text = proc.communicate(timeout=300)[0].decode()
         assert proc.returncode == 0, out_text
@@ -263,7 +265,7 @@ def test_sigkill_after_a_checkpoint_then_resume_equals_uninterrupted(tmp_path):
     """tools/train_cls.py on the digits demo config, killed with SIGKILL right after its first
     checkpoint, resumed with --resume: same lr at every iteration, same final weights."""
     full, cut = tmp_path / "full", tmp_path / "cut"
-    _train_cls(full)
+    uninterrupted = _train_cls(full, wait=False)  # runs beside the run that gets killed
     proc = _train_cls(cut, wait=False)
     deadline = time.time() + 300
     while not (cut / "last_checkpoint").exists():
@@ -273,6 +275,8 @@ def test_sigkill_after_a_checkpoint_then_resume_equals_uninterrupted(tmp_path):
     proc.wait()
     assert not (cut / "model_final.pth").exists()
     _train_cls(cut, "--resume")
+    out_text = uninterrupted.communicate(timeout=300)[0].decode()
+    assert uninterrupted.returncode == 0, out_text
 
     class Cfg:
         OUTPUT_DIR = str(full)

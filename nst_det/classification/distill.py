@@ -21,7 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from nst_det import losses as L
-from nst_det.classification.checkpointer import UnreadableCheckpointError
+from nst_det.checkpoint.atomic import UnreadableCheckpointError
 
 __all__ = [
     "DistillationStudent",
