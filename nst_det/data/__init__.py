@@ -7,5 +7,7 @@ from .demo_datasets import (  # noqa: F401
     register_demo_datasets,
 )
 from .demo_generator import CLASS_NAMES, demo_data_exists, generate_demo_data  # noqa: F401
+from .build import build_test_loader, build_train_loader, detection_dataset_dicts  # noqa: F401
+from .robust_mapper import RobustDatasetMapper  # noqa: F401
 
 register_demo_datasets()

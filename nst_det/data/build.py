@@ -1,5 +1,6 @@
-"""Train and test loaders of nst_det: Detectron2's, with RobustDatasetMapper and an error that
-names an empty data set (Detectron2 asserts instead)."""
+"""Train and test loaders of nst_det: Detectron2's, with RobustDatasetMapper, an error that names
+an empty data set (Detectron2 asserts instead), and a train loader that --resume can continue."""
+import itertools
 from typing import Sequence
 
 from detectron2.data import (
@@ -8,10 +9,46 @@ from detectron2.data import (
     build_detection_train_loader,
     get_detection_dataset_dicts,
 )
+from detectron2.data.build import _train_loader_from_config
+from detectron2.utils import comm
+from torch.utils.data import Sampler
 
 from .robust_mapper import RobustDatasetMapper
 
-__all__ = ["detection_dataset_dicts", "build_train_loader", "build_test_loader"]
+__all__ = ["detection_dataset_dicts", "build_train_loader", "build_test_loader",
+           "ResumableTrainLoader"]
+
+
+class _StartableSampler(Sampler):
+    """One of Detectron2's infinite training samplers, its stream begun ``start`` indices in."""
+
+    def __init__(self, sampler: Sampler):
+        self.sampler = sampler
+        self.start = 0
+
+    def __iter__(self):
+        return itertools.islice(iter(self.sampler), self.start, None)
+
+
+class ResumableTrainLoader:
+    """Detectron2's train loader whose index stream can begin at a given iteration.
+
+    ``start_at(k)`` skips the k x (images per process) indices that iterations 0..k-1 used, so
+    after --resume the data continue where the checkpoint left them (exactly when every image
+    falls in one aspect-ratio group or DATALOADER.ASPECT_RATIO_GROUPING is off; otherwise the few
+    images waiting in the groups at the checkpoint are not replayed)."""
+
+    def __init__(self, loader, sampler: _StartableSampler, images_per_process: int):
+        self.loader = loader
+        self.sampler = sampler
+        self.images_per_process = images_per_process
+
+    def __iter__(self):
+        return iter(self.loader)
+
+    def start_at(self, iteration: int) -> None:
+        """Begin the next ``iter(self)`` at ``iteration``."""
+        self.sampler.start = iteration * self.images_per_process
 
 
 def detection_dataset_dicts(names: Sequence[str], key: str, **kwargs) -> list:
@@ -35,8 +72,8 @@ def detection_dataset_dicts(names: Sequence[str], key: str, **kwargs) -> list:
         raise
 
 
-def build_train_loader(cfg):
-    """Detectron2's train loader on DATASETS.TRAIN with RobustDatasetMapper."""
+def build_train_loader(cfg) -> ResumableTrainLoader:
+    """Detectron2's train loader on DATASETS.TRAIN with RobustDatasetMapper, resumable."""
     dataset = detection_dataset_dicts(
         cfg.DATASETS.TRAIN,
         "DATASETS.TRAIN",
@@ -46,7 +83,11 @@ def build_train_loader(cfg):
         proposal_files=cfg.DATASETS.PROPOSAL_FILES_TRAIN if cfg.MODEL.LOAD_PROPOSALS else None,
     )
     mapper = RobustDatasetMapper(cfg, True, dataset_size=len(dataset))
-    return build_detection_train_loader(cfg, mapper=mapper, dataset=dataset)
+    # Detectron2's choice of sampler (DATALOADER.SAMPLER_TRAIN), made startable for --resume.
+    kwargs = _train_loader_from_config(cfg, mapper=mapper, dataset=dataset)
+    sampler = kwargs["sampler"] = _StartableSampler(kwargs["sampler"])
+    loader = build_detection_train_loader(**kwargs)
+    return ResumableTrainLoader(loader, sampler, cfg.SOLVER.IMS_PER_BATCH // comm.get_world_size())
 
 
 def build_test_loader(cfg, dataset_name: str):

@@ -1,0 +1,314 @@
+"""The cost of the teacher (tools/benchmark_distill.py): in one run, with the same two images, the
+time and peak memory of the plain student's training step, the teacher's forward alone (as far as
+distillation needs it, without autograd) and the distillation training step.
+
+    overhead = distillation step / (student step + teacher forward)
+
+1.00 means distillation costs exactly a student step plus a teacher forward; the rest (feature
+hooks, the NST/KD terms and their backward) is the overhead. The NST term's own cost (forward and
+backward of ``loss_nst`` on the captured features) is reported as a share of the distillation step.
+
+Time: the median over ``iters`` rounds after one warm-up run of each; each round runs the four
+measurements back to back, so load drifting on a shared machine hits them alike. Peak memory: the
+largest rise over the start of one run of each (peak_memory_mib: torch's allocated memory on
+CUDA, the process's resident set on the CPU), in a separate round after the timed ones.
+"""
+import ctypes
+import gc
+import logging
+import os
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional
+
+import numpy as np
+import torch
+from detectron2.modeling import build_model
+from detectron2.solver import build_optimizer
+from detectron2.structures import Boxes, Instances
+from detectron2.utils.events import EventStorage
+
+from nst_det.config import load_teacher_cfg, student_cfg
+
+__all__ = ["StepCost", "DistillBenchmark", "benchmark_distillation", "format_benchmark",
+           "peak_memory_mib", "synthetic_batch"]
+
+logger = logging.getLogger(__name__)
+
+# Aspect ratio (width / height) of the synthetic images: VOC's typical 500 x 375.
+_ASPECT = 4.0 / 3.0
+_BOXES_PER_IMAGE = 3
+
+
+@dataclass
+class StepCost:
+    """Median time (ms) and peak extra memory (MiB) of one measured step."""
+
+    name: str
+    time_ms: float
+    peak_mib: float
+
+
+@dataclass
+class DistillBenchmark:
+    """Everything tools/benchmark_distill.py prints."""
+
+    config_file: str
+    device: str
+    image_size: tuple  # (H, W) of each of the 2 images
+    iters: int
+    student: StepCost
+    teacher: StepCost
+    distill: StepCost
+    nst: Optional[StepCost]
+    teacher_weights: str
+
+    @property
+    def overhead(self) -> float:
+        """distillation step / (student step + teacher forward), by median times."""
+        return self.distill.time_ms / (self.student.time_ms + self.teacher.time_ms)
+
+    @property
+    def nst_share(self) -> Optional[float]:
+        """Time of the NST term (forward + backward) / time of the distillation step."""
+        return None if self.nst is None else self.nst.time_ms / self.distill.time_ms
+
+
+def synthetic_batch(cfg, size: Optional[int] = None, seed: int = 0) -> List[dict]:
+    """Two training inputs of Detectron2's format: uint8 images [3, H, W] with H = ``size`` (the
+    config's INPUT.MIN_SIZE_TEST when None), W = 4/3 H capped at INPUT.MAX_SIZE_TEST, and three
+    ground-truth boxes each."""
+    height = int(size or cfg.INPUT.MIN_SIZE_TEST)
+    width = int(round(height * _ASPECT))
+    if cfg.INPUT.MAX_SIZE_TEST:
+        width = min(width, int(cfg.INPUT.MAX_SIZE_TEST))
+    rng = np.random.default_rng(seed)
+    batch = []
+    for _ in range(2):
+        image = torch.from_numpy(rng.integers(0, 256, size=(3, height, width), dtype=np.uint8))
+        x0 = rng.uniform(0, 0.6, _BOXES_PER_IMAGE) * width
+        y0 = rng.uniform(0, 0.6, _BOXES_PER_IMAGE) * height
+        w = rng.uniform(0.15, 0.4, _BOXES_PER_IMAGE) * width
+        h = rng.uniform(0.15, 0.4, _BOXES_PER_IMAGE) * height
+        boxes = np.stack([x0, y0, x0 + w, y0 + h], axis=1).astype(np.float32)
+        instances = Instances((height, width))
+        instances.gt_boxes = Boxes(torch.from_numpy(boxes))
+        instances.gt_classes = torch.from_numpy(
+            rng.integers(0, cfg.MODEL.ROI_HEADS.NUM_CLASSES, _BOXES_PER_IMAGE)).long()
+        batch.append({"image": image, "height": height, "width": width, "instances": instances})
+    return batch
+
+
+def _sync(device: torch.device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(fn: Callable, device: torch.device) -> float:
+    _sync(device)
+    start = time.perf_counter()
+    fn()
+    _sync(device)
+    return (time.perf_counter() - start) * 1000.0
+
+
+def _release_free_memory() -> None:
+    """Give the memory glibc keeps for freed blocks back to the system (malloc_trim), so the
+    resident set before a run holds only live data and the run's rise is all its own."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise KeyError(field)
+
+
+def peak_memory_mib(fn: Callable, device: torch.device) -> float:
+    """Largest rise of memory while ``fn`` runs, in MiB: on CUDA of the memory allocated by
+    torch; on the CPU of the resident set (its high-water mark VmHWM, reset through
+    /proc/self/clear_refs, minus the resident set before, free memory first returned to the
+    system); NaN where neither is available."""
+    if device.type == "cuda":
+        _sync(device)
+        start = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        fn()
+        _sync(device)
+        return (torch.cuda.max_memory_allocated(device) - start) / 2**20
+    if not os.access("/proc/self/clear_refs", os.W_OK):
+        fn()
+        return float("nan")
+    _release_free_memory()
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # resets VmHWM to the current resident set
+    before = _status_kib("VmRSS")
+    fn()
+    return (_status_kib("VmHWM") - before) / 1024
+
+
+def _train_step(model, optimizer, batch) -> Callable:
+    def step():
+        loss_dict = model(batch)
+        losses = sum(loss_dict.values())
+        optimizer.zero_grad()
+        losses.backward()
+        optimizer.step()
+    return step
+
+
+class _Recorder:
+    """Wraps ``obj.name`` so the arguments of its last call are kept (to replay it alone)."""
+
+    def __init__(self, obj, name: str):
+        self.obj, self.name = obj, name
+        self.args = None
+        original = getattr(obj, name)
+
+        def recording(*args, **kwargs):
+            self.args = (args, kwargs)
+            return original(*args, **kwargs)
+
+        setattr(obj, name, recording)
+
+    def remove(self):
+        delattr(self.obj, self.name)  # back to the class's method
+
+
+def _with_teacher_weights(cfg, tmpdir: str):
+    """``cfg`` whose MODEL.DISTILL.TEACHER_WEIGHTS exists: the given file, else the randomly
+    initialised teacher saved in ``tmpdir`` (the cost of a forward does not depend on the values)."""
+    weights = cfg.MODEL.DISTILL.TEACHER_WEIGHTS
+    if weights and os.path.isfile(weights):
+        return cfg, weights
+    teacher = build_model(load_teacher_cfg(cfg.MODEL.DISTILL.TEACHER_CONFIG))
+    path = os.path.join(tmpdir, "random_teacher.pth")
+    torch.save({"model": teacher.state_dict()}, path)
+    cfg = cfg.clone()
+    cfg.defrost()
+    cfg.MODEL.DISTILL.TEACHER_WEIGHTS = path
+    cfg.freeze()
+    logger.info(f"teacher weights '{weights}' not found: timing a randomly initialised teacher")
+    return cfg, "random (file not found: the cost does not depend on the values)"
+
+
+def benchmark_distillation(cfg, iters: int = 10, device: str = "cpu", size: Optional[int] = None,
+                           config_file: str = "") -> DistillBenchmark:
+    """Measure student step, teacher forward, distillation step and NST term of ``cfg`` (a config
+    of DistillGeneralizedRCNN) on the same two images; see the module docstring."""
+    if iters < 1:
+        raise ValueError(f"--iters must be at least 1, got {iters}")
+    dev = torch.device(device)
+    with tempfile.TemporaryDirectory() as tmpdir:
+        cfg = cfg.clone()
+        cfg.defrost()
+        cfg.MODEL.DEVICE = device
+        cfg.freeze()
+        cfg, teacher_weights = _with_teacher_weights(cfg, tmpdir)
+        torch.manual_seed(cfg.SEED if cfg.SEED >= 0 else 0)
+        distill = build_model(cfg)
+        if not hasattr(distill, "teacher"):
+            raise ValueError(
+                f"MODEL.META_ARCHITECTURE '{cfg.MODEL.META_ARCHITECTURE}' has no teacher: "
+                "benchmark a distillation config (e.g. configs/voc_frcnn_nst.yaml)")
+        student = build_model(student_cfg(cfg))
+        student.load_state_dict(distill.state_dict())
+    distill.train()
+    student.train()
+    batch = synthetic_batch(cfg, size)
+    student_step = _train_step(student, build_optimizer(cfg, student), batch)
+    distill_step = _train_step(distill, build_optimizer(cfg, distill), batch)
+
+    with EventStorage(0):
+        teacher_call = _Recorder(distill, "_teacher_forward")
+        nst_call = _Recorder(distill, "nst_per_level")
+        try:
+            distill_step()  # warm-up; keeps the teacher's and NST's inputs of this batch
+        finally:
+            teacher_call.remove()
+            nst_call.remove()
+        teacher_forward = _replay(distill._teacher_forward, teacher_call.args)
+        nst_step = _nst_step(distill, nst_call.args) if nst_call.args else None
+        measured = {"student": student_step, "teacher": teacher_forward, "distill": distill_step}
+        if nst_step is not None:
+            measured["nst"] = nst_step
+        for name, fn in measured.items():
+            if name != "distill":  # the recording step above was the distillation's warm-up
+                fn()
+        times: Dict[str, List[float]] = {k: [] for k in measured}
+        for _ in range(iters):
+            for name, fn in measured.items():
+                times[name].append(_timed(fn, dev))
+        peaks = {name: peak_memory_mib(fn, dev) for name, fn in measured.items()}
+
+    def cost(name, label):
+        return StepCost(label, statistics.median(times[name]), peaks[name])
+
+    height, width = batch[0]["image"].shape[1:]
+    return DistillBenchmark(
+        config_file=config_file,
+        device=device,
+        image_size=(int(height), int(width)),
+        iters=iters,
+        student=cost("student", "student training step"),
+        teacher=cost("teacher", "teacher forward (no autograd, as far as distillation needs)"),
+        distill=cost("distill", "distillation training step"),
+        nst=cost("nst", "NST term (forward + backward)") if nst_step is not None else None,
+        teacher_weights=teacher_weights,
+    )
+
+
+def _replay(method: Callable, args) -> Callable:
+    call_args, call_kwargs = args
+
+    def run():
+        method(*call_args, **call_kwargs)
+    return run
+
+
+def _nst_step(model, args) -> Callable:
+    """loss_nst's forward and backward alone, from the features of one distillation step."""
+    (student_features, teacher_features), _ = args
+    leaves = {k: v.detach().clone().requires_grad_(True) for k, v in student_features.items()
+              if k in model.student_features}
+
+    def run():
+        terms = model.nst_per_level(leaves, teacher_features)
+        loss = model.nst_weight * sum(w * t for w, t in zip(model.level_weights, terms))
+        loss.backward()
+        for leaf in leaves.values():
+            leaf.grad = None
+    return run
+
+
+def format_benchmark(result: DistillBenchmark) -> str:
+    """The table of tools/benchmark_distill.py; its last line is ``overhead: X.XX``."""
+    h, w = result.image_size
+    lines = [
+        f"config: {result.config_file or '(given cfg)'}; device: {result.device}; "
+        f"2 images of {h} x {w}; median of {result.iters} round(s); "
+        f"teacher weights: {result.teacher_weights}",
+        "",
+        "| step | time (ms) | peak memory (MiB) |",
+        "| --- | ---: | ---: |",
+    ]
+    rows = [result.student, result.teacher, result.distill]
+    if result.nst is not None:
+        rows.append(result.nst)
+    for row in rows:
+        lines.append(f"| {row.name} | {row.time_ms:.1f} | {row.peak_mib:.1f} |")
+    sum_ms = result.student.time_ms + result.teacher.time_ms
+    lines.append("")
+    lines.append(f"student step + teacher forward: {sum_ms:.1f} ms")
+    if result.nst_share is not None:
+        lines.append(f"NST term share of the distillation step: {100 * result.nst_share:.1f}%")
+    lines.append(f"overhead: {result.overhead:.2f}")
+    return "\n".join(lines)

@@ -1,0 +1,56 @@
+"""Helpers of the detection-distillation tests: a tiny teacher/student config pair on the demo
+base config, a randomly initialised teacher saved as its weights file, tiny demo data."""
+import os
+
+import torch
+
+import nst_det  # noqa: F401  (first: makes Detectron2 importable here)
+import nst_det.modeling  # noqa: F401  (registers DistillGeneralizedRCNN)
+from detectron2.modeling import build_model
+from nst_det.config import get_nst_cfg, load_teacher_cfg
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEMO_BASE = os.path.join(ROOT, "configs", "demo", "Base-det-demo.yaml")
+
+# Small and fast: 2 images a batch, few proposals; everything else from the demo base.
+TINY = [
+    "SOLVER.IMS_PER_BATCH", 2,
+    "MODEL.RPN.PRE_NMS_TOPK_TRAIN", 100,
+    "MODEL.RPN.POST_NMS_TOPK_TRAIN", 20,
+    "MODEL.RPN.PRE_NMS_TOPK_TEST", 50,
+    "MODEL.RPN.POST_NMS_TOPK_TEST", 10,
+    "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", 32,
+    "MODEL.ROI_BOX_HEAD.FC_DIM", 64,
+]
+
+
+def write_teacher_config(folder, extra: str = "") -> str:
+    """A teacher config file (the demo base, R-18 FPN) in ``folder``; ``extra`` yaml is appended."""
+    path = os.path.join(str(folder), "teacher.yaml")
+    with open(path, "w") as f:
+        f.write(f'_BASE_: "{DEMO_BASE}"\n{extra}')
+    return path
+
+
+def save_random_teacher(teacher_config: str, path: str, seed: int = 123) -> str:
+    """Weights file of the teacher of ``teacher_config`` with random weights (a .pth with "model")."""
+    torch.manual_seed(seed)
+    teacher = build_model(load_teacher_cfg(teacher_config))
+    torch.save({"model": teacher.state_dict()}, path)
+    return path
+
+
+def tiny_distill_cfg(folder, opts=(), teacher_extra: str = ""):
+    """A frozen DistillGeneralizedRCNN config: tiny demo student, random teacher in ``folder``."""
+    teacher_config = write_teacher_config(folder, teacher_extra)
+    teacher_weights = save_random_teacher(teacher_config, os.path.join(str(folder), "teacher.pth"))
+    cfg = get_nst_cfg()
+    cfg.merge_from_file(DEMO_BASE)
+    cfg.merge_from_list(TINY + [
+        "MODEL.META_ARCHITECTURE", "DistillGeneralizedRCNN",
+        "MODEL.DISTILL.TEACHER_CONFIG", teacher_config,
+        "MODEL.DISTILL.TEACHER_WEIGHTS", teacher_weights,
+        "OUTPUT_DIR", os.path.join(str(folder), "out"),
+    ] + list(opts))
+    cfg.freeze()
+    return cfg
