@@ -8,30 +8,28 @@ For each scale and kernel it measures forward+backward time and peak extra memor
 and one torch.bmm(F, F^T) on the student map as the unit of time. Broadcast runs whose estimated
 memory exceeds --max-gb are not run ("does not fit").
 
-Time: median of --repeats runs after one warm-up (one run if the warm-up took over 2 s); "x bmm" is the median over those runs of the
-run's time divided by the mean of two bmm(F, F^T) timed right before and after it (robust to load
-drifting on a shared machine). Peak extra memory: on CPU, the resident-set high-water mark
-(/proc/self/status VmHWM, reset through /proc/self/clear_refs) minus the resident set before the
-run, with glibc told to return every block >= 64 KiB to the system on free (MALLOC_MMAP_THRESHOLD_,
-set by re-executing this script), so freed tensors leave the resident set; on CUDA,
+Time: the fastest of --repeats runs after one warm-up (one run if the warm-up took over 2 s);
+"x bmm" divides it by the fastest of the bmm(F, F^T) runs timed between those runs (on a shared
+machine other work only ever adds time, so the minima are the least disturbed). Peak extra
+memory: on CPU, the resident-set high-water mark (/proc/self/status VmHWM, reset through
+/proc/self/clear_refs) minus the resident set before the run, with glibc told to return every
+block >= 64 KiB to the system on free (MALLOC_MMAP_THRESHOLD_, set by re-executing this script),
+so freed tensors leave the resident set; on CUDA,
 torch.cuda.max_memory_allocated minus the memory allocated before the run. Inputs (student with
 requires_grad, teacher) are allocated before the run; the student's gradient counts as extra.
 
-    python tools/benchmark_losses.py [--device cpu|cuda] [--repeats 3] [--max-gb 8] [--threads N]
+    python tools/benchmark_losses.py [--device cpu|cuda] [--repeats 5] [--max-gb 8] [--threads N]
         [--scales classification detection-P2 detection-P3 cifar]
 """
 import argparse
 import gc
 import os
 import platform
-import statistics
 import sys
 import time
 
 import torch
-import torch.nn.functional as F
 
-import nst_det  # noqa: F401  (sets up the package before its submodules)
 from nst_det.losses import nst_loss
 
 MMAP_THRESHOLD_ENV = "MALLOC_MMAP_THRESHOLD_"
@@ -139,21 +137,21 @@ def _status_kib(key):
 
 
 def measure(meter, step, reference, repeats):
-    """step(): one forward+backward. -> dict(seconds, x_bmm, peak, loss); a step slower than
+    """step(): one forward+backward -> dict(seconds, x_bmm, peak, loss): the fastest of `repeats`
+    runs after a warm-up, and its ratio to the fastest bmm(F, F^T) timed around those runs (a shared
+    machine only ever adds time, so minima are the least disturbed); a step slower than
     SLOW_SECONDS in its warm-up is timed once."""
     start = time.perf_counter()
     loss = step()  # warm-up
     if time.perf_counter() - start > SLOW_SECONDS:
         repeats = 1
-    times, ratios, peaks = [], [], []
+    times, bmm_times, peaks = [], [meter.seconds(reference)], []
     for _ in range(repeats):
-        before = meter.seconds(reference)
         took, peak = meter.seconds_and_peak_extra_bytes(step)
-        after = meter.seconds(reference)
-        peaks.append(peak)
         times.append(took)
-        ratios.append(took / ((before + after) / 2))
-    return dict(seconds=statistics.median(times), x_bmm=statistics.median(ratios), peak=max(peaks), loss=loss)
+        peaks.append(peak)
+        bmm_times.append(meter.seconds(reference))
+    return dict(seconds=min(times), x_bmm=min(times) / min(bmm_times), peak=max(peaks), loss=loss)
 
 
 def run_scale(name, shape, args, meter):
@@ -187,7 +185,7 @@ def run_scale(name, shape, args, meter):
             gram["vs"] = nst
             rows.append(("gram+autograd poly", gram))
         needs = broadcast_bytes(shape, kernel, student.element_size())
-        if needs > args.max_gb * 2**30:
+        if needs > args.max_gb * 1e9:
             rows.append((f"broadcast {kernel}", dict(needs=needs)))
             continue
         bcast = measure(meter, step_of(lambda: broadcast_mmd2(student, teacher, kernel)), reference, args.repeats)
@@ -200,15 +198,15 @@ def run_scale(name, shape, args, meter):
 def print_rows(name, shape, rows, input_bytes):
     n, c_s, c_t, h, w = shape
     print(f"\n### {name}: N={n}, C_S={c_s}, C_T={c_t}, {h}x{w}; one input map {input_bytes / 2**20:.1f} MiB\n")
-    print("| method | fwd+bwd (s) | x bmm | peak extra (MiB) | x input | / nst (time, memory) | loss |")
+    print("| method | fwd+bwd (s) | x bmm | peak extra (MiB) | x input | vs nst (x bmm, memory) | loss |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for method, r in rows:
         if "needs" in r:
-            print(f"| {method} | does not fit (needs {r['needs'] / 2**30:.1f} GB) | | | | | |")
+            print(f"| {method} | does not fit (needs {r['needs'] / 1e9:.0f} GB) | | | | | |")
             continue
         vs = ""
         if "vs" in r:
-            vs = f"{r['seconds'] / r['vs']['seconds']:.1f}x, {r['peak'] / max(r['vs']['peak'], 1):.0f}x"
+            vs = f"{r['x_bmm'] / r['vs']['x_bmm']:.1f}x, {r['peak'] / max(r['vs']['peak'], 1):.0f}x"
         loss = "" if r["loss"] is None else f"{r['loss']:.6g}"
         print(
             f"| {method} | {r['seconds']:.3f} | {r['x_bmm']:.2f} | {r['peak'] / 2**20:.1f} | "
@@ -220,8 +218,10 @@ def print_rows(name, shape, rows, input_bytes):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per method (after one warm-up)")
-    parser.add_argument("--max-gb", type=float, default=8.0, help="run the broadcast form only below this estimate")
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs per method (after one warm-up)")
+    parser.add_argument(
+        "--max-gb", type=float, default=8.0, help="run the broadcast form only if its estimated peak is below (1e9 B)"
+    )
     parser.add_argument("--scales", nargs="+", default=list(SCALES), choices=list(SCALES))
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     args = parser.parse_args()
@@ -246,7 +246,8 @@ def main():
         for method, r in rows:
             if method.startswith("nst"):
                 ok = r["x_bmm"] <= 6 and r["peak"] <= 4 * input_bytes
-                print(f"- {method}: {r['x_bmm']:.2f}x bmm, {r['peak'] / input_bytes:.2f}x input: {'met' if ok else 'NOT met'}")
+                verdict = "met" if ok else "NOT met"
+                print(f"- {method}: {r['x_bmm']:.2f}x bmm, {r['peak'] / input_bytes:.2f}x input: {verdict}")
 
 
 if __name__ == "__main__":
