@@ -8,8 +8,8 @@ distillation needs it, without autograd) and the distillation training step.
 hooks, the NST/KD terms and their backward) is the overhead. The NST term's own cost (forward and
 backward of ``loss_nst`` on the captured features) is reported as a share of the distillation step.
 
-Time: the median over ``iters`` rounds after one warm-up run of each; each round runs the four
-measurements back to back, so load drifting on a shared machine hits them alike. Peak memory: the
+Time: the fastest of ``iters`` rounds after one warm-up run of each (the least disturbed by other
+load on a shared machine); each round runs the four measurements back to back. Peak memory: the
 largest rise over the start of one run of each (peak_memory_mib: torch's allocated memory on
 CUDA, the process's resident set on the CPU), in a separate round after the timed ones.
 """
@@ -17,7 +17,6 @@ import ctypes
 import gc
 import logging
 import os
-import statistics
 import tempfile
 import time
 from dataclasses import dataclass
@@ -44,7 +43,7 @@ _BOXES_PER_IMAGE = 3
 
 @dataclass
 class StepCost:
-    """Median time (ms) and peak extra memory (MiB) of one measured step."""
+    """Fastest time (ms) and peak extra memory (MiB) of one measured step."""
 
     name: str
     time_ms: float
@@ -67,7 +66,7 @@ class DistillBenchmark:
 
     @property
     def overhead(self) -> float:
-        """distillation step / (student step + teacher forward), by median times."""
+        """distillation step / (student step + teacher forward), by fastest times."""
         return self.distill.time_ms / (self.student.time_ms + self.teacher.time_ms)
 
     @property
@@ -155,6 +154,15 @@ def peak_memory_mib(fn: Callable, device: torch.device) -> float:
     return (_status_kib("VmHWM") - before) / 1024
 
 
+def _frozen_optimizer(cfg, model):
+    """The config's optimizer with learning rate 0: every step does its full work (momentum,
+    weight decay, clipping) but the weights stay put, so repeated rounds neither diverge nor drift."""
+    optimizer = build_optimizer(cfg, model)
+    for group in optimizer.param_groups:
+        group["lr"] = 0.0
+    return optimizer
+
+
 def _train_step(model, optimizer, batch) -> Callable:
     def step():
         loss_dict = model(batch)
@@ -183,21 +191,30 @@ class _Recorder:
         delattr(self.obj, self.name)  # back to the class's method
 
 
-def _with_teacher_weights(cfg, tmpdir: str):
-    """``cfg`` whose MODEL.DISTILL.TEACHER_WEIGHTS exists: the given file, else the randomly
-    initialised teacher saved in ``tmpdir`` (the cost of a forward does not depend on the values)."""
+def _benchmark_teacher(cfg, tmpdir: str):
+    """``(cfg, description)``: ``cfg`` whose teacher is built on the benchmark's MODEL.DEVICE (its
+    config written to ``tmpdir``) and whose MODEL.DISTILL.TEACHER_WEIGHTS exists: the given file,
+    else the randomly initialised teacher saved in ``tmpdir`` (a forward costs the same)."""
+    teacher_cfg = load_teacher_cfg(cfg.MODEL.DISTILL.TEACHER_CONFIG).clone()
+    teacher_cfg.defrost()
+    teacher_cfg.MODEL.DEVICE = cfg.MODEL.DEVICE
+    config_file = os.path.join(tmpdir, "teacher.yaml")
+    with open(config_file, "w") as f:
+        f.write(teacher_cfg.dump())
     weights = cfg.MODEL.DISTILL.TEACHER_WEIGHTS
-    if weights and os.path.isfile(weights):
-        return cfg, weights
-    teacher = build_model(load_teacher_cfg(cfg.MODEL.DISTILL.TEACHER_CONFIG))
-    path = os.path.join(tmpdir, "random_teacher.pth")
-    torch.save({"model": teacher.state_dict()}, path)
+    description = weights
+    if not (weights and os.path.isfile(weights)):
+        description = "random (file not found: the cost does not depend on the values)"
+        weights = os.path.join(tmpdir, "random_teacher.pth")
+        torch.save({"model": build_model(teacher_cfg).state_dict()}, weights)
+        logger.info(f"teacher weights '{cfg.MODEL.DISTILL.TEACHER_WEIGHTS}' not found: timing a "
+                    "randomly initialised teacher")
     cfg = cfg.clone()
     cfg.defrost()
-    cfg.MODEL.DISTILL.TEACHER_WEIGHTS = path
+    cfg.MODEL.DISTILL.TEACHER_CONFIG = config_file
+    cfg.MODEL.DISTILL.TEACHER_WEIGHTS = weights
     cfg.freeze()
-    logger.info(f"teacher weights '{weights}' not found: timing a randomly initialised teacher")
-    return cfg, "random (file not found: the cost does not depend on the values)"
+    return cfg, description
 
 
 def benchmark_distillation(cfg, iters: int = 10, device: str = "cpu", size: Optional[int] = None,
@@ -212,7 +229,7 @@ def benchmark_distillation(cfg, iters: int = 10, device: str = "cpu", size: Opti
         cfg.defrost()
         cfg.MODEL.DEVICE = device
         cfg.freeze()
-        cfg, teacher_weights = _with_teacher_weights(cfg, tmpdir)
+        cfg, teacher_weights = _benchmark_teacher(cfg, tmpdir)
         torch.manual_seed(cfg.SEED if cfg.SEED >= 0 else 0)
         distill = build_model(cfg)
         if not hasattr(distill, "teacher"):
@@ -224,8 +241,8 @@ def benchmark_distillation(cfg, iters: int = 10, device: str = "cpu", size: Opti
     distill.train()
     student.train()
     batch = synthetic_batch(cfg, size)
-    student_step = _train_step(student, build_optimizer(cfg, student), batch)
-    distill_step = _train_step(distill, build_optimizer(cfg, distill), batch)
+    student_step = _train_step(student, _frozen_optimizer(cfg, student), batch)
+    distill_step = _train_step(distill, _frozen_optimizer(cfg, distill), batch)
 
     with EventStorage(0):
         teacher_call = _Recorder(distill, "_teacher_forward")
@@ -250,7 +267,7 @@ def benchmark_distillation(cfg, iters: int = 10, device: str = "cpu", size: Opti
         peaks = {name: peak_memory_mib(fn, dev) for name, fn in measured.items()}
 
     def cost(name, label):
-        return StepCost(label, statistics.median(times[name]), peaks[name])
+        return StepCost(label, min(times[name]), peaks[name])
 
     height, width = batch[0]["image"].shape[1:]
     return DistillBenchmark(
@@ -294,7 +311,8 @@ def format_benchmark(result: DistillBenchmark) -> str:
     h, w = result.image_size
     lines = [
         f"config: {result.config_file or '(given cfg)'}; device: {result.device}; "
-        f"2 images of {h} x {w}; median of {result.iters} round(s); "
+        f"2 images of {h} x {w}; fastest of {result.iters} round(s); "
+        f"{torch.get_num_threads()} CPU thread(s); "
         f"teacher weights: {result.teacher_weights}",
         "",
         "| step | time (ms) | peak memory (MiB) |",
