@@ -4,6 +4,7 @@ import json
 import math
 import os
 
+import numpy as np
 import pytest
 import torch
 
@@ -144,3 +145,48 @@ def test_bad_predictions_files_name_the_problem(demo, tmp_path):
         evaluate_predictions_file(str(unknown), "nst_demo_voc_test")
     with pytest.raises(KeyError, match="not registered"):
         evaluate_predictions_file(str(unknown), "no_such_set")
+
+
+def _coco_predictions_of_ground_truth(dataset_name):
+    predictions = []
+    for d in DatasetCatalog.get(dataset_name):
+        for a in d["annotations"]:
+            x, y, w, h = BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYWH_ABS)
+            predictions.append({"image_id": d["image_id"], "category_id": a["category_id"] + 1,
+                                "bbox": [x, y, w, h], "score": 0.9})
+    return predictions
+
+
+def test_draw_predictions_puts_truth_beside_predictions(demo, tmp_path):
+    from PIL import Image
+
+    from nst_det.evaluation import draw_predictions
+
+    predictions = _coco_predictions_of_ground_truth("nst_demo_coco_test")
+    drawn = draw_predictions("nst_demo_coco_test", predictions, str(tmp_path / "with"), max_images=2)
+    empty = draw_predictions("nst_demo_coco_test", [], str(tmp_path / "without"), max_images=2)
+    assert len(drawn) == 2 and all(p.endswith(".png") for p in drawn)
+    with_boxes = np.asarray(Image.open(drawn[0]).convert("RGB")).astype(float)
+    without = np.asarray(Image.open(empty[0]).convert("RGB")).astype(float)
+    record = DatasetCatalog.get("nst_demo_coco_test")[0]
+    raw = np.asarray(Image.open(record["file_name"]).convert("RGB")).astype(float)
+    assert with_boxes.shape == (64, 160, 3)  # ground truth | predictions, 64 x 80 each
+    difference = lambda a: np.abs(a - raw).mean()  # noqa: E731
+    assert difference(without[:, 80:]) < 0.5  # no prediction: the image itself
+    assert difference(with_boxes[:, 80:]) > 2 and difference(with_boxes[:, :80]) > 2  # boxes drawn
+
+
+def test_eval_predictions_tool(demo, tmp_path):
+    import importlib.util
+
+    path = tmp_path / "predictions.json"
+    path.write_text(json.dumps(_coco_predictions_of_ground_truth("nst_demo_coco_test")))
+    tool = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools",
+                        "eval_predictions.py")
+    spec = importlib.util.spec_from_file_location("eval_predictions", tool)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "metrics.json"
+    results = module.main([str(path), "--dataset", "nst_demo_coco_test", "--output", str(out)])
+    assert results["AP"] == pytest.approx(100.0)
+    assert json.loads(out.read_text())["AR100"] == pytest.approx(100.0)

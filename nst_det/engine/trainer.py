@@ -1,16 +1,20 @@
 """DistillTrainer: Detectron2's DefaultTrainer with nst_det's evaluators, evaluation of the student
 alone (no teacher file needed) and of the teacher alone."""
 import logging
+import weakref
 
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.engine import DefaultTrainer, default_setup
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
+from nst_det.checkpoint import AtomicDetectionCheckpointer
 from nst_det.config import add_nst_config, student_cfg
+from nst_det.data import build_test_loader, build_train_loader
 from nst_det.evaluation import build_evaluator
 from nst_det.modeling import build_teacher
+
+from .train_loop import as_train_loop
 
 __all__ = ["DistillTrainer", "setup_cfg"]
 
@@ -31,11 +35,51 @@ def setup_cfg(args, setup: bool = True):
 
 
 class DistillTrainer(DefaultTrainer):
-    """DefaultTrainer for plain and distilled detectors: VOC/COCO evaluators by data set type."""
+    """DefaultTrainer for plain and distilled detectors: VOC/COCO evaluators by data set type,
+    atomic checkpoints that resume exactly, a stop at a non-finite loss term, and unusable
+    training images skipped."""
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self._trainer = as_train_loop(self._trainer)
+
+    def build_hooks(self):
+        # DefaultTrainer.__init__ calls this right after making self.checkpointer.
+        self.checkpointer = AtomicDetectionCheckpointer(
+            self._trainer.model, self.cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        return super().build_hooks()
+
+    def resume_or_load(self, resume=True):
+        """Load MODEL.WEIGHTS or, with ``resume``, the newest readable checkpoint of OUTPUT_DIR,
+        and continue its data stream and random state."""
+        super().resume_or_load(resume=resume)
+        if resume and self.start_iter > 0:
+            self._trainer.resume_data(self.start_iter)
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        return build_train_loader(cfg)
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        return build_test_loader(cfg, dataset_name)
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         return build_evaluator(cfg, dataset_name, output_folder)
+
+    def state_dict(self):
+        # Detectron2 v0.6's DefaultTrainer saves only the iteration and the hooks: the optimizer
+        # (its momentum and the current lr) would start afresh on --resume. Save it as later
+        # Detectron2 versions do.
+        ret = super().state_dict()
+        ret["_trainer"] = self._trainer.state_dict()
+        return ret
+
+    def load_state_dict(self, state_dict):
+        super().load_state_dict(state_dict)
+        if "_trainer" in state_dict:  # (later Detectron2 versions load it already: harmless)
+            self._trainer.load_state_dict(state_dict["_trainer"])
 
     def train(self):
         """Train; returns the final evaluation results ({data set: {task: metrics}} or, for one
@@ -48,7 +92,7 @@ class DistillTrainer(DefaultTrainer):
         """The student alone (plain GeneralizedRCNN, no teacher), loaded from MODEL.WEIGHTS or,
         with ``resume``, from the last checkpoint in OUTPUT_DIR."""
         model = cls.build_model(student_cfg(cfg))
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+        AtomicDetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=resume)
         return model
 

@@ -9,8 +9,11 @@ from .evaluators import (  # noqa: F401
     voc_metrics,
 )
 from .predictions_eval import (  # noqa: F401
+    contiguous_class_id,
+    dataset_metadata,
     evaluate_predictions_coco,
     evaluate_predictions_file,
     evaluate_predictions_voc,
     load_coco_predictions,
 )
+from .visualize import draw_predictions, predictions_to_instances  # noqa: F401

@@ -20,8 +20,8 @@ from pycocotools.cocoeval import COCOeval
 
 from .evaluators import coco_summary, voc_metrics
 
-__all__ = ["load_coco_predictions", "evaluate_predictions_voc", "evaluate_predictions_coco",
-           "evaluate_predictions_file"]
+__all__ = ["load_coco_predictions", "dataset_metadata", "contiguous_class_id",
+           "evaluate_predictions_voc", "evaluate_predictions_coco", "evaluate_predictions_file"]
 
 _REQUIRED_KEYS = ("image_id", "category_id", "bbox", "score")
 
@@ -49,14 +49,16 @@ def load_coco_predictions(path: str) -> List[dict]:
     return predictions
 
 
-def _metadata(dataset_name: str):
+def dataset_metadata(dataset_name: str):
+    """Metadata of a registered data set; KeyError listing the registered ones otherwise."""
     if dataset_name not in DatasetCatalog.list():
         raise KeyError(f"data set '{dataset_name}' is not registered; registered: "
                        f"{sorted(DatasetCatalog.list())}")
     return MetadataCatalog.get(dataset_name)
 
 
-def _contiguous_id(meta, category_id: int) -> int:
+def contiguous_class_id(meta, category_id: int) -> int:
+    """The model's class index (0..K-1) of a predictions file's ``category_id``."""
     mapping = meta.get("thing_dataset_id_to_contiguous_id", None)
     if mapping is None:
         contiguous = int(category_id)
@@ -73,7 +75,7 @@ def _contiguous_id(meta, category_id: int) -> int:
 
 def evaluate_predictions_voc(predictions: List[dict], dataset_name: str) -> "OrderedDict[str, float]":
     """VOC metrics (``voc_metrics``) of COCO-format predictions on a VOC-layout data set."""
-    meta = _metadata(dataset_name)
+    meta = dataset_metadata(dataset_name)
     for key in ("dirname", "split", "year"):
         if not meta.get(key, None):
             raise ValueError(f"data set '{dataset_name}' is not in VOC layout (metadata lacks "
@@ -88,7 +90,7 @@ def evaluate_predictions_voc(predictions: List[dict], dataset_name: str) -> "Ord
             raise ValueError(f"prediction for image '{image_id}', which is not in {image_set}")
         x, y, w, h = p["bbox"]
         # the VOC devkit's 1-based corners, as Detectron2's VOC evaluator writes them
-        lines[_contiguous_id(meta, p["category_id"])].append(
+        lines[contiguous_class_id(meta, p["category_id"])].append(
             f"{image_id} {p['score']:.3f} {x + 1:.1f} {y + 1:.1f} {x + w:.1f} {y + h:.1f}")
     anno_template = os.path.join(meta.dirname, "Annotations", "{}.xml")
     return voc_metrics(lines, anno_template, image_set, meta.thing_classes, meta.year == 2007)
@@ -97,7 +99,7 @@ def evaluate_predictions_voc(predictions: List[dict], dataset_name: str) -> "Ord
 def evaluate_predictions_coco(predictions: List[dict], dataset_name: str,
                               cache_dir: Optional[str] = None) -> "OrderedDict[str, float]":
     """The 12 COCO numbers and AP per class of COCO-format predictions (pycocotools' COCOeval)."""
-    meta = _metadata(dataset_name)
+    meta = dataset_metadata(dataset_name)
     with tempfile.TemporaryDirectory(prefix="nst_det_coco_gt_") as tmp:
         json_file = meta.get("json_file", None)
         if json_file is None:  # e.g. a VOC set: Detectron2's conversion to COCO form
@@ -126,7 +128,7 @@ def evaluate_predictions_file(path: str, dataset_name: str, metric: str = "auto"
                               ) -> "OrderedDict[str, OrderedDict]":
     """{"bbox": metrics} of the predictions file ``path`` on ``dataset_name``; ``metric`` is
     "voc", "coco" or "auto" (the data set's ``evaluator_type``)."""
-    meta = _metadata(dataset_name)
+    meta = dataset_metadata(dataset_name)
     if metric == "auto":
         metric = {"pascal_voc": "voc", "coco": "coco"}.get(meta.get("evaluator_type", None), "coco")
     predictions = load_coco_predictions(path)

@@ -8,7 +8,6 @@ on the student's proposals when KD is on), and ``loss_nst`` (and ``loss_kd``) jo
 In inference only the student runs. The teacher is held outside the module tree, so
 ``state_dict()``, ``parameters()``, the optimizer and DistributedDataParallel see the student only.
 """
-import contextlib
 import logging
 from typing import Dict, List, Optional, Sequence
 
@@ -222,9 +221,11 @@ class DistillGeneralizedRCNN(GeneralizedRCNN):
     def _check_kd(self):
         for role, model in (("student", self), ("teacher", self.teacher)):
             heads = model.roi_heads
-            if not all(hasattr(heads, a) for a in ("box_pooler", "box_head", "box_predictor")):
+            if not all(isinstance(getattr(heads, a, None), nn.Module)
+                       and not isinstance(getattr(heads, a), nn.ModuleList)
+                       for a in ("box_pooler", "box_head", "box_predictor")):
                 raise ValueError(
-                    f"MODEL.DISTILL.KD.ENABLED needs a box head with box_pooler, box_head and "
+                    f"MODEL.DISTILL.KD.ENABLED needs one box head with box_pooler, box_head and "
                     f"box_predictor (e.g. StandardROIHeads); the {role} has "
                     f"{type(heads).__name__}"
                 )
@@ -288,35 +289,36 @@ class DistillGeneralizedRCNN(GeneralizedRCNN):
         return images
 
     def _teacher_forward(self, images: torch.Tensor, proposal_boxes=None) -> Dict[str, object]:
-        """Run the teacher without autograd only as far as distillation needs: {name: tensor}."""
-        teacher = self.teacher
-        backbone = teacher.backbone
+        """Run the teacher without autograd only as far as distillation needs:
+        {"features": {name: [N, C_T, H, W]}, "class_logits": [R, K + 1] (KD only)}."""
+        backbone = self.teacher.backbone
         names = set(self.teacher_features) if self.nst_weight else set()
         fpn_names = set(backbone.output_shape())
-        out = {}
+        out, features = {}, {}
         # no_grad, not inference_mode: the student's loss saves these tensors for its backward.
         with torch.no_grad():
-            if not self.kd_enabled and names and not names & fpn_names:
-                features = backbone.bottom_up(images)  # only bottom-up features are matched
-            elif self.kd_enabled or names:
+            if self.kd_enabled or names & fpn_names:
                 capture = _ForwardCapture()
-                if names - fpn_names:
+                if names - fpn_names:  # bottom-up stages matched too
                     capture.output("bottom_up", backbone.bottom_up)
                 try:
                     features = dict(backbone(images))
                 finally:
                     capture.remove()
-                kd_features = dict(features)
-                features.update(capture.store.get("bottom_up", {}))
                 if self.kd_enabled:
-                    heads = teacher.roi_heads
-                    x = heads.box_pooler([kd_features[f] for f in heads.box_in_features],
-                                         proposal_boxes)
-                    out["class_logits"] = heads.box_predictor(heads.box_head(x))[0]
-            else:
-                features = {}
+                    out["class_logits"] = self._teacher_class_logits(features, proposal_boxes)
+                features.update(capture.store.get("bottom_up", {}))
+            elif names:  # only bottom-up stages matched: the teacher's FPN is not run
+                features = backbone.bottom_up(images)
         out["features"] = {n: features[n] for n in names}
         return out
+
+    def _teacher_class_logits(self, features: Dict[str, torch.Tensor], proposal_boxes
+                              ) -> torch.Tensor:
+        """The teacher box head's class logits [R, K + 1] on the student's sampled proposals."""
+        heads = self.teacher.roi_heads
+        x = heads.box_pooler([features[f] for f in heads.box_in_features], proposal_boxes)
+        return heads.box_predictor(heads.box_head(x))[0]
 
     def distillation_losses(self, student: Dict[str, object], teacher: Dict[str, object]
                             ) -> Dict[str, torch.Tensor]:

@@ -3,7 +3,6 @@ import hashlib
 import logging
 import os
 
-import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 from torch import nn

@@ -1,0 +1,31 @@
+#!/usr/bin/env python
+"""Draw ground truth (left) and predictions (right) of a COCO-format predictions file on the images
+of a registered data set, one PNG per image (Detectron2's Visualizer).
+
+    python tools/visualize_predictions.py output/demo_det/student_nst/inference/nst_demo_coco_test/coco_instances_results.json \
+        --dataset nst_demo_coco_test --output output/demo_det/pictures --max-images 20
+"""
+import argparse
+
+import nst_det  # noqa: F401  (first: makes Detectron2 usable on this stack)
+import nst_det.data  # noqa: F401  (registers the demo data sets)
+from nst_det.evaluation import draw_predictions, load_coco_predictions
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("predictions", help="COCO-format results JSON (list of detections)")
+    parser.add_argument("--dataset", required=True, help="registered data set of the images")
+    parser.add_argument("--output", required=True, help="folder for the PNGs")
+    parser.add_argument("--score-threshold", type=float, default=0.5)
+    parser.add_argument("--max-images", type=int, default=None)
+    args = parser.parse_args(argv)
+    paths = draw_predictions(args.dataset, load_coco_predictions(args.predictions), args.output,
+                             args.score_threshold, args.max_images)
+    print(f"wrote {len(paths)} pictures to {args.output}")
+    return paths
+
+
+if __name__ == "__main__":
+    main()
