@@ -35,8 +35,8 @@ def add_nst_config(cfg: CN) -> CN:
     # Weight of each matched pair in loss_nst, one per STUDENT_FEATURES entry.
     _C.MODEL.DISTILL.LEVEL_WEIGHTS = [1.0, 1.0, 1.0, 1.0, 1.0]
     # Overall NST weight: loss_nst = WEIGHT * sum_l LEVEL_WEIGHTS[l] * MMD^2_l; 0 turns NST off.
-    # 2 makes loss_nst about half the task loss early on the demo (docs/DETECTION.md).
-    _C.MODEL.DISTILL.WEIGHT = 2.0
+    # 8: loss_nst 1-2 times the task loss on the demo, the best of 2/4/8/20 there (docs/DETECTION.md).
+    _C.MODEL.DISTILL.WEIGHT = 8.0
     # Linear warm-up of the distillation weights (NST and KD): scaled by min(1, iter / WARMUP_ITERS).
     # 0 = off.
     _C.MODEL.DISTILL.WARMUP_ITERS = 0
