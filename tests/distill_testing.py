@@ -7,7 +7,7 @@ import torch
 import nst_det  # noqa: F401  (first: makes Detectron2 importable here)
 import nst_det.modeling  # noqa: F401  (registers DistillGeneralizedRCNN)
 from detectron2.modeling import build_model
-from nst_det.config import get_nst_cfg, load_teacher_cfg
+from nst_det.config import load_nst_cfg, load_teacher_cfg
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO_BASE = os.path.join(ROOT, "configs", "demo", "Base-det-demo.yaml")
@@ -35,7 +35,7 @@ def write_teacher_config(folder, extra: str = "") -> str:
 def save_random_teacher(teacher_config: str, path: str, seed: int = 123) -> str:
     """Weights file of the teacher of ``teacher_config`` with random weights (a .pth with "model")."""
     torch.manual_seed(seed)
-    teacher = build_model(load_teacher_cfg(teacher_config))
+    teacher = build_model(load_teacher_cfg(teacher_config, device="cpu"))
     torch.save({"model": teacher.state_dict()}, path)
     return path
 
@@ -44,13 +44,9 @@ def tiny_distill_cfg(folder, opts=(), teacher_extra: str = ""):
     """A frozen DistillGeneralizedRCNN config: tiny demo student, random teacher in ``folder``."""
     teacher_config = write_teacher_config(folder, teacher_extra)
     teacher_weights = save_random_teacher(teacher_config, os.path.join(str(folder), "teacher.pth"))
-    cfg = get_nst_cfg()
-    cfg.merge_from_file(DEMO_BASE)
-    cfg.merge_from_list(TINY + [
+    return load_nst_cfg(DEMO_BASE, TINY + [
         "MODEL.META_ARCHITECTURE", "DistillGeneralizedRCNN",
         "MODEL.DISTILL.TEACHER_CONFIG", teacher_config,
         "MODEL.DISTILL.TEACHER_WEIGHTS", teacher_weights,
         "OUTPUT_DIR", os.path.join(str(folder), "out"),
     ] + list(opts))
-    cfg.freeze()
-    return cfg

@@ -13,6 +13,7 @@ import torch
 import nst_det  # noqa: F401  (first: makes Detectron2 importable here)
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.common import DatasetFromList, MapDataset
+from detectron2.data.datasets import load_voc_instances
 from detectron2.engine import HookBase
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
@@ -25,7 +26,6 @@ from nst_det.data import (
     build_test_loader,
     build_train_loader,
     generate_demo_data,
-    load_voc_detection,
 )
 from nst_det.engine import DistillTrainer
 from nst_det.modeling.teacher import TeacherWeightsError
@@ -38,7 +38,7 @@ def data(tmp_path_factory):
     """Four generated 64 x 80 training images, registered under names of this test only."""
     root = str(tmp_path_factory.mktemp("bad_input") / "demo_det")
     generate_demo_data(root, num_train=4, num_val=0, num_test=1, height=64, width=80)
-    dicts = load_voc_detection(root, "train", CLASS_NAMES)
+    dicts = load_voc_instances(root, "train", CLASS_NAMES)
     for name, records in ((TRAIN_SET, dicts), (EMPTY_SET, [])):
         if name in DatasetCatalog.list():
             DatasetCatalog.remove(name)

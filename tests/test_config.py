@@ -9,7 +9,7 @@ import nst_det  # noqa: F401  (first: Detectron2 compatibility)
 import nst_det.modeling  # noqa: F401  (registers DistillGeneralizedRCNN and the backbones)
 from detectron2.config import get_cfg
 from nst_det import config as nst_config
-from nst_det.config import add_nst_config, get_nst_cfg, load_teacher_cfg, student_cfg
+from nst_det.config import add_nst_config, get_nst_cfg, load_nst_cfg, load_teacher_cfg, student_cfg
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DETECTION_CONFIGS = sorted(
@@ -76,10 +76,9 @@ def test_student_cfg_builds_the_plain_student():
 
 
 @pytest.mark.parametrize("path", DETECTION_CONFIGS, ids=lambda p: os.path.relpath(p, REPO))
-def test_detection_config_merges_and_its_teacher_config_exists(path, monkeypatch):
-    monkeypatch.chdir(REPO)  # configs name their teacher's config relative to the repository
-    cfg = get_nst_cfg()
-    cfg.merge_from_file(path)
+def test_detection_config_merges_and_its_teacher_config_exists(path, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # from any directory: the teacher's config is next to the yaml
+    cfg = load_nst_cfg(path)
     if cfg.MODEL.META_ARCHITECTURE == "DistillGeneralizedRCNN":
         teacher = load_teacher_cfg(cfg.MODEL.DISTILL.TEACHER_CONFIG)
         assert teacher.MODEL.META_ARCHITECTURE == "GeneralizedRCNN"

@@ -16,7 +16,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from distill_testing import tiny_distill_cfg
 
-from nst_det.classification.launch import launch_cls
+from nst_det.launch import launch
 from nst_det.data import generate_demo_data, register_demo_datasets
 from nst_det.engine.benchmark import synthetic_batch
 
@@ -131,7 +131,7 @@ def ddp_result(tmp_path_factory):
         c.freeze()
         trainer_cfgs.append(c)
     result_file = str(folder / "result.pth")
-    launch_cls(_worker, 2, args=(cfg, init_file, trainer_cfgs, str(datasets), result_file))
+    launch(_worker, 2, args=(cfg, init_file, trainer_cfgs, str(datasets), result_file))
     result = torch.load(result_file)
     return result, reference, [c.OUTPUT_DIR for c in trainer_cfgs], reference_teacher
 

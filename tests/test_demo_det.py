@@ -4,15 +4,13 @@ import json
 import os
 
 import nst_det  # noqa: F401  (first: Detectron2 compatibility)
-from nst_det.config import get_nst_cfg
+from nst_det.config import load_nst_cfg
 from nst_det.data import generate_demo_data, register_demo_datasets
 from nst_det.engine.demo import DEMO_CONFIGS, DEMO_STAGES, format_table, run_demo
 
 
 def _max_iter(config):
-    cfg = get_nst_cfg()
-    cfg.merge_from_file(os.path.join(DEMO_CONFIGS, config))
-    return cfg.SOLVER.MAX_ITER
+    return load_nst_cfg(os.path.join(DEMO_CONFIGS, config)).SOLVER.MAX_ITER
 
 
 def test_demo_trains_teacher_student_and_nst_student(tmp_path):

@@ -13,7 +13,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import DatasetCatalog, DatasetMapper
 from detectron2.modeling import GeneralizedRCNN, build_model
 from detectron2.utils.events import EventStorage
-from nst_det.config import get_nst_cfg, load_teacher_cfg, student_cfg
+from nst_det.config import get_nst_cfg, load_nst_cfg, load_teacher_cfg, student_cfg
 from nst_det.data import generate_demo_data, register_demo_datasets
 from nst_det.modeling import DistillGeneralizedRCNN
 from nst_det.modeling.teacher import TeacherWeightsError
@@ -44,18 +44,15 @@ def batch(tmp_path_factory):
 def teacher_weights(tmp_path_factory):
     """Weights of the demo teacher (random init: the mechanics need no trained teacher)."""
     torch.manual_seed(0)
-    teacher = build_model(load_teacher_cfg(TEACHER))
+    teacher = build_model(load_teacher_cfg(TEACHER, device="cpu"))
     out = tmp_path_factory.mktemp("teacher")
     DetectionCheckpointer(teacher, str(out)).save("teacher")
     return str(out / "teacher.pth")
 
 
 def tiny_cfg(*opts, config=STUDENT_NST, weights=""):
-    cfg = get_nst_cfg()
-    cfg.merge_from_file(config)
-    cfg.merge_from_list(TINY + ["MODEL.DISTILL.TEACHER_CONFIG", TEACHER,
-                                "MODEL.DISTILL.TEACHER_WEIGHTS", weights] + list(opts))
-    return cfg
+    return load_nst_cfg(config, TINY + ["MODEL.DISTILL.TEACHER_CONFIG", TEACHER,
+                                        "MODEL.DISTILL.TEACHER_WEIGHTS", weights] + list(opts))
 
 
 def build(teacher_weights, *opts):
@@ -339,15 +336,9 @@ def test_a_distillation_config_cannot_be_a_teacher(teacher_weights):
 # the real VOC configs: teacher and student fit together
 # ------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", ["voc_frcnn_nst.yaml", "voc_frcnn_R18_nst.yaml"])
-def test_voc_student_and_r101_teacher_match(name, monkeypatch):
-    monkeypatch.chdir(REPO)
-    cfg = get_nst_cfg()
-    cfg.merge_from_file(os.path.join(REPO, "configs", name))
-    cfg.merge_from_list(["MODEL.DEVICE", "cpu"])
-    teacher_cfg = load_teacher_cfg(cfg.MODEL.DISTILL.TEACHER_CONFIG)
-    teacher_cfg.defrost()
-    teacher_cfg.MODEL.DEVICE = "cpu"
-    teacher = build_model(teacher_cfg)
+def test_voc_student_and_r101_teacher_match(name):
+    cfg = load_nst_cfg(os.path.join(REPO, "configs", name), ["MODEL.DEVICE", "cpu"])
+    teacher = build_model(load_teacher_cfg(cfg.MODEL.DISTILL.TEACHER_CONFIG, device="cpu"))
     student_args = GeneralizedRCNN.from_config(student_cfg(cfg))
     d = cfg.MODEL.DISTILL
     model = DistillGeneralizedRCNN(

@@ -44,8 +44,6 @@ def runs(tmp_path_factory):
     generate_demo_data(str(root / "datasets" / "demo_det"), num_train=4, num_val=0, num_test=2,
                        seed=2, height=64, width=80)
     register_demo_datasets(str(root / "datasets"))
-    cwd = os.getcwd()
-    os.chdir(REPO)  # the demo configs name their teacher's config relative to the repository
     try:
         teacher_dir, student_dir = str(root / "teacher"), str(root / "student")
         teacher_results = run("det_teacher.yaml", "SOLVER.MAX_ITER", 3, "OUTPUT_DIR", teacher_dir)
@@ -55,7 +53,6 @@ def runs(tmp_path_factory):
         yield dict(root=root, teacher_dir=teacher_dir, student_dir=student_dir,
                    teacher_weights=teacher_weights, teacher_results=teacher_results)
     finally:
-        os.chdir(cwd)
         register_demo_datasets()
 
 
@@ -99,9 +96,12 @@ def test_eval_teacher_evaluates_the_teacher_alone(runs):
         for key, value in as_model[name]["bbox"].items():
             assert as_teacher[name]["bbox"][key] == pytest.approx(value, nan_ok=True), (name, key)
     # the same detections, box for box: the teacher's weights and its own config were used
-    detections = [json.loads((d / "inference" / "nst_demo_coco_test" / "coco_instances_results.json")
-                             .read_text()) for d in (as_teacher_dir, as_model_dir)]
+    # (the teacher's inference files have a folder of their own, apart from the student's)
+    detections = [json.loads((d / sub / "nst_demo_coco_test" / "coco_instances_results.json")
+                             .read_text()) for d, sub in ((as_teacher_dir, "inference_teacher"),
+                                                          (as_model_dir, "inference"))]
     assert detections[0] and detections[0] == detections[1]
+    assert not (as_teacher_dir / "inference").exists()
 
 
 WATCHED = "roi_heads.box_predictor.cls_score.weight"

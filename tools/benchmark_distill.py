@@ -3,7 +3,9 @@
 forward and the distillation step on the same two images; the last line is ``overhead: X.XX``
 = distillation step / (student step + teacher forward). See nst_det/engine/benchmark.py.
 
-    python tools/benchmark_distill.py --config-file configs/voc_frcnn_nst.yaml --size 320 --iters 5 --threads 1
+    python tools/benchmark_distill.py --config-file configs/voc_frcnn_nst.yaml --size 320 --iters 5 --threads 1 MODEL.DEVICE cpu
+
+The models run on the config's MODEL.DEVICE (teacher and student alike).
 """
 import argparse
 import logging
@@ -11,7 +13,8 @@ import logging
 import torch
 
 import nst_det  # noqa: F401  (first: makes Detectron2 usable here and registers nst_det's models)
-from nst_det.config import get_nst_cfg
+from nst_det.config import load_nst_cfg
+from nst_det.device import check_device
 from nst_det.engine.benchmark import benchmark_distillation, format_benchmark
 
 
@@ -19,7 +22,6 @@ def argument_parser():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config-file", required=True, help="a config of DistillGeneralizedRCNN")
     parser.add_argument("--iters", type=int, default=10, help="timed rounds (the fastest is reported)")
-    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--size", type=int, default=None,
                         help="image height (default: the config's INPUT.MIN_SIZE_TEST)")
     parser.add_argument("--threads", type=int, default=None,
@@ -29,13 +31,11 @@ def argument_parser():
 
 
 def main(args):
-    cfg = get_nst_cfg()
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    cfg.freeze()
+    cfg = load_nst_cfg(args.config_file, args.opts)
+    check_device(cfg.MODEL.DEVICE)
     if args.threads:
         torch.set_num_threads(args.threads)
-    result = benchmark_distillation(cfg, iters=args.iters, device=args.device, size=args.size,
+    result = benchmark_distillation(cfg, iters=args.iters, size=args.size,
                                     config_file=args.config_file)
     print(format_benchmark(result))
     return result

@@ -5,12 +5,15 @@
     python tools/train_net.py --config-file configs/voc_frcnn_nst.yaml --eval-only MODEL.WEIGHTS out/model_final.pth
     python tools/train_net.py --config-file configs/voc_frcnn_nst.yaml --eval-only --eval-teacher
     python tools/train_net.py --config-file configs/voc_frcnn_nst.yaml --resume
+    python tools/train_net.py --config-file configs/voc_frcnn_nst.yaml --num-gpus 8
+
+Without a GPU, pass MODEL.DEVICE cpu; --num-gpus N then runs N CPU processes on gloo.
 """
 import nst_det  # noqa: F401  (first: makes Detectron2 usable here and registers nst_det's models)
-import nst_det.data  # noqa: F401  (registers the demo data sets)
-from detectron2.engine import default_argument_parser, launch
+from detectron2.engine import default_argument_parser
 
 from nst_det.engine import DistillTrainer, setup_cfg
+from nst_det.launch import launch
 
 
 class Trainer(DistillTrainer):
@@ -18,7 +21,8 @@ class Trainer(DistillTrainer):
 
 
 def setup(args):
-    """Config from the command line (get_cfg + add_nst_config + file + opts), frozen; logging."""
+    """Config from the command line (get_cfg + add_nst_config + file + opts; paths relative to the
+    yaml naming them; MODEL.DEVICE checked), frozen; logging."""
     return setup_cfg(args)
 
 

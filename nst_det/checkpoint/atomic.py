@@ -5,6 +5,7 @@ temporary file in the same folder, flushed, fsynced and renamed over its final n
 (``os.replace``), so a reader sees either the old file or the whole new one. The
 ``last_checkpoint`` file, written the same way after its checkpoint, names only a complete file.
 """
+import errno
 import logging
 import os
 import tempfile
@@ -42,9 +43,12 @@ def _atomic_write(path: str, write: Callable) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.remove(tmp)
+        if _is_disk_full(e):
+            raise OSError(errno.ENOSPC, f"no space left on device while writing '{path}' "
+                          f"(nothing was replaced: the previous file, if any, is intact)") from e
         raise
     try:  # make the rename itself durable
         dir_fd = os.open(folder, os.O_RDONLY)
@@ -54,6 +58,15 @@ def _atomic_write(path: str, write: Callable) -> None:
             os.close(dir_fd)
     except OSError:
         pass
+
+
+def _is_disk_full(error: BaseException) -> bool:
+    """True for ENOSPC/EDQUOT, also when torch's writer reports it as a RuntimeError."""
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    cause = error.__cause__ or error.__context__
+    return (isinstance(error, RuntimeError) and cause is not None and cause is not error
+            and _is_disk_full(cause))
 
 
 def atomic_save(obj, path: str) -> None:

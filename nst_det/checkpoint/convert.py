@@ -163,6 +163,9 @@ def d2_config_hints(arch: str, fpn: bool = False) -> Dict[str, object]:
         hints["MODEL.BACKBONE.NAME"] = (
             "build_inception_bn_fpn_backbone" if fpn else "build_inception_bn_backbone"
         )
+        hints["MODEL.INCEPTION_BN.OUT_FEATURES"] = ["stem", "inc3", "inc4", "inc5"]
+        if fpn:
+            hints["MODEL.FPN.IN_FEATURES"] = ["stem", "inc3", "inc4", "inc5"]
         return hints
     if arch not in RESNET_BLOCKS:
         raise ValueError(f"no Detectron2 backbone for classifier '{arch}'")
@@ -170,11 +173,14 @@ def d2_config_hints(arch: str, fpn: bool = False) -> Dict[str, object]:
     hints["MODEL.BACKBONE.NAME"] = "build_resnet_fpn_backbone" if fpn else "build_resnet_backbone"
     # Detectron2 names a ResNet by its depth; ResNeXt and wide ResNets share their ResNet's depth.
     hints["MODEL.RESNETS.DEPTH"] = {2: 18, 6: 34 if not bottleneck else 50, 23: 101, 36: 152}[blocks[2]]
+    hints["MODEL.RESNETS.STEM_OUT_CHANNELS"] = 64  # torchvision's stem
     hints["MODEL.RESNETS.STRIDE_IN_1X1"] = False
     hints["MODEL.RESNETS.NUM_GROUPS"] = groups
     hints["MODEL.RESNETS.WIDTH_PER_GROUP"] = width
-    if not bottleneck:
-        hints["MODEL.RESNETS.RES2_OUT_CHANNELS"] = 64
+    hints["MODEL.RESNETS.RES2_OUT_CHANNELS"] = 64 if not bottleneck else 256
+    hints["MODEL.RESNETS.OUT_FEATURES"] = ["res2", "res3", "res4", "res5"] if fpn else ["res4"]
+    if fpn:
+        hints["MODEL.FPN.IN_FEATURES"] = ["res2", "res3", "res4", "res5"]
     return hints
 
 
@@ -195,7 +201,13 @@ def convert_checkpoint(src: str, dst: str, arch: Optional[str] = None, fpn: bool
     backbone weights ``dst``; returns the architecture (``arch`` or the detected one)."""
     if not (dst.endswith(".pkl") or dst.endswith(".pth")):
         raise ValueError(f"output file {dst} must end in .pkl or .pth")
-    state_dict = load_classifier_state_dict(src)
+    try:
+        state_dict = load_classifier_state_dict(src)
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # torch.load / pickle raise many types for a file that is no checkpoint
+        raise ValueError(f"classifier weights file '{src}' is not a checkpoint or state dict that "
+                         f"torch.load can read ({type(e).__name__}: {e})") from e
     converted = convert_classifier_to_d2(state_dict, arch=arch, fpn=fpn)
     os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
     save_d2_weights(converted, dst)

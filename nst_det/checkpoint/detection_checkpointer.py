@@ -1,11 +1,13 @@
 """AtomicDetectionCheckpointer: Detectron2's DetectionCheckpointer with checkpoints that are never
-half-written, errors that name the file, and a ``--resume`` that falls back to the newest complete
-checkpoint when the last one cannot be read."""
+half-written, errors that name the file, a ``--resume`` that falls back to the newest complete
+checkpoint when the last one cannot be read, and ``MODEL.WEIGHTS`` refused when it leaves most of
+the model unloaded (weights of another architecture, a classifier's checkpoint)."""
 import glob
 import os
 import re
 from typing import List
 
+import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
 from .atomic import (
@@ -18,7 +20,34 @@ from .atomic import (
     unreadable_checkpoint,
 )
 
-__all__ = ["AtomicDetectionCheckpointer"]
+__all__ = ["AtomicDetectionCheckpointer", "WeightsMismatchError"]
+
+
+class WeightsMismatchError(ValueError):
+    """MODEL.WEIGHTS does not fit the model (most of it would stay at its initial values)."""
+
+
+def _classifier_file_hint(path: str, checkpoint) -> str:
+    """A sentence saying what ``checkpoint`` is when it holds a classifier, not a detector; ""."""
+    if not isinstance(checkpoint, dict):
+        return ""
+    model = checkpoint.get("model", checkpoint)
+    if not isinstance(model, dict):
+        return ""
+    keys = list(model)
+    if {"epoch", "heads"} <= set(checkpoint) or any(k.startswith(("layer1.", "fc.")) for k in keys):
+        return (f"'{path}' holds classifier weights (a checkpoint of tools/train_cls.py or a "
+                f"torchvision state dict), not a Detectron2 model: convert it first with "
+                f"`python tools/convert_cls_to_d2.py {path} OUT.pkl --fpn` and give OUT.pkl as "
+                f"MODEL.WEIGHTS")
+    return ""
+
+def _torch_load_or_none(path: str):
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception:  # not a torch file either
+        return None
+
 
 # Files of Detectron2's PeriodicCheckpointer: model_0000099.pth ... and model_final.pth.
 _ITERATION_FILE = re.compile(r"model_(\d+|final)\.pth$")
@@ -26,7 +55,21 @@ _ITERATION_FILE = re.compile(r"model_(\d+|final)\.pth$")
 
 class AtomicDetectionCheckpointer(DetectionCheckpointer):
     """DetectionCheckpointer whose ``save`` writes a temporary file, flushes, fsyncs and renames it,
-    then tags ``last_checkpoint`` the same way; a missing or unreadable file is an error naming it."""
+    then tags ``last_checkpoint`` the same way; a missing or unreadable file is an error naming it.
+
+    ``weights_check`` decides what ``resume_or_load`` accepts as ``MODEL.WEIGHTS``: ``"partial"``
+    (anything: Detectron2's behaviour), ``"most"`` (at least half of the model's tensors loaded:
+    training from a backbone's weights) or ``"complete"`` (every tensor loaded: evaluation).
+    """
+
+    _WEIGHTS_CHECKS = ("partial", "most", "complete")
+
+    def __init__(self, model, save_dir: str = "", *, weights_check: str = "partial", **kwargs):
+        super().__init__(model, save_dir, **kwargs)
+        if weights_check not in self._WEIGHTS_CHECKS:
+            raise ValueError(f"weights_check must be one of {self._WEIGHTS_CHECKS}")
+        self.weights_check = weights_check
+        self._checking = None  # the MODEL.WEIGHTS file being loaded under weights_check
 
     def save(self, name: str, **kwargs) -> None:
         """Write the model, the checkpointables and ``kwargs`` to ``save_dir/name.pth`` atomically."""
@@ -50,9 +93,38 @@ class AtomicDetectionCheckpointer(DetectionCheckpointer):
 
     def _load_file(self, filename: str):
         try:
-            return super()._load_file(filename)
+            checkpoint = super()._load_file(filename)
         except Exception as e:  # torch/pickle raise many types for a truncated or foreign file
+            hint = _classifier_file_hint(filename, _torch_load_or_none(filename))
+            if hint:
+                raise WeightsMismatchError(hint) from e
             raise unreadable_checkpoint(filename, e) from e
+        hint = _classifier_file_hint(filename, checkpoint)
+        if hint:
+            raise WeightsMismatchError(hint)
+        return checkpoint
+
+    def _load_model(self, checkpoint):
+        in_file = len(checkpoint.get("model", {}))
+        incompatible = super()._load_model(checkpoint)
+        if self._checking is not None and self.weights_check != "partial":
+            self._check_loaded(self._checking, incompatible, in_file)
+        return incompatible
+
+    def _check_loaded(self, path: str, incompatible, in_file: int) -> None:
+        expected = [k for k in self.model.state_dict() if not k.endswith("num_batches_tracked")]
+        missing = {k for k in incompatible.missing_keys if not k.endswith("num_batches_tracked")}
+        loaded = len(expected) - len(missing)
+        enough = not missing if self.weights_check == "complete" else 2 * loaded >= len(expected)
+        if enough:
+            return
+        need = "every one" if self.weights_check == "complete" else "at least half"
+        raise WeightsMismatchError(
+            f"MODEL.WEIGHTS '{path}' fits {loaded} of the model's {len(expected)} tensors (the "
+            f"file holds {in_file}: {len(incompatible.incorrect_shapes)} wrongly shaped, "
+            f"{len(incompatible.unexpected_keys)} not in the model; first unloaded: "
+            f"{sorted(missing)[:3]}); {need} must load. It was saved for another architecture or "
+            f"config. Set MODEL.ALLOW_PARTIAL_WEIGHTS True to go on with a partly loaded model.")
 
     def load(self, path: str, *args, **kwargs):
         """Same as DetectionCheckpointer.load; a local ``path`` that does not exist is a
@@ -93,7 +165,10 @@ class AtomicDetectionCheckpointer(DetectionCheckpointer):
         if candidates:
             _, checkpoint = load_newest_readable(candidates, self.load, self.save_dir)
             return checkpoint
+        self._checking = path
         try:
             return self.load(path, checkpointables=[])
         except (FileNotFoundError, UnreadableCheckpointError) as e:
             raise type(e)(f"MODEL.WEIGHTS: {e}") from e
+        finally:
+            self._checking = None

@@ -5,6 +5,7 @@ from typing import Sequence
 
 from detectron2.data import (
     DatasetCatalog,
+    MetadataCatalog,
     build_detection_test_loader,
     build_detection_train_loader,
     get_detection_dataset_dicts,
@@ -15,8 +16,8 @@ from torch.utils.data import Sampler
 
 from .robust_mapper import RobustDatasetMapper
 
-__all__ = ["detection_dataset_dicts", "build_train_loader", "build_test_loader",
-           "ResumableTrainLoader"]
+__all__ = ["detection_dataset_dicts", "check_num_classes", "build_train_loader",
+           "build_test_loader", "ResumableTrainLoader"]
 
 
 class _StartableSampler(Sampler):
@@ -72,6 +73,27 @@ def detection_dataset_dicts(names: Sequence[str], key: str, **kwargs) -> list:
         raise
 
 
+def _num_classes_key(cfg) -> str:
+    return ("MODEL.RETINANET.NUM_CLASSES" if cfg.MODEL.META_ARCHITECTURE == "RetinaNet"
+            else "MODEL.ROI_HEADS.NUM_CLASSES")
+
+
+def check_num_classes(cfg, names: Sequence[str], key: str) -> None:
+    """A ValueError when the detector's number of classes differs from a data set's (its
+    ``thing_classes``, known once the data set is loaded), naming both and the keys."""
+    num_key = _num_classes_key(cfg)
+    node = cfg
+    for part in num_key.split("."):
+        node = node[part]
+    for name in [names] if isinstance(names, str) else names:
+        classes = MetadataCatalog.get(name).get("thing_classes")
+        if classes is not None and len(classes) != node:
+            raise ValueError(
+                f"{num_key} is {node} but data set '{name}' ({key}) has {len(classes)} classes "
+                f"({', '.join(classes[:5])}{', ...' if len(classes) > 5 else ''}): set {num_key} "
+                f"{len(classes)}")
+
+
 def build_train_loader(cfg) -> ResumableTrainLoader:
     """Detectron2's train loader on DATASETS.TRAIN with RobustDatasetMapper, resumable."""
     dataset = detection_dataset_dicts(
@@ -82,6 +104,7 @@ def build_train_loader(cfg) -> ResumableTrainLoader:
         if cfg.MODEL.KEYPOINT_ON else 0,
         proposal_files=cfg.DATASETS.PROPOSAL_FILES_TRAIN if cfg.MODEL.LOAD_PROPOSALS else None,
     )
+    check_num_classes(cfg, cfg.DATASETS.TRAIN, "DATASETS.TRAIN")
     mapper = RobustDatasetMapper(cfg, True, dataset_size=len(dataset))
     # Detectron2's choice of sampler (DATALOADER.SAMPLER_TRAIN), made startable for --resume.
     kwargs = _train_loader_from_config(cfg, mapper=mapper, dataset=dataset)
@@ -97,5 +120,6 @@ def build_test_loader(cfg, dataset_name: str):
         proposal_files = [cfg.DATASETS.PROPOSAL_FILES_TEST[list(cfg.DATASETS.TEST).index(dataset_name)]]
     dataset = detection_dataset_dicts([dataset_name], "DATASETS.TEST", filter_empty=False,
                                       proposal_files=proposal_files)
+    check_num_classes(cfg, [dataset_name], "DATASETS.TEST")
     return build_detection_test_loader(dataset, mapper=RobustDatasetMapper(cfg, False),
                                        num_workers=cfg.DATALOADER.NUM_WORKERS)

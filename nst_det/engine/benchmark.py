@@ -192,43 +192,32 @@ class _Recorder:
 
 
 def _benchmark_teacher(cfg, tmpdir: str):
-    """``(cfg, description)``: ``cfg`` whose teacher is built on the benchmark's MODEL.DEVICE (its
-    config written to ``tmpdir``) and whose MODEL.DISTILL.TEACHER_WEIGHTS exists: the given file,
+    """``(cfg, description)``: ``cfg`` whose MODEL.DISTILL.TEACHER_WEIGHTS exists: the given file,
     else the randomly initialised teacher saved in ``tmpdir`` (a forward costs the same)."""
-    teacher_cfg = load_teacher_cfg(cfg.MODEL.DISTILL.TEACHER_CONFIG).clone()
-    teacher_cfg.defrost()
-    teacher_cfg.MODEL.DEVICE = cfg.MODEL.DEVICE
-    config_file = os.path.join(tmpdir, "teacher.yaml")
-    with open(config_file, "w") as f:
-        f.write(teacher_cfg.dump())
     weights = cfg.MODEL.DISTILL.TEACHER_WEIGHTS
-    description = weights
-    if not (weights and os.path.isfile(weights)):
-        description = "random (file not found: the cost does not depend on the values)"
-        weights = os.path.join(tmpdir, "random_teacher.pth")
-        torch.save({"model": build_model(teacher_cfg).state_dict()}, weights)
-        logger.info(f"teacher weights '{cfg.MODEL.DISTILL.TEACHER_WEIGHTS}' not found: timing a "
-                    "randomly initialised teacher")
+    if weights and os.path.isfile(weights):
+        return cfg, weights
+    teacher_cfg = load_teacher_cfg(cfg.MODEL.DISTILL.TEACHER_CONFIG, device=cfg.MODEL.DEVICE)
+    random_weights = os.path.join(tmpdir, "random_teacher.pth")
+    torch.save({"model": build_model(teacher_cfg).state_dict()}, random_weights)
+    logger.info(f"teacher weights '{weights}' not found: timing a randomly initialised teacher")
     cfg = cfg.clone()
     cfg.defrost()
-    cfg.MODEL.DISTILL.TEACHER_CONFIG = config_file
-    cfg.MODEL.DISTILL.TEACHER_WEIGHTS = weights
+    cfg.MODEL.DISTILL.TEACHER_WEIGHTS = random_weights
     cfg.freeze()
-    return cfg, description
+    return cfg, "random (file not found: the cost does not depend on the values)"
 
 
-def benchmark_distillation(cfg, iters: int = 10, device: str = "cpu", size: Optional[int] = None,
+def benchmark_distillation(cfg, iters: int = 10, size: Optional[int] = None,
                            config_file: str = "") -> DistillBenchmark:
     """Measure student step, teacher forward, distillation step and NST term of ``cfg`` (a config
-    of DistillGeneralizedRCNN) on the same two images; see the module docstring."""
+    of DistillGeneralizedRCNN) on the same two images, on its MODEL.DEVICE; see the module
+    docstring."""
     if iters < 1:
         raise ValueError(f"--iters must be at least 1, got {iters}")
+    device = cfg.MODEL.DEVICE
     dev = torch.device(device)
     with tempfile.TemporaryDirectory() as tmpdir:
-        cfg = cfg.clone()
-        cfg.defrost()
-        cfg.MODEL.DEVICE = device
-        cfg.freeze()
         cfg, teacher_weights = _benchmark_teacher(cfg, tmpdir)
         torch.manual_seed(cfg.SEED if cfg.SEED >= 0 else 0)
         distill = build_model(cfg)

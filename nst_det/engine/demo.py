@@ -10,7 +10,7 @@ from typing import Dict, Optional
 
 from detectron2.utils.env import seed_all_rng
 
-from nst_det.config import get_nst_cfg
+from nst_det.config import load_nst_cfg
 from nst_det.data import demo_data_exists, demo_root, generate_demo_data, register_demo_datasets
 
 from .trainer import DistillTrainer
@@ -31,19 +31,18 @@ _VOC_TEST, _COCO_TEST = "nst_demo_voc_test", "nst_demo_coco_test"
 
 
 def _stage_cfg(config: str, output_dir: str, student_iters: Optional[int], opts=()):
-    cfg = get_nst_cfg()
-    cfg.merge_from_file(os.path.join(DEMO_CONFIGS, config))
-    cfg.merge_from_list(["OUTPUT_DIR", output_dir] + list(opts))
+    config_file = os.path.join(DEMO_CONFIGS, config)
+    opts = ["OUTPUT_DIR", output_dir] + list(opts)
     if student_iters:  # scale every schedule like the students' (the teacher keeps its ratio)
-        student = get_nst_cfg()
-        student.merge_from_file(os.path.join(DEMO_CONFIGS, DEMO_STAGES["student"]))
+        cfg = load_nst_cfg(config_file, opts)
+        student = load_nst_cfg(os.path.join(DEMO_CONFIGS, DEMO_STAGES["student"]))
         factor = student_iters / student.SOLVER.MAX_ITER
-        cfg.SOLVER.MAX_ITER = max(1, round(cfg.SOLVER.MAX_ITER * factor))
+        max_iter = max(1, round(cfg.SOLVER.MAX_ITER * factor))
         steps = (max(1, round(s * factor)) for s in cfg.SOLVER.STEPS)
-        cfg.SOLVER.STEPS = tuple(sorted({s for s in steps if s < cfg.SOLVER.MAX_ITER}))
-        cfg.SOLVER.WARMUP_ITERS = round(cfg.SOLVER.WARMUP_ITERS * factor)
-    cfg.freeze()
-    return cfg
+        opts += ["SOLVER.MAX_ITER", max_iter,
+                 "SOLVER.STEPS", tuple(sorted({s for s in steps if s < max_iter})),
+                 "SOLVER.WARMUP_ITERS", round(cfg.SOLVER.WARMUP_ITERS * factor)]
+    return load_nst_cfg(config_file, opts)
 
 
 def loss_magnitudes(output_dir: str) -> Dict[str, Dict[str, float]]:

@@ -1,16 +1,18 @@
 """DistillTrainer: Detectron2's DefaultTrainer with nst_det's evaluators, evaluation of the student
 alone (no teacher file needed) and of the teacher alone."""
 import logging
+import os
 import weakref
 
-from detectron2.config import get_cfg
 from detectron2.engine import DefaultTrainer, default_setup
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from nst_det.checkpoint import AtomicDetectionCheckpointer
-from nst_det.config import add_nst_config, student_cfg
+from nst_det.config import load_nst_cfg, student_cfg
 from nst_det.data import build_test_loader, build_train_loader
+from nst_det.data.build import check_num_classes
+from nst_det.device import check_device
 from nst_det.evaluation import build_evaluator
 from nst_det.modeling import build_teacher
 
@@ -23,11 +25,10 @@ logger = logging.getLogger(__name__)
 
 def setup_cfg(args, setup: bool = True):
     """The frozen config of a ``tools/train_net.py`` command line (``args.config_file``,
-    ``args.opts``); ``setup`` also runs Detectron2's ``default_setup`` and nst_det's logger."""
-    cfg = add_nst_config(get_cfg())
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    cfg.freeze()
+    ``args.opts``; paths relative to the yaml that names them), its MODEL.DEVICE checked before
+    anything is built; ``setup`` also runs Detectron2's ``default_setup`` and nst_det's logger."""
+    cfg = load_nst_cfg(args.config_file, args.opts)
+    check_device(cfg.MODEL.DEVICE)
     if setup:
         default_setup(cfg, args)
         setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="nst_det")
@@ -40,13 +41,15 @@ class DistillTrainer(DefaultTrainer):
     training images skipped."""
 
     def __init__(self, cfg):
+        check_num_classes(cfg, cfg.DATASETS.TEST, "DATASETS.TEST")
         super().__init__(cfg)
         self._trainer = as_train_loop(self._trainer)
 
     def build_hooks(self):
         # DefaultTrainer.__init__ calls this right after making self.checkpointer.
         self.checkpointer = AtomicDetectionCheckpointer(
-            self._trainer.model, self.cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+            self._trainer.model, self.cfg.OUTPUT_DIR, trainer=weakref.proxy(self),
+            weights_check="partial" if self.cfg.MODEL.ALLOW_PARTIAL_WEIGHTS else "most")
         return super().build_hooks()
 
     def resume_or_load(self, resume=True):
@@ -92,8 +95,9 @@ class DistillTrainer(DefaultTrainer):
         """The student alone (plain GeneralizedRCNN, no teacher), loaded from MODEL.WEIGHTS or,
         with ``resume``, from the last checkpoint in OUTPUT_DIR."""
         model = cls.build_model(student_cfg(cfg))
-        AtomicDetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
-            cfg.MODEL.WEIGHTS, resume=resume)
+        check = "partial" if cfg.MODEL.ALLOW_PARTIAL_WEIGHTS else "complete"
+        AtomicDetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR, weights_check=check
+                                    ).resume_or_load(cfg.MODEL.WEIGHTS, resume=resume)
         return model
 
     @classmethod
@@ -104,11 +108,16 @@ class DistillTrainer(DefaultTrainer):
     @classmethod
     def test_teacher(cls, cfg):
         """Evaluate the teacher of MODEL.DISTILL alone on the student's DATASETS.TEST, at the
-        student's test size, with the same evaluators (``--eval-only --eval-teacher``)."""
+        student's test size, with the same evaluators (``--eval-only --eval-teacher``); its
+        inference files go to OUTPUT_DIR/inference_teacher, apart from the student's."""
         teacher = build_teacher(cfg)
         teacher_cfg = cfg.clone()
         teacher_cfg.defrost()
         teacher_cfg.INPUT.FORMAT = teacher.input_format  # images are read as the teacher expects
         teacher_cfg.freeze()
         logger.info("Evaluating the teacher alone.")
-        return cls.test(teacher_cfg, teacher)
+        evaluators = [
+            cls.build_evaluator(teacher_cfg, name,
+                                os.path.join(cfg.OUTPUT_DIR, "inference_teacher", name))
+            for name in cfg.DATASETS.TEST]
+        return cls.test(teacher_cfg, teacher, evaluators=evaluators)

@@ -18,6 +18,7 @@ from detectron2.structures import ImageList
 from detectron2.utils.events import get_event_storage
 from torch import nn
 
+from nst_det.config import distills
 from nst_det.losses import kd_loss, nst_loss
 from nst_det.losses.nst import check_kernel_args
 
@@ -88,7 +89,7 @@ class DistillGeneralizedRCNN(GeneralizedRCNN):
     def __init__(
         self,
         *,
-        teacher: nn.Module,
+        teacher: Optional[nn.Module],
         student_features: Sequence[str],
         teacher_features: Sequence[str],
         level_weights: Sequence[float],
@@ -106,6 +107,7 @@ class DistillGeneralizedRCNN(GeneralizedRCNN):
         """
         Args:
             teacher: a trained, plain detector (e.g. GeneralizedRCNN); frozen and put in eval mode.
+                None when nothing is distilled (NST weight 0, KD off): the student trains alone.
             student_features, teacher_features: names matched in order by NST (see
                 MODEL.DISTILL.STUDENT_FEATURES); each pair must have the same stride.
             level_weights: weight of each matched pair in loss_nst.
@@ -126,6 +128,13 @@ class DistillGeneralizedRCNN(GeneralizedRCNN):
         self.kd_temperature = float(kd_temperature)
         self.warmup_iters = int(warmup_iters)
 
+        if teacher is None:
+            if self.nst_weight > 0 or (self.kd_enabled and self.kd_weight > 0):
+                raise ValueError("a distillation weight is > 0 but no teacher was given")
+            logger.warning("MODEL.DISTILL.WEIGHT is 0 and KD is off: nothing is distilled, no "
+                           "teacher is built, the student trains alone.")
+            self._teacher_holder = []
+            return
         teacher.eval()
         teacher.requires_grad_(False)
         # A plain attribute holding a list is not registered as a submodule: the teacher stays out
@@ -139,7 +148,7 @@ class DistillGeneralizedRCNN(GeneralizedRCNN):
         ret = super().from_config(cfg)
         d = cfg.MODEL.DISTILL
         ret.update(
-            teacher=build_teacher(cfg),
+            teacher=build_teacher(cfg) if distills(cfg) else None,
             student_features=d.STUDENT_FEATURES,
             teacher_features=d.TEACHER_FEATURES,
             level_weights=d.LEVEL_WEIGHTS,
@@ -156,14 +165,14 @@ class DistillGeneralizedRCNN(GeneralizedRCNN):
         return ret
 
     @property
-    def teacher(self) -> nn.Module:
-        """The frozen teacher detector (not a submodule)."""
-        return self._teacher_holder[0]
+    def teacher(self) -> Optional[nn.Module]:
+        """The frozen teacher detector (not a submodule); None when nothing is distilled."""
+        return self._teacher_holder[0] if self._teacher_holder else None
 
     def _apply(self, fn, *args, **kwargs):
         # .to(), .cuda(), .half() ... move the teacher with the student.
         super()._apply(fn, *args, **kwargs)
-        if hasattr(self, "_teacher_holder"):
+        if getattr(self, "_teacher_holder", None):
             self.teacher._apply(fn, *args, **kwargs)
         return self
 
@@ -215,8 +224,6 @@ class DistillGeneralizedRCNN(GeneralizedRCNN):
             raise ValueError(f"MODEL.DISTILL.LOSS: {e}") from e
         if self.kd_enabled:
             self._check_kd()
-        if self.nst_weight == 0 and not self.kd_enabled:
-            logger.warning("MODEL.DISTILL.WEIGHT is 0 and KD is off: nothing is distilled.")
 
     def _check_kd(self):
         for role, model in (("student", self), ("teacher", self.teacher)):
@@ -242,7 +249,7 @@ class DistillGeneralizedRCNN(GeneralizedRCNN):
     # ----------------------------------------------------------------------------------------
     def forward(self, batched_inputs: List[Dict[str, torch.Tensor]]):
         """Training: the student's losses + ``loss_nst`` (+ ``loss_kd``); inference: the student's."""
-        if not self.training:
+        if not self.training or self.teacher is None:
             return super().forward(batched_inputs)
         capture = self._student_capture()
         try:

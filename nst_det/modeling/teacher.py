@@ -8,6 +8,7 @@ from detectron2.modeling import build_model
 from torch import nn
 
 from nst_det.config import DISTILL_META_ARCHITECTURES, load_teacher_cfg
+from nst_det.config_paths import missing_path_message
 
 __all__ = ["build_teacher", "load_teacher_weights", "weights_checksum", "TeacherWeightsError"]
 
@@ -43,17 +44,19 @@ def load_teacher_weights(model: nn.Module, path: str) -> None:
             "Train the teacher first (e.g. tools/train_net.py with its config) and give its .pth."
         )
     if not os.path.isfile(path):
-        raise FileNotFoundError(
-            f"teacher weights file '{path}' (MODEL.DISTILL.TEACHER_WEIGHTS) does not exist."
-        )
+        raise FileNotFoundError(missing_path_message(
+            "MODEL.DISTILL.TEACHER_WEIGHTS", path, what="teacher weights file"))
     checkpointer = DetectionCheckpointer(model)
     try:
         checkpoint = checkpointer._load_file(path)
     except Exception as e:  # torch/pickle raise many types for a file that is not a checkpoint
         raise TeacherWeightsError(f"cannot read teacher weights file '{path}': {e}") from e
     incompatible = checkpointer._load_model(checkpoint)
-    # BatchNorm's step counters carry no weights; checkpoints from other frameworks lack them.
-    missing = [k for k in incompatible.missing_keys if not k.endswith("num_batches_tracked")]
+    # A wrongly shaped key is left out of the load, so it is also "missing": name it once, as
+    # wrongly shaped. BatchNorm's step counters carry no weights; other frameworks' files lack them.
+    wrong_shape = {k for k, _, _ in incompatible.incorrect_shapes}
+    missing = [k for k in incompatible.missing_keys
+               if not k.endswith("num_batches_tracked") and k not in wrong_shape]
     unexpected = list(incompatible.unexpected_keys)
     shapes = [f"{k} (file {tuple(a)}, model {tuple(b)})" for k, a, b in incompatible.incorrect_shapes]
     problems = []
@@ -72,10 +75,11 @@ def load_teacher_weights(model: nn.Module, path: str) -> None:
 
 
 def build_teacher(cfg) -> nn.Module:
-    """The teacher of ``cfg`` (MODEL.DISTILL): built, strictly loaded, in eval mode, frozen."""
+    """The teacher of ``cfg`` (MODEL.DISTILL): built on the student's MODEL.DEVICE, strictly
+    loaded, in eval mode, frozen."""
     config_file = cfg.MODEL.DISTILL.TEACHER_CONFIG
     weights_file = cfg.MODEL.DISTILL.TEACHER_WEIGHTS
-    teacher_cfg = load_teacher_cfg(config_file)
+    teacher_cfg = load_teacher_cfg(config_file, device=cfg.MODEL.DEVICE)
     if teacher_cfg.MODEL.META_ARCHITECTURE in DISTILL_META_ARCHITECTURES:
         raise ValueError(
             f"teacher config '{config_file}' has MODEL.META_ARCHITECTURE "

@@ -1,13 +1,19 @@
-"""Start one training function in every process of a distributed job, on GPUs or CPU processes.
+"""Start one training function in every process of a job: the launcher of both tools
+(``tools/train_net.py`` and ``tools/train_cls.py``).
 
 - Under ``torchrun`` (``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` in the environment): join the group
   with ``env://`` (NCCL on GPUs, gloo on the CPU) and run ``main_func`` once in this process.
-- With GPUs: Detectron2's ``launch`` (one process per GPU, NCCL).
-- Without GPUs and ``num_processes > 1``: the same spawning with the gloo backend, so DDP runs on
-  the CPU (Detectron2 v0.6's ``launch`` requires CUDA).
+- Otherwise Detectron2's ``launch`` (one process per GPU; ``--num-gpus``, ``--num-machines``,
+  ``--machine-rank``, ``--dist-url`` as in every Detectron2 tool).
+- On a machine without CUDA, where the installed Detectron2's ``launch`` requires CUDA (v0.6
+  asserts it; its later versions fall back to gloo themselves): the same processes with
+  ``torch.multiprocessing`` and the gloo backend, so ``--num-gpus N`` runs N CPU processes.
 
 In every case Detectron2's ``comm`` helpers (rank, world size, local rank) work in ``main_func``.
+An exception in one process ends the job with that exception (``torch.multiprocessing`` stops
+the other processes).
 """
+import inspect
 import logging
 import os
 import socket
@@ -16,9 +22,10 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from detectron2.engine import launch as d2_launch
 from detectron2.utils import comm
 
-__all__ = ["launch_cls", "free_port", "init_from_torchrun_env"]
+__all__ = ["launch", "free_port", "init_from_torchrun_env", "detectron2_launch_runs_on_cpu"]
 
 logger = logging.getLogger(__name__)
 DEFAULT_TIMEOUT = timedelta(minutes=30)
@@ -29,6 +36,21 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def detectron2_launch_runs_on_cpu() -> bool:
+    """Whether the installed Detectron2's ``launch`` starts CPU processes (gloo) without CUDA:
+    its worker does not assert CUDA (v0.6's does)."""
+    import detectron2.engine.launch as launch_module
+
+    worker = getattr(launch_module, "_distributed_worker", None)
+    if worker is None:
+        return True
+    try:
+        source = inspect.getsource(worker)
+    except (OSError, TypeError):
+        return True
+    return "assert torch.cuda.is_available()" not in source
 
 
 def _make_local_group(world_size: int, local_size: int, machine_rank: int) -> None:
@@ -71,24 +93,23 @@ def _cpu_worker(local_rank, main_func, world_size, num_per_machine, machine_rank
         dist.destroy_process_group()
 
 
-def launch_cls(main_func, num_processes_per_machine: int, num_machines: int = 1,
-               machine_rank: int = 0, dist_url=None, args=()):
+def launch(main_func, num_processes_per_machine: int, num_machines: int = 1,
+           machine_rank: int = 0, dist_url=None, args=()):
     """Run ``main_func(*args)`` in each process of the job (see the module docstring)."""
     if init_from_torchrun_env():
         return main_func(*args)
     world_size = num_processes_per_machine * num_machines
     if world_size <= 1:
         return main_func(*args)
+    if torch.cuda.is_available() or detectron2_launch_runs_on_cpu():
+        return d2_launch(main_func, num_processes_per_machine, num_machines=num_machines,
+                         machine_rank=machine_rank, dist_url=dist_url, args=args)
     if dist_url is None or dist_url == "auto":
         if num_machines != 1:
             raise ValueError("--dist-url auto works on one machine only; give tcp://HOST:PORT")
         dist_url = f"tcp://127.0.0.1:{free_port()}"
-    if torch.cuda.is_available():
-        from detectron2.engine import launch
-
-        return launch(main_func, num_processes_per_machine, num_machines=num_machines,
-                      machine_rank=machine_rank, dist_url=dist_url, args=args)
     logger.info(f"No GPU: running {num_processes_per_machine} CPU processes per machine on gloo")
-    mp.spawn(_cpu_worker, nprocs=num_processes_per_machine,
-             args=(main_func, world_size, num_processes_per_machine, machine_rank, dist_url, args),
-             daemon=False)
+    mp.start_processes(
+        _cpu_worker, nprocs=num_processes_per_machine,
+        args=(main_func, world_size, num_processes_per_machine, machine_rank, dist_url, args),
+        daemon=False, start_method="spawn")

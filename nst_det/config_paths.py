@@ -1,0 +1,101 @@
+"""File paths inside configs, read relative to the yaml file that names them.
+
+Detectron2 reads ``_BASE_`` relative to the yaml that names it; nst_det reads every file-path key
+(``MODEL.WEIGHTS``, ``MODEL.DISTILL.TEACHER_CONFIG``, ...) the same way, so a command works from any
+working directory. A relative path set in a yaml is looked for, in order, next to that yaml, in the
+current directory and in the repository root; one given on the command line (``KEY VALUE``) in the
+current directory and the repository root. The first that exists replaces the value by its absolute
+path. When none exists the value stays as it is, and :func:`missing_path_message` lists what was
+tried for the error raised where the file is needed (a file that is not needed is no error).
+"""
+import os
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import yaml
+
+__all__ = ["REPO_ROOT", "resolve_config_paths", "missing_path_message", "tried_paths"]
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_BASE_KEY = "_BASE_"
+_TRIED: Dict[Tuple[str, str], List[str]] = {}
+
+
+def _yaml_chain(config_file: str) -> List[Tuple[str, dict]]:
+    """[(file, its raw mapping)] from the deepest ``_BASE_`` to ``config_file``, in merge order."""
+    with open(config_file) as f:
+        raw = yaml.safe_load(f) or {}
+    chain = []
+    base = raw.get(_BASE_KEY)
+    if base:
+        base = os.path.expanduser(base)
+        if not os.path.isabs(base) and "://" not in base:
+            base = os.path.join(os.path.dirname(config_file), base)
+        chain.extend(_yaml_chain(base))
+    chain.append((config_file, raw))
+    return chain
+
+
+def _lookup(mapping: dict, dotted_key: str):
+    node = mapping
+    for part in dotted_key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def _set(cfg, dotted_key: str, value) -> None:
+    *parents, last = dotted_key.split(".")
+    node = cfg
+    for part in parents:
+        node = node[part]
+    node[last] = value
+
+
+def _get(cfg, dotted_key: str):
+    node = cfg
+    for part in dotted_key.split("."):
+        node = node[part]
+    return node
+
+
+def _needs_resolving(value) -> bool:
+    return (isinstance(value, str) and value != "" and not os.path.isabs(value)
+            and "://" not in value)
+
+
+def resolve_config_paths(cfg, config_file: str, opts: Optional[Sequence[str]],
+                         keys: Sequence[str]) -> None:
+    """Replace each relative path of ``keys`` in ``cfg`` (merged from ``config_file`` and
+    ``opts``, not frozen) by the absolute path of the first candidate that exists."""
+    chain = _yaml_chain(config_file) if config_file else []
+    from_command_line = set(list(opts or [])[0::2])
+    for key in keys:
+        value = _get(cfg, key)
+        if not _needs_resolving(value):
+            continue
+        value = os.path.expanduser(value)
+        candidates = []
+        if key not in from_command_line:
+            for file, raw in reversed(chain):  # the last yaml of the merge order that sets it
+                if _lookup(raw, key) is not None:
+                    candidates.append(os.path.join(os.path.dirname(os.path.abspath(file)), value))
+                    break
+        candidates += [os.path.join(os.getcwd(), value), os.path.join(REPO_ROOT, value)]
+        candidates = list(dict.fromkeys(os.path.normpath(c) for c in candidates))
+        found = next((c for c in candidates if os.path.exists(c)), None)
+        if found is not None:
+            _set(cfg, key, found)
+        else:
+            _TRIED[(key, value)] = candidates
+
+
+def tried_paths(key: str, value: str) -> List[str]:
+    """The places :func:`resolve_config_paths` looked for ``value`` of ``key`` (empty if none)."""
+    return list(_TRIED.get((key, value), []))
+
+
+def missing_path_message(key: str, value: str, what: str = "file") -> str:
+    """``"<what> '<value>' (<key>) does not exist; tried: ..."`` for an error message."""
+    tried = tried_paths(key, value) or [os.path.abspath(value)]
+    return f"{what} '{value}' ({key}) does not exist; tried: {', '.join(tried)}"
