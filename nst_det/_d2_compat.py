@@ -9,21 +9,40 @@ calls itself 0.6). With an official, compiled, up-to-date Detectron2 nothing her
 - ``hooks.LRScheduler`` saves torch's own schedulers only if they derive from ``_LRScheduler``
   (torch >= 2 schedulers derive from ``LRScheduler``): their state was lost on ``--resume``.
 - ``MapDataset``'s fallback calls ``Random.sample`` on a set, which Python >= 3.11 refuses.
-- ``PascalVOCDetectionEvaluator`` uses ``np.bool``, which numpy 1.24 to 1.26 lack.
+- Detectron2 v0.6 uses numpy's aliases of builtins (``np.str``, ``np.int``, ``np.float``,
+  ``np.bool``, ``np.object``), removed in numpy 1.24 (numpy 2 has ``np.bool`` again): the built-in
+  VOC sets fail to load (``np.str``), ``get_detection_dataset_dicts`` silently skips its class
+  histogram (``np.int``), the VOC and semantic-segmentation evaluators, polygon masks and the
+  visualizers fail. Each module of ``NUMPY_ALIAS_MODULES`` whose source uses an alias the installed
+  numpy lacks gets, as its ``np``, a :class:`NumpyProxy`: numpy plus those aliases (the builtins).
+  Numpy itself is left as it is.
+- ``load_voc_instances`` cannot read a split that lists one image (``np.loadtxt`` gives a 0-d
+  array for one line; Detectron2's main too): its ``np.loadtxt`` returns at least 1-d arrays.
 
-``APPLIED`` lists the names of the fixes that are active in this process.
+``APPLIED`` lists the names of the fixes that are active in this process, e.g. ``"stand_in_C"``,
+``"numpy_aliases:detectron2.data.datasets.pascal_voc"``.
+
+``install()`` runs first in ``nst_det/__init__.py``: the stand-in ``_C`` must be in place before
+any fix imports a Detectron2 module that imports ``detectron2.layers``. The fixes import only
+Detectron2 modules (never nst_det's), so none of them can import nst_det half-initialised.
 """
+import importlib
 import importlib.util
+import inspect
 import logging
+import os
 import random
+import re
 import sys
+import tempfile
 import types
 import warnings
 
 import numpy as np
 import torch
 
-__all__ = ["install", "APPLIED", "has_compiled_ops"]
+__all__ = ["install", "APPLIED", "has_compiled_ops", "NUMPY_ALIAS_MODULES", "NumpyProxy",
+           "missing_numpy_aliases"]
 
 logger = logging.getLogger(__name__)
 
@@ -136,21 +155,179 @@ def _fix_map_dataset_fallback():
     APPLIED.append("map_dataset_fallback")
 
 
-def _fix_voc_evaluator_numpy():
-    """Give v0.6's VOC evaluator an ``np`` with ``np.bool`` (removed in numpy 1.24 to 1.26)."""
-    if hasattr(np, "bool"):
-        return  # numpy < 1.24 and numpy >= 2 have it
-    from detectron2.evaluation import pascal_voc_evaluation as voc
+#: numpy's aliases of Python builtins. numpy 1.24 removed them; numpy 2 brought back ``np.bool``
+#: only (as numpy's own boolean type, which ``dtype=`` and ``astype`` treat like ``bool``).
+NUMPY_ALIASES = {"str": str, "int": int, "float": float, "bool": bool, "object": object}
 
-    import inspect
+#: Detectron2 modules that nst_det, its tools or its users reach and whose v0.6 source uses an
+#: alias of ``NUMPY_ALIASES`` (found by searching the whole v0.6 package):
+#: ``pascal_voc`` (``np.str``: every built-in VOC set), ``build`` (``np.int``: the class histogram
+#: of ``get_detection_dataset_dicts``), ``sem_seg_evaluation`` (``np.int``, ``np.float``),
+#: ``pascal_voc_evaluation``, ``masks``, ``visualizer``, ``video_visualizer`` (``np.bool``).
+NUMPY_ALIAS_MODULES = (
+    "detectron2.data.build",
+    "detectron2.data.datasets.pascal_voc",
+    "detectron2.evaluation.pascal_voc_evaluation",
+    "detectron2.evaluation.sem_seg_evaluation",
+    "detectron2.structures.masks",
+    "detectron2.utils.visualizer",
+    "detectron2.utils.video_visualizer",
+)
 
-    if "np.bool)" not in inspect.getsource(voc):
+
+class NumpyProxy(types.ModuleType):
+    """A module that is ``numpy`` plus a few attributes of its own (``vars(proxy)``); every other
+    attribute is looked up in numpy at access time. Given to one Detectron2 module as its ``np``,
+    it changes nothing for the rest of the process."""
+
+    def __init__(self, attributes):
+        super().__init__(np.__name__, np.__doc__)
+        self.__dict__.update(attributes)
+
+    def __getattr__(self, name):
+        return getattr(np, name)
+
+
+def _numpy_has(name, numpy_module=np) -> bool:
+    with warnings.catch_warnings():
+        # numpy >= 2.4 warns on np.str / np.object that they will become numpy's scalar types
+        warnings.simplefilter("ignore")
+        return hasattr(numpy_module, name)
+
+
+def _numpy_names(module):
+    """The names under which ``module`` binds numpy (or a :class:`NumpyProxy`), e.g. ``["np"]``."""
+    return [k for k, v in vars(module).items() if v is np or isinstance(v, NumpyProxy)]
+
+
+def missing_numpy_aliases(module, numpy_module=np):
+    """The aliases ``module``'s source uses that ``numpy_module`` (the installed numpy by default)
+    lacks, per name under which ``module`` binds numpy: ``{"np": ["str"]}`` for v0.6's
+    ``pascal_voc`` on numpy 2; ``{}`` when nothing is missing (numpy < 1.24, or a Detectron2
+    without the aliases, as on its main branch) or the source cannot be read."""
+    names = _numpy_names(module)
+    if not names:
+        return {}
+    try:
+        source = inspect.getsource(module)
+    except (OSError, TypeError):
+        logger.debug("no source for %s: numpy aliases not checked", module.__name__)
+        return {}
+    missing = {}
+    for name in names:
+        used = set(re.findall(rf"\b{re.escape(name)}\.({'|'.join(NUMPY_ALIASES)})\b", source))
+        lacking = sorted(a for a in used if not _numpy_has(a, numpy_module))
+        if lacking:
+            missing[name] = lacking
+    return missing
+
+
+def _numpy_proxy_of(module, name) -> NumpyProxy:
+    """``module.<name>`` as a :class:`NumpyProxy`, installing a fresh one where it is numpy."""
+    current = getattr(module, name)
+    if not isinstance(current, NumpyProxy):
+        current = NumpyProxy({})
+        setattr(module, name, current)
+    return current
+
+
+def _applied(entry):
+    if entry not in APPLIED:
+        APPLIED.append(entry)
+
+
+def _fix_numpy_aliases(module_names=NUMPY_ALIAS_MODULES):
+    """Give each module whose source uses a numpy alias the installed numpy lacks a
+    :class:`NumpyProxy` with those aliases (-> the builtins, as numpy < 1.24 had them)."""
+    for module_name in module_names:
+        module = importlib.import_module(module_name)
+        for name, aliases in missing_numpy_aliases(module).items():
+            proxy = _numpy_proxy_of(module, name)
+            for alias in aliases:
+                setattr(proxy, alias, NUMPY_ALIASES[alias])
+            _applied(f"numpy_aliases:{module_name}")
+            logger.debug("%s: %s.%s -> builtins", module_name, name, "/".join(aliases))
+
+
+def _voc_split_of_one_image_fails(pascal_voc) -> bool:
+    """Load a VOC folder whose split lists one image: ``np.loadtxt`` then gives a 0-d array,
+    which Detectron2's ``load_voc_instances`` cannot iterate (``TypeError``)."""
+    xml = ("<annotation><size><width>8</width><height>8</height></size><object><name>a</name>"
+           "<bndbox><xmin>1</xmin><ymin>1</ymin><xmax>4</xmax><ymax>4</ymax></bndbox></object>"
+           "</annotation>")
+    try:
+        with tempfile.TemporaryDirectory(prefix="nst_det_voc_probe_") as root:
+            for sub in ("Annotations", os.path.join("ImageSets", "Main")):
+                os.makedirs(os.path.join(root, sub))
+            with open(os.path.join(root, "Annotations", "1.xml"), "w") as f:
+                f.write(xml)
+            with open(os.path.join(root, "ImageSets", "Main", "probe.txt"), "w") as f:
+                f.write("1\n")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return len(pascal_voc.load_voc_instances(root, "probe", ["a"])) != 1
+    except TypeError:
+        return True
+    except Exception as e:  # e.g. no writable temporary directory: leave Detectron2 as it is
+        logger.debug("VOC one-image split probe did not run: %s", e)
+        return False
+
+
+def _fix_voc_split_of_one_image():
+    """Let ``load_voc_instances`` read a split that lists one image (its ``np.loadtxt`` gives
+    a 0-d array for one line): its ``np.loadtxt`` returns at least 1-d arrays."""
+    from detectron2.data.datasets import pascal_voc
+
+    if not _voc_split_of_one_image_fails(pascal_voc):
         return
-    numpy_with_bool = types.ModuleType("numpy")
-    numpy_with_bool.__dict__.update(np.__dict__)
-    numpy_with_bool.bool = bool
-    voc.np = numpy_with_bool
-    APPLIED.append("voc_evaluator_numpy")
+    names = _numpy_names(pascal_voc)
+
+    def loadtxt(*args, **kwargs):
+        return np.atleast_1d(np.loadtxt(*args, **kwargs))
+
+    for name in names:
+        _numpy_proxy_of(pascal_voc, name).loadtxt = loadtxt
+    _applied("voc_split_of_one_image")
+
+
+def _fix_create_ddp_model_on_cpu():
+    """Let ``create_ddp_model`` wrap a CPU module (gloo processes without CUDA): it passes
+    ``device_ids=[local rank]``, which DistributedDataParallel refuses for a CPU module."""
+    from detectron2 import engine
+    from detectron2.engine import defaults
+
+    original = defaults.create_ddp_model
+    if getattr(original, "_nst_det_fixed", False):
+        return
+    seen = {}
+
+    class _Recorder:
+        def __init__(self, module, **kwargs):
+            seen.update(kwargs)
+
+    saved = defaults.DistributedDataParallel, defaults.comm.get_world_size
+    try:  # what does it pass for a CPU module in a 2-process job?
+        defaults.DistributedDataParallel, defaults.comm.get_world_size = _Recorder, lambda: 2
+        original(torch.nn.Linear(1, 1))
+    except Exception:  # another signature: leave it alone
+        return
+    finally:
+        defaults.DistributedDataParallel, defaults.comm.get_world_size = saved
+    if seen.get("device_ids") is None:
+        return  # this Detectron2 already handles CPU modules
+
+    def create_ddp_model(model, **kwargs):
+        on_cpu = all(p.device.type == "cpu" for p in model.parameters())
+        if on_cpu and "device_ids" not in kwargs:
+            kwargs["device_ids"] = None
+        return original(model, **kwargs)
+
+    create_ddp_model._nst_det_fixed = True
+    create_ddp_model.__doc__ = original.__doc__
+    defaults.create_ddp_model = create_ddp_model
+    if getattr(engine, "create_ddp_model", None) is original:
+        engine.create_ddp_model = create_ddp_model
+    APPLIED.append("create_ddp_model_cpu")
 
 
 _installed = False
@@ -165,8 +342,10 @@ def install():
         # Detectron2 scripts a few helpers with torch.jit.script at import time; torch >= 2.10
         # deprecates it. That is Detectron2's business, not the user's: keep the log clean.
         warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
-        _install_stand_in_C()
+        _install_stand_in_C()  # first: the modules below import detectron2.layers (-> _C)
+        _fix_numpy_aliases()
+        _fix_voc_split_of_one_image()
         _fix_lr_scheduler_hook()
         _fix_map_dataset_fallback()
-        _fix_voc_evaluator_numpy()
+        _fix_create_ddp_model_on_cpu()
     _installed = True

@@ -13,6 +13,7 @@ In every case Detectron2's ``comm`` helpers (rank, world size, local rank) work 
 An exception in one process ends the job with that exception (``torch.multiprocessing`` stops
 the other processes).
 """
+import importlib
 import inspect
 import logging
 import os
@@ -41,8 +42,8 @@ def free_port() -> int:
 def detectron2_launch_runs_on_cpu() -> bool:
     """Whether the installed Detectron2's ``launch`` starts CPU processes (gloo) without CUDA:
     its worker does not assert CUDA (v0.6's does)."""
-    import detectron2.engine.launch as launch_module
-
+    # (the attribute detectron2.engine.launch is the function: take the module by its name)
+    launch_module = importlib.import_module("detectron2.engine.launch")
     worker = getattr(launch_module, "_distributed_worker", None)
     if worker is None:
         return True

@@ -1,5 +1,11 @@
 """Tests of nst_det/_d2_compat.py and nst_det/_d2_stand_in_C.py: Detectron2 usable on this stack."""
+import itertools
+import logging
+import os
 import random
+import re
+import types
+import warnings
 
 import numpy as np
 import pytest
@@ -159,16 +165,319 @@ def test_map_dataset_falls_back_when_the_mapper_returns_none():
     assert data[1] == 10
 
 
-def test_voc_numpy_fix_gives_the_evaluator_np_bool(monkeypatch):
-    """Where numpy lacks ``np.bool`` the VOC evaluator module gets an ``np`` that has it."""
-    from detectron2.evaluation import pascal_voc_evaluation as voc
+# ---- numpy aliases (np.str, np.int, np.float, np.bool, np.object) -----------------------------
 
-    monkeypatch.setattr(voc, "np", np)
-    if hasattr(np, "bool"):
-        monkeypatch.delattr(np, "bool")
-    _d2_compat._fix_voc_evaluator_numpy()
-    assert voc.np.bool is bool
-    assert voc.np.array([1, 0]).astype(voc.np.bool).tolist() == [True, False]
+_VOC_XML = """<annotation><filename>{id}.jpg</filename>
+<size><width>40</width><height>30</height><depth>3</depth></size>
+<object><name>a</name><pose>Unspecified</pose><truncated>0</truncated><difficult>0</difficult>
+<bndbox><xmin>3</xmin><ymin>4</ymin><xmax>20</xmax><ymax>25</ymax></bndbox></object>
+<object><name>b</name><pose>Unspecified</pose><truncated>0</truncated><difficult>1</difficult>
+<bndbox><xmin>21</xmin><ymin>2</ymin><xmax>39</xmax><ymax>12</ymax></bndbox></object>
+</annotation>"""
+
+
+_UNIQUE = itertools.count()
+
+
+def _tiny_voc(root, ids, split="trainval"):
+    """A VOC folder (Annotations/, ImageSets/Main/<split>.txt) of 40 x 30 images with two
+    objects each: "a" at 1-based (3, 4, 20, 25) and a difficult "b" at (21, 2, 39, 12)."""
+    os.makedirs(os.path.join(root, "Annotations"), exist_ok=True)
+    os.makedirs(os.path.join(root, "ImageSets", "Main"), exist_ok=True)
+    for file_id in ids:
+        with open(os.path.join(root, "Annotations", f"{file_id}.xml"), "w") as f:
+            f.write(_VOC_XML.format(id=file_id))
+    with open(os.path.join(root, "ImageSets", "Main", f"{split}.txt"), "w") as f:
+        f.write("".join(f"{i}\n" for i in ids))
+    return str(root)
+
+
+def _load_voc(tmp_path, caplog):
+    from detectron2.data.datasets.pascal_voc import load_voc_instances
+
+    dicts = load_voc_instances(_tiny_voc(tmp_path / "voc", ["000007", "000009"]), "trainval",
+                               ["a", "b"])
+    assert [d["image_id"] for d in dicts] == ["000007", "000009"]
+    assert dicts[0]["annotations"][0]["bbox"] == [2.0, 3.0, 20.0, 25.0]  # 1-based -> 0-based
+    assert [a["category_id"] for a in dicts[1]["annotations"]] == [0, 1]
+
+
+def _class_histogram(tmp_path, caplog):
+    """Through ``get_detection_dataset_dicts``, which swallows the histogram's AttributeError."""
+    from detectron2.data import DatasetCatalog, MetadataCatalog, get_detection_dataset_dicts
+
+    tag = next(_UNIQUE)
+    name = f"nst_test_histogram_{tag}"
+    # a table of its own each time: Detectron2 logs one text once per process (log_first_n)
+    classes = [f"kind{i}_{tag}" for i in range(3)]
+    dicts = [{"file_name": f"{i}.jpg", "image_id": i, "height": 8, "width": 8,
+              "annotations": [{"category_id": c, "bbox": [0, 0, 4, 4], "bbox_mode": 0}
+                              for c in cats]}
+             for i, cats in enumerate([[0, 2], [2], [2, 0, 2]])]
+    DatasetCatalog.register(name, lambda: dicts)
+    MetadataCatalog.get(name).set(thing_classes=classes)
+    try:
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="detectron2.data.build"):
+            get_detection_dataset_dicts([name])
+    finally:
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+    text = caplog.text
+    assert "Distribution of instances among all 3 categories" in text, \
+        "no class histogram was logged"
+    for cls, count in zip(classes, (2, 0, 4)):
+        assert re.search(rf"\|\s*{cls}\s*\|\s*{count}\s*\|", text), text
+    assert re.search(r"\|\s*total\s*\|\s*6\s*\|", text), text
+
+
+def _voc_eval(tmp_path, caplog):
+    from detectron2.evaluation.pascal_voc_evaluation import voc_eval
+
+    root = _tiny_voc(tmp_path / "voc_eval", ["000001"], split="test")
+    with open(os.path.join(root, "det_a.txt"), "w") as f:
+        f.write("000001 0.9 3 4 20 25\n000001 0.2 30 20 39 29\n")
+    with open(os.path.join(root, "det_b.txt"), "w") as f:  # only the difficult object: ignored
+        f.write("000001 0.8 21 2 39 12\n")
+    annopath = os.path.join(root, "Annotations", "{}.xml")
+    imageset = os.path.join(root, "ImageSets", "Main", "test.txt")
+    detpath = os.path.join(root, "det_{}.txt")
+    _, _, ap = voc_eval(detpath, annopath, imageset, "a", 0.5, use_07_metric=True)
+    assert ap == pytest.approx(1.0)
+    with np.errstate(invalid="ignore", divide="ignore"):  # recall of 0 / 0 ground truth
+        _, _, ap_b = voc_eval(detpath, annopath, imageset, "b", 0.5, use_07_metric=True)
+    assert np.isnan(ap_b) or ap_b == 0  # no non-difficult ground truth for "b"
+
+
+def _sem_seg_eval(tmp_path, caplog):
+    from PIL import Image
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+    from detectron2.evaluation import SemSegEvaluator
+
+    gt = np.zeros((6, 8), np.uint8)
+    gt[:, 4:] = 1
+    gt[0, 0] = 255  # ignored
+    Image.fromarray(gt).save(str(tmp_path / "gt.png"))
+    name = f"nst_test_sem_seg_{next(_UNIQUE)}"
+    DatasetCatalog.register(name, lambda: [{"file_name": "img.jpg",
+                                            "sem_seg_file_name": str(tmp_path / "gt.png")}])
+    MetadataCatalog.get(name).set(stuff_classes=["left", "right"], ignore_label=255)
+    try:
+        evaluator = SemSegEvaluator(name, distributed=False)
+        evaluator.reset()
+        logits = torch.zeros(2, 6, 8)
+        logits[1, :, 4:] = 1.0
+        evaluator.process([{"file_name": "img.jpg"}], [{"sem_seg": logits}])
+        result = evaluator.evaluate()
+    finally:
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+    assert result["sem_seg"]["mIoU"] == pytest.approx(100.0)
+
+
+def _polygon_masks(tmp_path, caplog):
+    from detectron2.structures import PolygonMasks, polygons_to_bitmask
+
+    mask = polygons_to_bitmask([np.array([0, 0, 6, 0, 6, 6, 0, 6], float)], 8, 8)
+    assert mask.dtype == bool and mask.sum() >= 36
+    assert polygons_to_bitmask([], 4, 5).shape == (4, 5)
+    assert PolygonMasks([[np.array([0, 0, 4, 0, 4, 4.0])], []]).nonempty().tolist() == \
+        [True, False]
+
+
+def _panoptic_masks(tmp_path, caplog):
+    from detectron2.utils.visualizer import _PanopticPrediction
+
+    seg = torch.zeros(6, 8, dtype=torch.int32)
+    seg[:, 4:] = 1
+    seg[0, :2] = 2
+    pred = _PanopticPrediction(seg, [{"id": 1, "category_id": 0, "isthing": True},
+                                     {"id": 2, "category_id": 1, "isthing": False}])
+    assert pred.non_empty_mask().sum() == 24 + 2
+    assert [m.sum() for m, _ in pred.semantic_masks()] == [2]
+    assert [m.sum() for m, _ in pred.instance_masks()] == [24]
+
+
+def _video_colours(tmp_path, caplog):
+    from detectron2.data import MetadataCatalog
+    from detectron2.utils.video_visualizer import VideoVisualizer, _DetectedInstance
+
+    video = VideoVisualizer(MetadataCatalog.get("nst_test_video_metadata"))
+    detected = [_DetectedInstance(0, np.array([0.0, 0.0, 10.0, 10.0]), None, None, 8)]
+    assert len(video._assign_colors(detected)) == 1
+
+
+# module -> (the call that fails there when numpy lacks the alias, the alias, how it fails)
+_NO = "module 'numpy' has no attribute '{}'"
+ALIAS_CALLS = {
+    "detectron2.data.datasets.pascal_voc": (_load_voc, "str", _NO.format("str")),
+    "detectron2.data.build": (_class_histogram, "int", "no class histogram was logged"),
+    "detectron2.evaluation.pascal_voc_evaluation": (_voc_eval, "bool", _NO.format("bool")),
+    "detectron2.evaluation.sem_seg_evaluation": (_sem_seg_eval, "int", _NO.format("int")),
+    "detectron2.structures.masks": (_polygon_masks, "bool", _NO.format("bool")),
+    "detectron2.utils.visualizer": (_panoptic_masks, "bool", _NO.format("bool")),
+    "detectron2.utils.video_visualizer": (_video_colours, "bool", _NO.format("bool")),
+}
+
+
+def _uses_alias(module_name):
+    import importlib
+
+    return bool(_d2_compat.missing_numpy_aliases(importlib.import_module(module_name),
+                                                 numpy_module=types.ModuleType("no_aliases")))
+
+
+def test_every_alias_using_module_is_listed():
+    """The list the fix walks covers every module of this test (and vice versa)."""
+    assert set(_d2_compat.NUMPY_ALIAS_MODULES) == set(ALIAS_CALLS)
+
+
+class _NumpyWithoutAliases(types.ModuleType):
+    """numpy as numpy 1.24 to 1.26 show it to a module: without any alias of builtins. (numpy 2's
+    own code needs ``np.bool``: it cannot be taken from the numpy module itself.)"""
+
+    def __init__(self):
+        super().__init__("numpy")
+
+    def __getattr__(self, name):
+        if name in _d2_compat.NUMPY_ALIASES:
+            raise AttributeError(f"module 'numpy' has no attribute '{name}'")
+        return getattr(np, name)
+
+
+@pytest.mark.parametrize("module_name", list(ALIAS_CALLS))
+def test_numpy_alias_fix_makes_the_crashing_call_work(module_name, monkeypatch, tmp_path, caplog):
+    """With a numpy that lacks every alias (numpy 1.24 to 1.26), each call fails with the module's
+    own numpy, and works once the fix gave the module its proxy.
+
+    Without the fix: ``load_voc_instances``: ``AttributeError: module 'numpy' has no attribute
+    'str'``; ``get_detection_dataset_dicts`` logs no class histogram (its ``np.int`` error is
+    swallowed); ``SemSegEvaluator``: ``... no attribute 'int'``; the VOC evaluator, polygon
+    masks and the visualizers: ``... no attribute 'bool'``."""
+    import importlib
+
+    module = importlib.import_module(module_name)
+    call, alias, broken = ALIAS_CALLS[module_name]
+    if not _uses_alias(module_name):
+        pytest.skip(f"{module_name} of this Detectron2 uses no numpy alias")
+    for sub in ("without", "with"):
+        (tmp_path / sub).mkdir()
+    monkeypatch.setattr(module, "np", _NumpyWithoutAliases())
+    with pytest.raises((AttributeError, AssertionError), match=re.escape(broken)):
+        call(tmp_path / "without", caplog)
+
+    monkeypatch.setattr(module, "np", np)  # the module as Detectron2 left it
+    monkeypatch.setattr(_d2_compat, "_numpy_has", lambda name, numpy_module=np: False)
+    monkeypatch.setattr(_d2_compat, "APPLIED", [])
+    _d2_compat._fix_numpy_aliases([module_name])
+    assert _d2_compat.APPLIED == [f"numpy_aliases:{module_name}"]
+    assert isinstance(module.np, _d2_compat.NumpyProxy)
+    assert getattr(module.np, alias) is _d2_compat.NUMPY_ALIASES[alias]
+    assert vars(np).get(alias) is not _d2_compat.NUMPY_ALIASES[alias]  # numpy itself unchanged
+    call(tmp_path / "with", caplog)
+
+
+@pytest.mark.parametrize("module_name", list(ALIAS_CALLS))
+def test_alias_using_calls_work_after_import_nst_det(module_name, tmp_path, caplog):
+    """The same calls on this stack as ``import nst_det`` left it (proxy where numpy lacks an
+    alias the module uses, Detectron2 untouched elsewhere)."""
+    ALIAS_CALLS[module_name][0](tmp_path, caplog)
+
+
+def test_numpy_alias_fixes_active_on_this_stack():
+    """After ``import nst_det``: every listed module that uses an alias this numpy lacks has its
+    proxy and its entry in APPLIED; numpy itself gained nothing."""
+    import importlib
+
+    for module_name in _d2_compat.NUMPY_ALIAS_MODULES:
+        module = importlib.import_module(module_name)
+        lacking = [a for a in _d2_compat.NUMPY_ALIASES if not _d2_compat._numpy_has(a)]
+        needed = _d2_compat.missing_numpy_aliases(module)
+        entry = f"numpy_aliases:{module_name}"
+        if needed:
+            assert entry in _d2_compat.APPLIED and isinstance(module.np, _d2_compat.NumpyProxy)
+            assert set(needed["np"]) <= set(lacking)
+            for alias in needed["np"]:
+                assert getattr(module.np, alias) is _d2_compat.NUMPY_ALIASES[alias]
+        else:
+            assert entry not in _d2_compat.APPLIED
+    if not _d2_compat._numpy_has("str"):  # numpy >= 1.24
+        assert "numpy_aliases:detectron2.data.datasets.pascal_voc" in _d2_compat.APPLIED
+        assert "numpy_aliases:detectron2.data.build" in _d2_compat.APPLIED
+        assert not _d2_compat._numpy_has("str") and not _d2_compat._numpy_has("int")
+
+
+def test_numpy_alias_fix_is_inactive_where_numpy_has_the_aliases(monkeypatch):
+    """With a numpy that has every alias (numpy < 1.24) the fix changes no module."""
+    import importlib
+
+    with warnings.catch_warnings():  # numpy >= 2.4 warns on looking up np.str / np.object
+        warnings.simplefilter("ignore", FutureWarning)
+        for name, value in _d2_compat.NUMPY_ALIASES.items():
+            monkeypatch.setattr(np, name, value, raising=False)
+    modules = [importlib.import_module(m) for m in _d2_compat.NUMPY_ALIAS_MODULES]
+    for module in modules:
+        monkeypatch.setattr(module, "np", np)
+    monkeypatch.setattr(_d2_compat, "APPLIED", [])
+    _d2_compat._fix_numpy_aliases()
+    assert _d2_compat.APPLIED == []
+    assert all(module.np is np for module in modules)
+
+
+def test_numpy_alias_probe_reads_the_source(tmp_path):
+    """The probe finds aliases under any name bound to numpy, ignores numpy's own ``np.int64``
+    and ``np.str_``, and finds nothing in a source without aliases (Detectron2's main)."""
+    import importlib.util
+
+    def probe(source):
+        path = tmp_path / f"probe_{abs(hash(source))}.py"
+        path.write_text(source)
+        spec = importlib.util.spec_from_file_location(path.stem, str(path))
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return _d2_compat.missing_numpy_aliases(module, numpy_module=types.ModuleType("bare"))
+
+    assert probe("import numpy as np\nx = np.zeros(2, dtype=np.int64)\ny = np.str_\n") == {}
+    assert probe("import numpy as np\nf = lambda: np.zeros(2, dtype=np.int)\n") == {"np": ["int"]}
+    assert probe("import numpy\ndef f(a):\n    return a.astype(numpy.bool), numpy.float\n") == \
+        {"numpy": ["bool", "float"]}
+    assert probe("x = 'np.str'\n") == {}  # no numpy bound: nothing to give a proxy to
+    # the real numpy (not the bare stand-in above) decides by default
+    lacking = [a for a in _d2_compat.NUMPY_ALIASES if not _d2_compat._numpy_has(a)]
+    path = tmp_path / "probe_real.py"
+    path.write_text("import numpy as np\n"
+                    "def use():\n    return np.str, np.int, np.float, np.bool, np.object\n")
+    spec = importlib.util.spec_from_file_location("probe_real", str(path))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert _d2_compat.missing_numpy_aliases(module) == ({"np": sorted(lacking)} if lacking else {})
+
+
+def test_numpy_proxy_is_numpy_plus_the_aliases():
+    proxy = _d2_compat.NumpyProxy({"str": str})
+    assert proxy.str is str and proxy.zeros is np.zeros and proxy.ndarray is np.ndarray
+    assert proxy.__name__ == "numpy"
+    with pytest.raises(AttributeError):
+        proxy.no_such_numpy_function
+
+
+def test_voc_split_of_one_image_loads(tmp_path, monkeypatch):
+    """A VOC split that lists one image loads (e.g. the demo with ``--num-test 1``).
+
+    Without the fix: ``TypeError: iteration over a 0-d array`` (``np.loadtxt`` of one line)."""
+    from detectron2.data.datasets import pascal_voc
+
+    root = _tiny_voc(tmp_path, ["000003"], split="test")
+    assert "voc_split_of_one_image" in _d2_compat.APPLIED
+    dicts = pascal_voc.load_voc_instances(root, "test", ["a", "b"])
+    assert [d["image_id"] for d in dicts] == ["000003"] and len(dicts[0]["annotations"]) == 2
+
+    aliases_only = _d2_compat.NumpyProxy({a: v for a, v in _d2_compat.NUMPY_ALIASES.items()
+                                          if not _d2_compat._numpy_has(a)})
+    monkeypatch.setattr(pascal_voc, "np", aliases_only)
+    with pytest.raises(TypeError, match="0-d array"):
+        pascal_voc.load_voc_instances(root, "test", ["a", "b"])
+    assert _d2_compat._voc_split_of_one_image_fails(pascal_voc)
 
 
 def test_sequence_sampler_accepts_sets_reproducibly():

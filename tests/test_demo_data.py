@@ -1,5 +1,5 @@
 """Tests of nst_det/data: the demo detection set generator (VOC layout + COCO JSON) and its
-registration in Detectron2's catalogs."""
+registration in Detectron2's catalogs through Detectron2's own VOC and COCO loaders."""
 import filecmp
 import json
 import os
@@ -12,7 +12,7 @@ import nst_det  # noqa: F401  (first: Detectron2 compatibility)
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
 from nst_det.data import CLASS_NAMES, demo_data_exists, generate_demo_data, register_demo_datasets
-from nst_det.data.demo_datasets import demo_dataset_names, load_voc_detection
+from nst_det.data.demo_datasets import demo_dataset_names
 
 SIZES = dict(num_train=6, num_val=2, num_test=4, height=64, width=80)
 
@@ -66,26 +66,78 @@ def test_metadata_chooses_the_evaluators(datasets_root):
     voc = MetadataCatalog.get("nst_demo_voc_test")
     coco = MetadataCatalog.get("nst_demo_coco_test")
     assert voc.evaluator_type == "pascal_voc" and voc.year == 2007 and voc.split == "test"
+    assert voc.dirname == os.path.join(datasets_root, "demo_det")
     assert voc.thing_classes == list(CLASS_NAMES) == coco.thing_classes
     assert coco.evaluator_type == "coco" and os.path.isfile(coco.json_file)
+    assert coco.image_root == os.path.join(datasets_root, "demo_det", "JPEGImages")
+    assert coco.thing_dataset_id_to_contiguous_id == {1: 0, 2: 1, 3: 2}
+
+
+def test_demo_goes_through_detectron2_loaders(datasets_root):
+    """The records are exactly what Detectron2's ``load_voc_instances`` / ``load_coco_json``
+    give for the demo folder: the demo walks the code VOC and COCO users walk."""
+    from detectron2.data.datasets import load_coco_json
+    from detectron2.data.datasets.pascal_voc import load_voc_instances
+
+    dirname = os.path.join(datasets_root, "demo_det")
+    assert DatasetCatalog.get("nst_demo_voc_val") == \
+        load_voc_instances(dirname, "val", list(CLASS_NAMES))
+    coco = MetadataCatalog.get("nst_demo_coco_val")
+    assert DatasetCatalog.get("nst_demo_coco_val") == \
+        load_coco_json(coco.json_file, coco.image_root, "nst_demo_coco_val")
+    record = DatasetCatalog.get("nst_demo_voc_train")[0]
+    tree = ET.parse(os.path.join(dirname, "Annotations", f"{record['image_id']}.xml"))
+    corners = [int(tree.findtext(f"object/bndbox/{k}")) for k in ("xmin", "ymin", "xmax", "ymax")]
+    assert record["annotations"][0]["bbox"] == [corners[0] - 1, corners[1] - 1, *corners[2:]]
+    assert record["annotations"][0]["bbox_mode"] == BoxMode.XYXY_ABS
+
+
+def test_split_of_one_image_and_empty_split_load(tmp_path):
+    """``--num-test 1`` (one line in test.txt) and ``--num-val 0`` (an empty val.txt) load."""
+    generate_demo_data(str(tmp_path / "demo_det"), seed=2, num_train=2, num_val=0, num_test=1,
+                       height=64, width=80)
+    register_demo_datasets(str(tmp_path))
+    try:
+        assert len(DatasetCatalog.get("nst_demo_voc_test")) == 1
+        assert len(DatasetCatalog.get("nst_demo_coco_test")) == 1
+        with pytest.warns(UserWarning, match="no data"):  # numpy's loadtxt on an empty file
+            assert DatasetCatalog.get("nst_demo_voc_val") == []
+    finally:
+        register_demo_datasets()
 
 
 @pytest.mark.parametrize("cls", CLASS_NAMES)
 def test_box_is_tight_around_the_painted_shape(cls):
     from PIL import Image
 
-    from nst_det.data.demo_generator import _draw_object
+    from nst_det.data.demo_generator import draw_shape
 
     image = Image.new("RGB", (40, 30), (0, 0, 0))
-    x0, y0, x1, y1 = _draw_object(image, cls, (5, 4, 25, 24), (255, 0, 0))
+    painted_shape = draw_shape(image, cls, (5, 4, 25, 24), (255, 0, 0))
+    x0, y0, x1, y1 = painted_shape["box"]
     painted = np.asarray(image)[..., 0] > 0
     ys, xs = np.nonzero(painted)
     assert (xs.min(), ys.min(), xs.max(), ys.max()) == (x0, y0, x1, y1)
     assert 5 <= x0 and x1 <= 25 and 4 <= y0 and y1 <= 24
+    assert painted_shape["area"] == painted.sum()
     # the three shapes fill different fractions of their box: the class is visible in the pixels
     fill = painted[y0:y1 + 1, x0:x1 + 1].mean()
     expected = {"circle": np.pi / 4, "square": 1.0, "triangle": 0.5}[cls]
     assert abs(fill - expected) < 0.08
+    # the outline polygon (COCO segmentation) spans the painted box, in continuous coordinates
+    polygon = np.asarray(painted_shape["polygon"]).reshape(-1, 2)
+    assert len(polygon) >= 3
+    assert np.allclose(polygon.min(0), (x0, y0), atol=1.0)
+    assert np.allclose(polygon.max(0), (x1 + 1, y1 + 1), atol=1.0)
+
+
+def test_unknown_shape_is_named():
+    from PIL import Image
+
+    from nst_det.data.demo_generator import draw_shape
+
+    with pytest.raises(KeyError, match="unknown shape 'star'; shapes: circle, square, triangle"):
+        draw_shape(Image.new("RGB", (8, 8)), "star", (0, 0, 4, 4), (255, 0, 0))
 
 
 def test_same_seed_same_data_other_seed_other_data(tmp_path):
@@ -108,15 +160,25 @@ def test_missing_data_tells_how_to_generate_it(tmp_path):
         register_demo_datasets()
 
 
-def test_voc_loader_names_a_bad_annotation(tmp_path):
-    root = generate_demo_data(str(tmp_path / "d"), seed=1, **SIZES)
-    with pytest.raises(KeyError, match="not one of"):
-        load_voc_detection(root, "train", ["circle"])
-    os.remove(os.path.join(root, "Annotations", "000001.xml"))
-    with pytest.raises(FileNotFoundError, match="000001.xml"):
-        load_voc_detection(root, "train", CLASS_NAMES)
+def test_missing_annotation_is_named(tmp_path):
+    """A file listed in the split but missing is named by Detectron2's loader."""
+    generate_demo_data(str(tmp_path / "demo_det"), seed=1, **SIZES)
+    os.remove(os.path.join(str(tmp_path), "demo_det", "Annotations", "000001.xml"))
+    register_demo_datasets(str(tmp_path))
+    try:
+        with pytest.raises(FileNotFoundError, match="000001.xml"):
+            DatasetCatalog.get("nst_demo_voc_train")
+    finally:
+        register_demo_datasets()
 
 
 def test_unknown_split_or_format():
     with pytest.raises(KeyError, match="splits"):
         demo_dataset_names("voc", "validation")
+
+
+def test_too_small_images_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="images of 30 x 80 are too small for the shapes: need at "
+                                         "least 38 pixels on the short side"):
+        generate_demo_data(str(tmp_path / "d"), num_train=1, num_val=0, num_test=1, height=30,
+                           width=80)

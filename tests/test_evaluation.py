@@ -136,12 +136,14 @@ def test_bad_predictions_files_name_the_problem(demo, tmp_path):
         evaluate_predictions_file(str(tmp_path / "nothing.json"), "nst_demo_voc_test")
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps([{"image_id": "000013", "bbox": [0, 0, 1, 1], "score": 1.0}]))
-    with pytest.raises(KeyError, match=r"bad.json.*entry 0 lacks \['category_id'\]"):
+    with pytest.raises(KeyError, match=r"bad.json.*entry 0 \(image_id '000013'\) lacks "
+                                       r"\['category_id'\]"):
         evaluate_predictions_file(str(bad), "nst_demo_voc_test")
     unknown = tmp_path / "unknown.json"
     unknown.write_text(json.dumps([{"image_id": "999999", "category_id": 0, "bbox": [0, 0, 1, 1],
                                     "score": 1.0}]))
-    with pytest.raises(ValueError, match="999999"):
+    with pytest.raises(ValueError, match=r"entry 0 \(image_id '999999'\) has image_id '999999', "
+                                         r"which is not an image of data set 'nst_demo_voc_test'"):
         evaluate_predictions_file(str(unknown), "nst_demo_voc_test")
     with pytest.raises(KeyError, match="not registered"):
         evaluate_predictions_file(str(unknown), "no_such_set")

@@ -24,13 +24,17 @@ def main():
     parser.add_argument("--output-dir", default="output/demo")
     parser.add_argument("--stages", nargs="+", default=["cls", "det"], choices=["cls", "det"])
     parser.add_argument("--cls-seeds", type=int, default=3, help="seeds per classification method")
+    parser.add_argument("--cls-epochs", type=int, default=None,
+                        help="classification epochs of teacher and students (default: the configs')")
     parser.add_argument("--det-iters", type=int, default=None,
                         help="detection student iterations (default: the demo configs')")
     args = parser.parse_args()
+    cls_epochs = (["--epochs", str(args.cls_epochs), "--teacher-epochs", str(args.cls_epochs)]
+                  if args.cls_epochs else [])
 
     commands = {
         "cls": [sys.executable, os.path.join(TOOLS, "demo_cls.py"), "--seeds", str(args.cls_seeds),
-                "--output-dir", os.path.join(args.output_dir, "cls")],
+                "--output-dir", os.path.join(args.output_dir, "cls")] + cls_epochs,
         "det": [sys.executable, os.path.join(TOOLS, "demo_det.py"),
                 "--output-dir", os.path.join(args.output_dir, "det")]
         + (["--iters", str(args.det_iters)] if args.det_iters else []),

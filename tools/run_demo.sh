@@ -3,5 +3,4 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 bash "$ROOT/tools/setup_env.sh"
-cd "$ROOT"
-exec "$ROOT/.venv/bin/python" tools/demo.py "$@"
+exec "$ROOT/.venv/bin/python" "$ROOT/tools/demo.py" "$@"

@@ -7,16 +7,21 @@ Layout under ``root`` (``$DETECTRON2_DATASETS/demo_det`` by default)::
     Annotations/000001.xml ...           VOC xml, 1-based inclusive pixel boxes
     ImageSets/Main/{train,val,trainval,test}.txt
     annotations/instances_{train,val,trainval,test}.json   COCO, [x, y, w, h] boxes, ids 1..3
+
+Its drawing functions (:func:`textured_background`, :func:`draw_shape`, :func:`random_colour`,
+:func:`shapes_image`) and :func:`voc_annotation` also draw the tiny sets in the official VOC,
+COCO and ImageNet layouts (:mod:`nst_det.data.official_layout`).
 """
 import json
 import os
 import xml.etree.ElementTree as ET
-from typing import Dict, List
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-__all__ = ["CLASS_NAMES", "SPLITS", "generate_demo_data", "demo_data_exists"]
+__all__ = ["CLASS_NAMES", "SPLITS", "generate_demo_data", "demo_data_exists", "draw_shape",
+           "random_colour", "shapes_image", "textured_background", "voc_annotation"]
 
 CLASS_NAMES = ("circle", "square", "triangle")
 SPLITS = ("train", "val", "trainval", "test")
@@ -32,7 +37,7 @@ def demo_data_exists(root: str) -> bool:
     )
 
 
-def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+def textured_background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
     """A muted texture [H, W, 3] uint8: smooth colour noise, stripes and pixel noise."""
     coarse = rng.uniform(60, 190, size=(4, 5, 3)).astype(np.float32)
     smooth = np.asarray(Image.fromarray(coarse.astype(np.uint8)).resize((width, height),
@@ -56,25 +61,67 @@ def _overlaps(box, boxes, max_iou=0.05) -> bool:
     return False
 
 
-def _draw_object(image: Image.Image, cls: str, box, colour):
-    """Paint one shape inside ``box`` (inclusive pixel bounds); returns the painted pixels' box."""
+def _outline(shape: str, box) -> List[float]:
+    """Outline of the shape drawn in ``box`` (inclusive pixel bounds) as a flat polygon
+    [x0, y0, x1, y1, ...] in continuous coordinates (pixel (i, j) covers [i, i+1] x [j, j+1])."""
+    x0, y0, x1, y1 = box
+    if shape == "square":
+        points = [(x0, y0), (x1 + 1, y0), (x1 + 1, y1 + 1), (x0, y1 + 1)]
+    elif shape == "triangle":
+        points = [((x0 + x1 + 1) / 2, y0), (x1 + 1, y1 + 1), (x0, y1 + 1)]
+    else:
+        cx, cy, rx, ry = (x0 + x1 + 1) / 2, (y0 + y1 + 1) / 2, (x1 - x0 + 1) / 2, (y1 - y0 + 1) / 2
+        angles = np.linspace(0, 2 * np.pi, 24, endpoint=False)
+        points = list(zip(cx + rx * np.cos(angles), cy + ry * np.sin(angles)))
+    return [round(float(c), 2) for point in points for c in point]
+
+
+def draw_shape(image: Image.Image, shape: str, box, colour) -> dict:
+    """Paint one ``shape`` (one of ``CLASS_NAMES``) in ``colour`` (r, g, b) inside ``box``
+    (inclusive pixel bounds x0, y0, x1, y1) of ``image``, in place.
+
+    Returns ``{"box": (x0, y0, x1, y1) inclusive bounds of the painted pixels, "area": number of
+    painted pixels, "polygon": the shape's outline as [x0, y0, x1, y1, ...] (continuous)}``.
+    """
+    if shape not in CLASS_NAMES:
+        raise KeyError(f"unknown shape '{shape}'; shapes: {', '.join(CLASS_NAMES)}")
     mask = Image.new("L", image.size, 0)
     draw = ImageDraw.Draw(mask)
     x0, y0, x1, y1 = box
-    if cls == "circle":
+    if shape == "circle":
         draw.ellipse([x0, y0, x1, y1], fill=255)
-    elif cls == "square":
+    elif shape == "square":
         draw.rectangle([x0, y0, x1, y1], fill=255)
     else:
         draw.polygon([((x0 + x1) / 2, y0), (x1, y1), (x0, y1)], fill=255)
     image.paste(colour, (0, 0) + image.size, mask)
     left, top, right, bottom = mask.getbbox()
-    return left, top, right - 1, bottom - 1
+    return {"box": (left, top, right - 1, bottom - 1),
+            "area": int(np.count_nonzero(np.asarray(mask))), "polygon": _outline(shape, box)}
 
 
-def _make_image(rng: np.random.Generator, height: int, width: int, max_objects: int):
-    """One image [H, W, 3] and its objects [{"name", "box": inclusive (x0, y0, x1, y1)}]."""
-    image = Image.fromarray(_background(rng, height, width))
+def random_colour(rng: np.random.Generator, channel: Optional[int] = None) -> Tuple[int, int, int]:
+    """A saturated colour (r, g, b): one channel in [200, 256), one in [0, 80), one in [0, 256),
+    in random order, or with the strong one at ``channel`` (0 red, 1 green, 2 blue) when given."""
+    strong, weak, free = (int(rng.integers(200, 256)), int(rng.integers(0, 80)),
+                          int(rng.integers(0, 256)))
+    if channel is None:
+        return tuple(int(c) for c in rng.permutation([strong, weak, free]))
+    colour = [weak, min(free, 120)]
+    colour.insert(channel, strong)
+    return tuple(colour)
+
+
+def shapes_image(rng: np.random.Generator, height: int, width: int, max_objects: int,
+                 shape_names: Sequence[str] = CLASS_NAMES):
+    """One image [H, W, 3] uint8 with 1 to ``max_objects`` non-overlapping shapes of 18 px to
+    half the short side, and its objects ``[{"name", "box", "area", "polygon"}]`` (as
+    :func:`draw_shape`; ``name`` is the shape's name in ``shape_names``, which lists a name per
+    shape of ``CLASS_NAMES``). Needs ``min(height, width) >= 38``."""
+    if min(height, width) < 38:
+        raise ValueError(f"images of {height} x {width} are too small for the shapes: need at "
+                         "least 38 pixels on the short side")
+    image = Image.fromarray(textured_background(rng, height, width))
     objects, boxes = [], []
     for _ in range(int(rng.integers(1, max_objects + 1))):
         for _attempt in range(20):
@@ -86,18 +133,20 @@ def _make_image(rng: np.random.Generator, height: int, width: int, max_objects: 
                 break
         else:
             continue
-        cls = CLASS_NAMES[int(rng.integers(len(CLASS_NAMES)))]
-        hue = rng.permutation([int(rng.integers(200, 256)), int(rng.integers(0, 80)),
-                               int(rng.integers(0, 256))])
-        painted = _draw_object(image, cls, box, tuple(int(c) for c in hue))
+        index = int(rng.integers(len(CLASS_NAMES)))
+        painted = draw_shape(image, CLASS_NAMES[index], box, random_colour(rng))
         boxes.append(box)
-        objects.append({"name": cls, "box": painted})
+        objects.append({"name": shape_names[index], **painted})
     return np.asarray(image), objects
 
 
-def _voc_xml(file_id: str, height: int, width: int, objects) -> ET.ElementTree:
+def voc_annotation(file_id: str, height: int, width: int, objects,
+                   folder: str = "demo_det") -> ET.ElementTree:
+    """PASCAL VOC annotation of one image: ``<size>`` and, per object ``{"name", "box"
+    (inclusive 0-based pixel bounds), "difficult" (optional, 0 or 1)}``, an ``<object>`` whose
+    ``<bndbox>`` is 1-based and inclusive as in VOC (pixel 0 is 1)."""
     annotation = ET.Element("annotation")
-    ET.SubElement(annotation, "folder").text = "demo_det"
+    ET.SubElement(annotation, "folder").text = folder
     ET.SubElement(annotation, "filename").text = f"{file_id}.jpg"
     size = ET.SubElement(annotation, "size")
     for tag, value in (("width", width), ("height", height), ("depth", 3)):
@@ -108,10 +157,9 @@ def _voc_xml(file_id: str, height: int, width: int, objects) -> ET.ElementTree:
         ET.SubElement(node, "name").text = obj["name"]
         ET.SubElement(node, "pose").text = "Unspecified"
         ET.SubElement(node, "truncated").text = "0"
-        ET.SubElement(node, "difficult").text = "0"
+        ET.SubElement(node, "difficult").text = str(int(obj.get("difficult", 0)))
         bndbox = ET.SubElement(node, "bndbox")
         x0, y0, x1, y1 = obj["box"]
-        # VOC boxes are 1-based and inclusive
         for tag, value in (("xmin", x0 + 1), ("ymin", y0 + 1), ("xmax", x1 + 1), ("ymax", y1 + 1)):
             ET.SubElement(bndbox, tag).text = str(value)
     return ET.ElementTree(annotation)
@@ -152,9 +200,9 @@ def generate_demo_data(root: str, num_train: int = 240, num_val: int = 40, num_t
     ids = [f"{i:06d}" for i in range(1, total + 1)]
     records = {}
     for file_id in ids:
-        image, objects = _make_image(rng, height, width, max_objects)
+        image, objects = shapes_image(rng, height, width, max_objects)
         Image.fromarray(image).save(os.path.join(root, "JPEGImages", f"{file_id}.jpg"), quality=95)
-        _voc_xml(file_id, height, width, objects).write(
+        voc_annotation(file_id, height, width, objects).write(
             os.path.join(root, "Annotations", f"{file_id}.xml"))
         records[file_id] = {"height": height, "width": width, "objects": objects}
     splits = {

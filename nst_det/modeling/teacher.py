@@ -53,11 +53,12 @@ def load_teacher_weights(model: nn.Module, path: str) -> None:
         raise TeacherWeightsError(f"cannot read teacher weights file '{path}': {e}") from e
     incompatible = checkpointer._load_model(checkpoint)
     # A wrongly shaped key is left out of the load, so it is also "missing": name it once, as
-    # wrongly shaped. BatchNorm's step counters carry no weights; other frameworks' files lack them.
+    # wrongly shaped. BatchNorm's step counters carry no weights: other frameworks' files lack them,
+    # and a teacher trained with BN has them where its frozen copy (FrozenBN) has none.
     wrong_shape = {k for k, _, _ in incompatible.incorrect_shapes}
     missing = [k for k in incompatible.missing_keys
                if not k.endswith("num_batches_tracked") and k not in wrong_shape]
-    unexpected = list(incompatible.unexpected_keys)
+    unexpected = [k for k in incompatible.unexpected_keys if not k.endswith("num_batches_tracked")]
     shapes = [f"{k} (file {tuple(a)}, model {tuple(b)})" for k, a, b in incompatible.incorrect_shapes]
     problems = []
     if missing:

@@ -1,0 +1,60 @@
+"""Shared fixtures: ``official_datasets`` (tiny VOC2007, VOC2012, COCO and ImageNet sets in their
+official layouts, written once per session) and ``official_env`` (an environment for subprocesses
+that points Detectron2 and nst_det at them).
+
+Detectron2 reads ``$DETECTRON2_DATASETS`` once, when ``detectron2.data`` is first imported, to
+register its built-in sets: a test that loads ``voc_2007_trainval`` from these files runs a
+subprocess with ``env=official_env``. nst_det is imported here only inside the fixtures, so that
+collecting the tests imports nothing of Detectron2.
+"""
+import os
+from dataclasses import dataclass, field
+from typing import Dict
+
+import pytest
+
+
+@dataclass(frozen=True)
+class OfficialDatasets:
+    """Where ``official_datasets`` wrote its sets and how many images each split has."""
+
+    root: str  # what DETECTRON2_DATASETS and NST_DATASETS name
+    voc2007: str  # root/VOC2007
+    voc2012: str  # root/VOC2012
+    coco: str  # root/coco
+    imagenet: str  # root/imagenet
+    voc2007_splits: Dict[str, int] = field(default_factory=dict)  # {"trainval": n, "test": m}
+    voc2012_splits: Dict[str, int] = field(default_factory=dict)
+    coco_splits: Dict[str, int] = field(default_factory=dict)  # {"train2017": n, "val2017": m}
+    imagenet_classes: tuple = ()
+    imagenet_per_class: Dict[str, int] = field(default_factory=dict)  # {"train": n, "val": m}
+
+
+@pytest.fixture(scope="session")
+def official_datasets(tmp_path_factory) -> OfficialDatasets:
+    """Tiny sets (96 x 128 detection images, 64 x 64 ImageNet images) in the official layouts
+    of :mod:`nst_det.data.official_layout`, under one session temporary directory."""
+    from nst_det.data.official_layout import IMAGENET_CLASSES, write_coco, write_imagenet, write_voc
+
+    root = str(tmp_path_factory.mktemp("official_datasets"))
+    voc2007, voc2012 = {"trainval": 5, "test": 3}, {"trainval": 4}
+    coco = {"train2017": 4, "val2017": 3}
+    per_class = {"train": 3, "val": 2}
+    return OfficialDatasets(
+        root=root,
+        voc2007=write_voc(root, 2007, voc2007, seed=0),
+        voc2012=write_voc(root, 2012, voc2012, seed=0),
+        coco=write_coco(root, coco, seed=0),
+        imagenet=write_imagenet(root, IMAGENET_CLASSES, per_class["train"], per_class["val"],
+                                size=64, seed=0),
+        voc2007_splits=voc2007, voc2012_splits=voc2012, coco_splits=coco,
+        imagenet_classes=tuple(IMAGENET_CLASSES), imagenet_per_class=per_class,
+    )
+
+
+@pytest.fixture(scope="session")
+def official_env(official_datasets) -> Dict[str, str]:
+    """``os.environ`` with ``DETECTRON2_DATASETS`` and ``NST_DATASETS`` set to the root of
+    ``official_datasets``: pass it as ``env=`` to a subprocess."""
+    return dict(os.environ, DETECTRON2_DATASETS=official_datasets.root,
+                NST_DATASETS=official_datasets.root)
