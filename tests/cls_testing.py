@@ -32,8 +32,9 @@ class PatternDataset(torch.utils.data.Dataset):
 
 
 def tiny_cfg(tmp_path, teacher_weights="", **distill):
-    """demo_student <- demo_teacher config on 4 classes, batch 8, for PatternDataset."""
+    """demo_student <- demo_teacher config on 4 classes, batch 8, on the CPU, for PatternDataset."""
     cfg = get_cls_config()
+    cfg.MODEL.DEVICE = "cpu"
     cfg.MODEL.NUM_CLASSES = 4
     cfg.MODEL.STUDENT.NAME = "demo_student"
     cfg.MODEL.TEACHER.NAME = "demo_teacher"

@@ -1,4 +1,7 @@
 """Tests of nst_det/classification/data.py: ImageNet folders, the digits demo set, the loaders."""
+import logging
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -9,6 +12,7 @@ from nst_det.classification.config import get_cls_config
 from nst_det.classification.data import (
     DIGITS_NUM_TRAIN,
     DigitsDataset,
+    UnreadableImageError,
     build_cls_dataset,
     build_train_loader,
     build_val_loader,
@@ -16,21 +20,30 @@ from nst_det.classification.data import (
 )
 
 
-def _imagenet(tmp_path, classes=("cat", "dog"), per_class=2, splits=("train", "val")):
+def _imagenet(tmp_path, classes=("cat", "dog"), per_class=2, splits=("train", "val"),
+              val_classes=None, ext="png"):
     rng = np.random.RandomState(0)
     for split in splits:
-        for c in classes:
+        for c in (val_classes or classes) if split == "val" else classes:
             folder = tmp_path / "imagenet" / split / c
             folder.mkdir(parents=True)
             for i in range(per_class):
                 pixels = rng.randint(0, 255, (16, 20, 3), dtype=np.uint8)
-                Image.fromarray(pixels).save(folder / f"{i}.png")
+                Image.fromarray(pixels).save(folder / f"{i}.{ext}")
     return str(tmp_path / "imagenet")
 
 
-def _cfg(root):
+def _cut_in_half(path):
+    """Truncate the file at ``path`` to half its size: a JPEG cut off mid-scan."""
+    data = open(path, "rb").read()
+    with open(path, "wb") as f:
+        f.write(data[:len(data) // 2])
+
+
+def _cfg(root, num_classes=2):
     cfg = get_cls_config()
     cfg.DATA.ROOT = root
+    cfg.MODEL.NUM_CLASSES = num_classes
     return cfg
 
 
@@ -43,6 +56,74 @@ def test_imagenet_folders_give_224_crops(tmp_path):
     assert torch.equal(val[0][0], val[0][0])  # validation is deterministic
 
 
+def test_crop_and_resize_sizes_come_from_the_config(tmp_path):
+    cfg = _cfg(_imagenet(tmp_path))
+    cfg.DATA.CROP_SIZE, cfg.DATA.RESIZE_SIZE = 8, 12
+    assert build_cls_dataset(cfg, train=True)[0][0].shape == (3, 8, 8)
+    assert build_cls_dataset(cfg, train=False)[0][0].shape == (3, 8, 8)
+
+
+def test_train_and_val_with_other_class_folders_are_refused(tmp_path):
+    root = _imagenet(tmp_path, classes=("cat", "dog", "owl"), val_classes=("cat", "dog", "emu"),
+                     per_class=1)
+    for train in (True, False):  # whichever split is built first
+        with pytest.raises(ValueError, match=r"differ between '.*imagenet/train' \(3 folders\) and "
+                                             r"'.*imagenet/val' \(3 folders\): only in train/: "
+                                             r"\[owl\]; only in val/: \[emu\]"):
+            build_cls_dataset(_cfg(root, 3), train=train)
+    (tmp_path / "imagenet" / "val" / "emu").rename(tmp_path / "imagenet" / "val" / "owl")
+    (tmp_path / "imagenet" / "val" / "cat").rename(tmp_path / "imagenet" / "val" / "ant")
+    with pytest.raises(ValueError, match=r"only in train/: \[cat\]; only in val/: \[ant\]"):
+        build_cls_dataset(_cfg(root, 3), train=False)
+    shutil.rmtree(tmp_path / "imagenet" / "val" / "ant")
+    with pytest.raises(ValueError, match=r"\(2 folders\): only in train/: \[cat\]\. A label"):
+        build_cls_dataset(_cfg(root, 2), train=False)
+
+
+def test_num_classes_other_than_the_class_folders_is_refused(tmp_path):
+    root = _imagenet(tmp_path, per_class=1)
+    with pytest.raises(ValueError, match=r"MODEL.NUM_CLASSES is 1000 but '.*imagenet/train' has 2 "
+                                         r"class folders: set MODEL.NUM_CLASSES 2"):
+        build_cls_dataset(_cfg(root, 1000), train=True)
+    cfg = get_cls_config()
+    cfg.DATA.NAME = "demo_digits"
+    with pytest.raises(ValueError, match="MODEL.NUM_CLASSES is 1000 but the demo_digits data set "
+                                         "has 10 classes"):
+        build_cls_dataset(cfg, train=False)
+
+
+def test_truncated_training_jpeg_is_skipped_naming_it(tmp_path, caplog):
+    root = _imagenet(tmp_path, per_class=2, ext="JPEG")
+    bad = tmp_path / "imagenet" / "train" / "cat" / "1.JPEG"
+    _cut_in_half(bad)
+    train = build_cls_dataset(_cfg(root), train=True)
+    assert train.samples[1][0] == str(bad)
+    with caplog.at_level(logging.WARNING, logger="nst_det"):
+        torch.manual_seed(0)
+        image, label = train[1]
+        torch.manual_seed(0)
+        expected = train[2]  # the next index, with the same random crop
+    assert torch.equal(image, expected[0]) and label == expected[1] == 1
+    assert f"training image '{bad}' is truncated or unreadable" in caplog.text
+    assert "skipped, the next image is used in its place" in caplog.text
+    # Every image unreadable: an error naming the folder, not an endless search.
+    for path, _ in train.samples:
+        _cut_in_half(path)
+    with pytest.raises(UnreadableImageError, match=r"in a row .*looks damaged"):
+        train[0]
+
+
+def test_truncated_validation_jpeg_is_an_error_naming_it(tmp_path):
+    root = _imagenet(tmp_path, per_class=2, ext="JPEG")
+    bad = tmp_path / "imagenet" / "val" / "dog" / "0.JPEG"
+    _cut_in_half(bad)
+    val = build_cls_dataset(_cfg(root), train=False)
+    assert val[0][0].shape == (3, 224, 224)
+    with pytest.raises(UnreadableImageError, match=f"validation image '{bad}' is truncated or "
+                                                   f"unreadable"):
+        val[2]
+
+
 def test_root_defaults_to_nst_datasets(monkeypatch):
     monkeypatch.setenv("NST_DATASETS", "/data/sets")
     assert imagenet_root("") == "/data/sets/imagenet"
@@ -50,7 +131,8 @@ def test_root_defaults_to_nst_datasets(monkeypatch):
 
 
 def test_missing_root_names_path_and_readme(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"nowhere.*datasets/README.md"):
+    with pytest.raises(FileNotFoundError, match=r"ImageNet root '.*nowhere' \(DATA.ROOT\) does not "
+                                                r"exist; tried: .*datasets/README.md"):
         build_cls_dataset(_cfg(str(tmp_path / "nowhere")), train=True)
 
 
@@ -115,6 +197,13 @@ def test_train_loader_order_depends_only_on_seed_and_epoch():
 def test_val_loader_sees_every_image_once():
     data = torch.utils.data.TensorDataset(torch.zeros(7, 1), torch.arange(7))
     assert torch.cat([y for _, y in build_val_loader(data, 3, 0)]).tolist() == list(range(7))
+
+
+def test_memory_is_pinned_only_when_asked():  # the trainer asks for a CUDA MODEL.DEVICE only
+    data = torch.utils.data.TensorDataset(torch.zeros(8, 1), torch.arange(8))
+    assert not build_train_loader(data, 4, 0, seed=0).pin_memory
+    assert not build_val_loader(data, 4, 0).pin_memory
+    assert build_val_loader(data, 4, 0, pin_memory=True).pin_memory
 
 
 def test_empty_and_too_small_sets_are_errors():

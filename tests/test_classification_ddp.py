@@ -12,7 +12,7 @@ from cls_testing import PatternDataset, tiny_cfg
 from nst_det.classification.checkpointer import load_checkpoint
 from nst_det.classification.distill import DistillationStudent, FrozenTeacher
 from nst_det.classification.engine import ClsTrainer
-from nst_det.classification.launch import launch_cls
+from nst_det.launch import launch
 from nst_det.classification.taps import FeatureTaps
 
 
@@ -32,7 +32,7 @@ class PlainNet(nn.Module):
 
 class PlainNetTrainer(ClsTrainer):
     @classmethod
-    def build_model(cls, cfg, input_shape):
+    def build_model(cls, cfg, input_shape, with_teacher=True):
         torch.manual_seed(7)  # the same initial weights in every process and every run
         student_net, teacher_net = PlainNet(6), PlainNet(12)
         student = DistillationStudent(student_net, FeatureTaps(student_net, ["body"]), ["body"],
@@ -64,7 +64,7 @@ def test_two_process_ddp_equals_one_process(tmp_path):
         cfg.SOLVER.EPOCHS = 2
         cfgs[name] = cfg
     _run(cfgs["one"])
-    launch_cls(_run, 2, dist_url="auto", args=(cfgs["two"],))
+    launch(_run, 2, dist_url="auto", args=(cfgs["two"],))
 
     one, two = (str(tmp_path / n / "out") for n in ("one", "two"))
     losses_one, rows_one = _losses(one)

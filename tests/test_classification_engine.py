@@ -3,6 +3,7 @@ checkpointer.py and tools/train_cls.py): every method learns, the teacher stays 
 checkpoints, resume is exact, bad input and NaN give clear errors, checkpoints are atomic."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -19,7 +20,8 @@ from nst_det.classification.checkpointer import (
     UnreadableCheckpointError,
     load_checkpoint,
 )
-from nst_det.classification.distill import FrozenTeacher, NonFiniteLossError
+from nst_det.classification.config import load_cls_config
+from nst_det.classification.distill import FrozenTeacher, NonFiniteLossError, build_distillation
 from nst_det.classification.engine import ClsTrainer, accuracy_counts
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -207,10 +209,68 @@ def test_spatial_mismatch_names_both_layers(tmp_path, teacher_file):
 
 def test_missing_weights_file_is_named(tmp_path, teacher_file):
     cfg = tiny_cfg(tmp_path, str(tmp_path / "no_teacher.pth"), kd_weight=1.0)
-    with pytest.raises(FileNotFoundError, match="MODEL.TEACHER.WEIGHTS file '.*no_teacher.pth'"):
+    with pytest.raises(FileNotFoundError, match=r"teacher weights file '.*no_teacher.pth' "
+                                                r"\(MODEL.TEACHER.WEIGHTS\) does not exist"):
         _trainer(cfg)
     with pytest.raises(ValueError, match="MODEL.TEACHER.WEIGHTS is empty"):
         _trainer(tiny_cfg(tmp_path, "", kd_weight=1.0))
+
+
+def test_missing_relative_weights_file_lists_where_it_was_looked_for(tmp_path, monkeypatch):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    config = runs / "run.yaml"
+    config.write_text(f'_BASE_: "{os.path.join(ROOT, "configs/demo/cls_student_kd.yaml")}"\n'
+                      'MODEL:\n  TEACHER:\n    WEIGHTS: "teacher.pth"\n')
+    monkeypatch.chdir(tmp_path)
+    cfg = load_cls_config(str(config))
+    tried = [runs / "teacher.pth", tmp_path / "teacher.pth", os.path.join(ROOT, "teacher.pth")]
+    with pytest.raises(FileNotFoundError, match=re.escape(
+            f"teacher weights file 'teacher.pth' (MODEL.TEACHER.WEIGHTS) does not exist; tried: "
+            f"{', '.join(str(p) for p in tried)}")):
+        build_distillation(cfg, (3, 24, 24))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_device_without_a_gpu_is_an_error_before_any_data(tmp_path):
+    cfg = tiny_cfg(tmp_path)
+    cfg.MODEL.DEVICE = "cuda"
+    cfg.DATA.NAME, cfg.DATA.ROOT = "imagenet", str(tmp_path / "no_imagenet")
+    with pytest.raises(ValueError, match=r"MODEL.DEVICE is 'cuda' but this machine has no usable "
+                                         r"CUDA device: pass MODEL.DEVICE cpu"):
+        ClsTrainer(cfg)
+
+
+def test_zero_weight_needs_no_teacher_file(tmp_path):
+    cfg = tiny_cfg(tmp_path, str(tmp_path / "no_teacher.pth"), nst_weight=0.0, kd_weight=0.0)
+    trainer = _trainer(cfg)
+    assert trainer.teacher is None and trainer.student.terms == []
+
+
+@pytest.mark.parametrize("value", [-1.0, float("inf"), float("nan")])
+def test_negative_or_non_finite_weight_is_refused_not_turned_off(tmp_path, teacher_file, value):
+    with pytest.raises(ValueError, match=f"DISTILL.AT.WEIGHT is {value}: a distillation weight "
+                                         f"must be a finite number >= 0"):
+        _trainer(tiny_cfg(tmp_path, teacher_file, at_weight=value))
+
+
+def test_eval_only_builds_the_student_alone(tmp_path, teacher_file):
+    """A distilled student is evaluated without its teacher file; its checkpoint (with FitNet
+    regressors and optimizer state) loads into the eval-only trainer."""
+    cfg = tiny_cfg(tmp_path, teacher_file, fitnet_weight=1.0, kd_weight=1.0)
+    cfg.SOLVER.EPOCHS = 1
+    trained = _trainer(cfg)
+    metrics = trained.train()
+    cfg.MODEL.TEACHER.WEIGHTS = str(tmp_path / "gone.pth")
+    trainer = ClsTrainer(cfg, val_set=PatternDataset(8, seed=1), eval_only=True)
+    assert trainer.teacher is None and trainer.train_loader is None
+    trainer.resume_or_load(resume=True)
+    assert trainer.start_epoch == 1
+    assert trainer.evaluate() == pytest.approx(metrics)
+    with pytest.raises(ValueError, match="eval_teacher=True"):
+        trainer.evaluate(teacher=True)
+    with pytest.raises(FileNotFoundError, match="gone.pth"):  # the teacher is built for it
+        ClsTrainer(cfg, val_set=PatternDataset(8, seed=1), eval_only=True, eval_teacher=True)
 
 
 def test_teacher_weights_of_another_architecture_are_refused(tmp_path):

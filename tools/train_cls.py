@@ -7,7 +7,10 @@ FitNet and their sums): the first stage of nst_det.
     python tools/train_cls.py --config-file CONFIG --eval-only MODEL.STUDENT.WEIGHTS model.pth
     torchrun --nproc_per_node 8 tools/train_cls.py --config-file CONFIG
 
-Without a GPU, --num-gpus N runs N CPU processes on the gloo backend.
+The config is checked before anything is built or any process starts: MODEL.DEVICE is "cuda" by
+default and, without a GPU, must be given as `MODEL.DEVICE cpu` (the configs/demo ones say so).
+Without a GPU, --num-gpus N runs N CPU processes on the gloo backend. --eval-only builds the
+student alone (no teacher file needed) unless --eval-teacher.
 """
 import logging
 
@@ -16,19 +19,29 @@ from detectron2.engine import default_argument_parser
 
 from nst_det.classification.config import load_cls_config
 from nst_det.classification.engine import ClsTrainer, default_cls_setup
-from nst_det.classification.launch import launch_cls
+from nst_det.launch import launch
+from nst_det.device import check_device
+
+
+def load_config(args):
+    """Config from --config-file and the KEY VALUE overrides, its MODEL.DEVICE checked (a
+    ValueError saying to pass `MODEL.DEVICE cpu` when it asks for CUDA and there is none)."""
+    cfg = load_cls_config(args.config_file, args.opts)
+    check_device(cfg.MODEL.DEVICE)
+    return cfg
 
 
 def setup(args):
-    """Config from --config-file and the KEY VALUE overrides; logging; config.yaml in OUTPUT_DIR."""
-    cfg = load_cls_config(args.config_file, args.opts)
+    """:func:`load_config`; logging; config.yaml in OUTPUT_DIR."""
+    cfg = load_config(args)
     default_cls_setup(cfg, args)
     return cfg
 
 
 def main(args):
     cfg = setup(args)
-    trainer = ClsTrainer(cfg, eval_only=args.eval_only)
+    trainer = ClsTrainer(cfg, eval_only=args.eval_only,
+                         eval_teacher=args.eval_only and args.eval_teacher)
     trainer.resume_or_load(resume=args.resume)
     if args.eval_only:
         which = "teacher" if args.eval_teacher else "student"
@@ -49,5 +62,6 @@ def argument_parser():
 if __name__ == "__main__":
     args = argument_parser().parse_args()
     print("Command Line Args:", args)
-    launch_cls(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
+    load_config(args)  # a bad config or MODEL.DEVICE stops here, before any process starts
+    launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
                dist_url=args.dist_url, args=(args,))

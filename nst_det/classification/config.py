@@ -2,12 +2,23 @@
 
 Yaml files in ``configs/imagenet`` and ``configs/demo`` inherit with ``_BASE_`` and list only what
 they change; a key that is not defined here is an error (``KeyError: 'Non-existent config key: ...'``).
+A relative path in :data:`PATH_KEYS` is read next to the yaml that sets it (nst_det.config_paths);
+distillation settings out of range are refused at load time (:func:`check_cls_config`).
 """
+import math
 import os
 
 from fvcore.common.config import CfgNode as CN
 
-__all__ = ["get_cls_config", "load_cls_config"]
+from nst_det.config_paths import resolve_config_paths
+
+__all__ = ["get_cls_config", "load_cls_config", "check_cls_config", "PATH_KEYS"]
+
+# Keys holding file or folder paths: a relative one is read relative to the yaml that sets it
+# (then the current directory, then the repository root), see nst_det.config_paths.
+PATH_KEYS = ["MODEL.STUDENT.WEIGHTS", "MODEL.TEACHER.WEIGHTS", "DATA.ROOT"]
+# Distillation weights: 0 turns a term off, a negative or non-finite one is an error.
+_WEIGHT_KEYS = ("NST", "KD", "AT", "FITNET")
 
 
 def get_cls_config() -> CN:
@@ -15,6 +26,9 @@ def get_cls_config() -> CN:
     _C = CN()
 
     _C.MODEL = CN()
+    # Device of the student and the teacher: "cuda" (under DDP each process takes its local
+    # rank's GPU) or "cpu". Asking for CUDA on a machine without one is an error, never a fallback.
+    _C.MODEL.DEVICE = "cuda"
     # Number of classes of the student and the teacher (1000 for ImageNet, 10 for the digits demo).
     _C.MODEL.NUM_CLASSES = 1000
 
@@ -29,7 +43,8 @@ def get_cls_config() -> CN:
     _C.MODEL.STUDENT.TAP = []
 
     _C.MODEL.TEACHER = CN()
-    # Teacher network by name; only built when a distillation weight is > 0.
+    # Teacher network by name; only built when a distillation weight is > 0 (and, with
+    # --eval-only, only for --eval-teacher).
     _C.MODEL.TEACHER.NAME = "resnet101"
     # Local file of the trained teacher (a torchvision .pth or a checkpoint of tools/train_cls.py).
     # Required whenever a distillation term is on: a random teacher teaches nothing.
@@ -79,6 +94,10 @@ def get_cls_config() -> CN:
     _C.DATA.ROOT = ""
     # Side of the demo digits after bilinear upsampling from 8x8 (demo_digits only).
     _C.DATA.IMAGE_SIZE = 32
+    # Side of the square ImageNet crop: RandomResizedCrop in training, CenterCrop in validation.
+    _C.DATA.CROP_SIZE = 224
+    # Shorter side that ImageNet validation images are resized to before the center crop.
+    _C.DATA.RESIZE_SIZE = 256
     # Data-loading worker processes per process (0 = load in the training process).
     _C.DATA.NUM_WORKERS = 4
 
@@ -115,9 +134,45 @@ def get_cls_config() -> CN:
     return _C
 
 
+def _number(cfg, key):
+    node = cfg
+    for part in key.split("."):
+        node = node[part]
+    if isinstance(node, bool) or not isinstance(node, (int, float)):
+        raise ValueError(f"{key} is {node!r}: it must be a number")
+    return node
+
+
+def check_cls_config(cfg) -> None:
+    """ValueError naming the key and its value for a distillation setting that makes no sense: a
+    negative or non-finite DISTILL.*.WEIGHT (0 turns a term off), a negative or non-finite
+    DISTILL.NST.SIGMA2 (0 = the data-driven rule), a DISTILL.KD.TEMPERATURE that is not > 0 or a
+    negative DISTILL.WARMUP_ITERS."""
+    for term in _WEIGHT_KEYS:
+        key = f"DISTILL.{term}.WEIGHT"
+        value = _number(cfg, key)
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(f"{key} is {value}: a distillation weight must be a finite number "
+                             f">= 0 (0 turns the term off)")
+    sigma2 = _number(cfg, "DISTILL.NST.SIGMA2")
+    if not math.isfinite(sigma2) or sigma2 < 0:
+        raise ValueError(f"DISTILL.NST.SIGMA2 is {sigma2}: the Gaussian bandwidth must be a finite "
+                         f"number > 0, or 0 for the data-driven rule")
+    temperature = _number(cfg, "DISTILL.KD.TEMPERATURE")
+    if not math.isfinite(temperature) or temperature <= 0:
+        raise ValueError(f"DISTILL.KD.TEMPERATURE is {temperature}: the KD temperature must be a "
+                         f"finite number > 0")
+    warmup = _number(cfg, "DISTILL.WARMUP_ITERS")
+    if warmup < 0:
+        raise ValueError(f"DISTILL.WARMUP_ITERS is {warmup}: it must be >= 0 (0 = no warm-up)")
+
+
 def load_cls_config(config_file: str = "", opts=None) -> CN:
     """Defaults, then ``config_file`` (with its ``_BASE_`` chain), then ``opts`` [KEY, VALUE, ...];
-    frozen. An unknown key in either is a ``KeyError`` naming it."""
+    relative paths of :data:`PATH_KEYS` made absolute (see nst_det.config_paths), checked with
+    :func:`check_cls_config`, frozen. An unknown key in either is a ``KeyError`` naming it.
+    MODEL.DEVICE is not checked here (see nst_det.device.check_device): a config for a GPU loads
+    on any machine."""
     cfg = get_cls_config()
     if config_file:
         if not os.path.isfile(config_file):
@@ -131,5 +186,7 @@ def load_cls_config(config_file: str = "", opts=None) -> CN:
             cfg.merge_from_list(list(opts))
         except AssertionError as e:  # yacs asserts on an unknown key given on the command line
             raise KeyError(f"{e} (config keys: nst_det/classification/config.py)") from e
+    resolve_config_paths(cfg, config_file, opts, PATH_KEYS)
+    check_cls_config(cfg)
     cfg.freeze()
     return cfg

@@ -4,7 +4,13 @@
 ``build_train_loader`` shards the training set over the processes with a seeded
 ``DistributedSampler`` (one permutation per epoch, so a run resumed at an epoch boundary sees the
 same images in the same order); ``build_val_loader`` shards the validation set without padding
-(Detectron2's ``InferenceSampler``) so every image counts once.
+(Detectron2's ``InferenceSampler``) so every image counts once. ``pin_memory`` of both loaders is
+for a CUDA ``MODEL.DEVICE`` only.
+
+ImageNet is refused when it cannot give correct labels: train/ and val/ with different class
+folders, or a ``MODEL.NUM_CLASSES`` other than the number of class folders. An unreadable image
+(truncated JPEG, not an image) is named: training skips it with a warning and takes the next
+index instead (the same choice in every run, so ``--resume`` stays exact); validation stops.
 """
 import logging
 import os
@@ -15,12 +21,17 @@ import torch.nn.functional as F
 from detectron2.data.samplers import InferenceSampler
 from detectron2.utils import comm
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torchvision import datasets
+
+from nst_det.config_paths import missing_path_message
 
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "DIGITS_NUM_TRAIN",
     "DigitsDataset",
+    "ImageNetFolder",
+    "UnreadableImageError",
     "build_imagenet_dataset",
     "build_cls_dataset",
     "build_train_loader",
@@ -37,6 +48,92 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 DIGITS_NUM_TRAIN = 1297
 DIGITS_SPLIT_SEED = 0
 DATASETS_README = "datasets/README.md"
+# How many unreadable training images in a row (index, index + 1, ...) are skipped before the
+# data set is declared damaged.
+MAX_SKIPPED_IN_A_ROW = 16
+
+
+class UnreadableImageError(OSError):
+    """An image file that PIL cannot read (truncated, corrupt, not an image), named in the
+    message."""
+
+
+class ImageNetFolder(datasets.ImageFolder):
+    """torchvision's ``ImageFolder`` whose unreadable images are named.
+
+    ``train=True``: an unreadable image is skipped with a warning naming the file (once per file
+    and process) and item ``i`` becomes the next readable one, ``i + 1``, ``i + 2``, ... (wrapping
+    around): deterministic, so a resumed run sees the same images. ``train=False``: an
+    :class:`UnreadableImageError` naming the file.
+    """
+
+    def __init__(self, root: str, transform=None, train: bool = True):
+        super().__init__(root, transform=transform)
+        self.train = train
+        self._skipped = set()
+
+    def _read(self, index):
+        path, target = self.samples[index]
+        try:
+            return self.loader(path), target
+        except (OSError, SyntaxError) as e:  # PIL: truncated file, unknown format, broken chunk
+            raise UnreadableImageError(f"image '{path}' is truncated or unreadable "
+                                       f"({type(e).__name__}: {e})") from e
+
+    def __getitem__(self, index):
+        """``(image [3, H, W] float, class index)`` of image ``index`` (or, in training, of the
+        next readable one)."""
+        n = len(self.samples)
+        for offset in range(min(n, MAX_SKIPPED_IN_A_ROW + 1)):
+            i = (index + offset) % n
+            try:
+                image, target = self._read(i)
+            except UnreadableImageError as e:
+                if not self.train:
+                    raise UnreadableImageError(f"validation {e}: every validation image counts; "
+                                               f"replace or remove the file") from e
+                path = self.samples[i][0]
+                if path not in self._skipped:
+                    self._skipped.add(path)
+                    logger.warning(f"training {e}: skipped, the next image is used in its place")
+                continue
+            if self.transform is not None:
+                image = self.transform(image)
+            if self.target_transform is not None:
+                target = self.target_transform(target)
+            return image, target
+        raise UnreadableImageError(
+            f"{min(n, MAX_SKIPPED_IN_A_ROW + 1)} training images in a row from "
+            f"'{self.samples[index][0]}' are unreadable: the data set under '{self.root}' looks "
+            f"damaged (an interrupted copy or extraction?)")
+
+
+def _class_folders(path: str):
+    """Class folder names of one split, as ImageFolder finds them (sorted sub-folders)."""
+    return sorted(entry.name for entry in os.scandir(path) if entry.is_dir())
+
+
+def _few(names, k: int = 8) -> str:
+    shown = ", ".join(names[:k])
+    return f"[{shown}{f', ... ({len(names)} in all)' if len(names) > k else ''}]"
+
+
+def _check_same_classes(root: str) -> None:
+    """ValueError naming both folders and the classes found in one only, when train/ and val/
+    (both present) hold different class folders."""
+    train_path, val_path = os.path.join(root, "train"), os.path.join(root, "val")
+    if not (os.path.isdir(train_path) and os.path.isdir(val_path)):
+        return
+    train, val = _class_folders(train_path), _class_folders(val_path)
+    if train == val:
+        return
+    only = [f"only in {split}/: {_few(sorted(set(a) - set(b)))}"
+            for split, a, b in (("train", train, val), ("val", val, train)) if set(a) - set(b)]
+    raise ValueError(
+        f"ImageNet class folders differ between '{train_path}' ({len(train)} folders) and "
+        f"'{val_path}' ({len(val)} folders): {'; '.join(only)}. A label is the position of its "
+        f"folder name in sorted order, so both splits need the same class folders (see "
+        f"{DATASETS_README})")
 
 
 def imagenet_root(cfg_root: str = "") -> str:
@@ -46,13 +143,14 @@ def imagenet_root(cfg_root: str = "") -> str:
     return os.path.join(os.environ.get("NST_DATASETS", "datasets"), "imagenet")
 
 
-def build_imagenet_dataset(root: str, train: bool):
-    """torchvision ``ImageFolder`` of ``root/train`` or ``root/val`` with the usual transforms.
+def build_imagenet_dataset(root: str, train: bool, crop_size: int = 224, resize_size: int = 256):
+    """:class:`ImageNetFolder` of ``root/train`` or ``root/val`` with the usual transforms.
 
-    train: RandomResizedCrop 224 + horizontal flip; val: Resize 256 + CenterCrop 224; both
-    normalised with the ImageNet mean/std. Images come out as float [3, 224, 224].
+    train: RandomResizedCrop ``crop_size`` + horizontal flip; val: Resize ``resize_size`` +
+    CenterCrop ``crop_size``; both normalised with the ImageNet mean/std. Images come out as float
+    [3, crop_size, crop_size]. train/ and val/ (where both exist) must hold the same class folders.
     """
-    from torchvision import datasets, transforms
+    from torchvision import transforms
 
     if not os.path.isdir(root):
         raise FileNotFoundError(
@@ -61,15 +159,15 @@ def build_imagenet_dataset(root: str, train: bool):
     normalize = transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)
     if train:
         split, transform = "train", transforms.Compose([
-            transforms.RandomResizedCrop(224),
+            transforms.RandomResizedCrop(crop_size),
             transforms.RandomHorizontalFlip(),
             transforms.ToTensor(),
             normalize,
         ])
     else:
         split, transform = "val", transforms.Compose([
-            transforms.Resize(256),
-            transforms.CenterCrop(224),
+            transforms.Resize(resize_size),
+            transforms.CenterCrop(crop_size),
             transforms.ToTensor(),
             normalize,
         ])
@@ -79,11 +177,12 @@ def build_imagenet_dataset(root: str, train: bool):
             f"ImageNet split folder '{path}' does not exist; see {DATASETS_README} for the "
             f"expected layout ({root}/train/<class>/*.JPEG and {root}/val/<class>/*.JPEG)")
     try:
-        dataset = datasets.ImageFolder(path, transform=transform)
+        dataset = ImageNetFolder(path, transform=transform, train=train)
     except FileNotFoundError as e:  # no class folder, or class folders without images
         raise ValueError(f"ImageNet split '{path}' is empty: {e}") from e
     if len(dataset) == 0:
         raise ValueError(f"ImageNet split '{path}' is empty: no image in its class folders")
+    _check_same_classes(root)
     return dataset
 
 
@@ -125,13 +224,27 @@ class DigitsDataset(Dataset):
 
 
 def build_cls_dataset(cfg, train: bool):
-    """The training (``train=True``) or validation data set named by ``cfg.DATA.NAME``."""
+    """The training (``train=True``) or validation data set named by ``cfg.DATA.NAME``; its number
+    of classes must be ``cfg.MODEL.NUM_CLASSES``."""
     name = cfg.DATA.NAME
     if name == "imagenet":
-        return build_imagenet_dataset(imagenet_root(cfg.DATA.ROOT), train)
-    if name == "demo_digits":
-        return DigitsDataset(train=train, size=cfg.DATA.IMAGE_SIZE)
-    raise KeyError(f"DATA.NAME '{name}' is unknown; known: 'imagenet', 'demo_digits'")
+        if cfg.DATA.ROOT and not os.path.isdir(cfg.DATA.ROOT):
+            raise FileNotFoundError(
+                f"{missing_path_message('DATA.ROOT', cfg.DATA.ROOT, what='ImageNet root')}; see "
+                f"{DATASETS_README} for the expected train/ and val/ layout")
+        dataset = build_imagenet_dataset(imagenet_root(cfg.DATA.ROOT), train,
+                                         crop_size=cfg.DATA.CROP_SIZE,
+                                         resize_size=cfg.DATA.RESIZE_SIZE)
+        where = f"'{dataset.root}' has {len(dataset.classes)} class folders"
+    elif name == "demo_digits":
+        dataset = DigitsDataset(train=train, size=cfg.DATA.IMAGE_SIZE)
+        where = f"the demo_digits data set has {len(dataset.classes)} classes"
+    else:
+        raise KeyError(f"DATA.NAME '{name}' is unknown; known: 'imagenet', 'demo_digits'")
+    if len(dataset.classes) != cfg.MODEL.NUM_CLASSES:
+        raise ValueError(f"MODEL.NUM_CLASSES is {cfg.MODEL.NUM_CLASSES} but {where}: set "
+                         f"MODEL.NUM_CLASSES {len(dataset.classes)}")
+    return dataset
 
 
 def _check_not_empty(dataset, what):
@@ -139,7 +252,8 @@ def _check_not_empty(dataset, what):
         raise ValueError(f"{what} data set {type(dataset).__name__} is empty")
 
 
-def build_train_loader(dataset, batch_per_process: int, num_workers: int, seed: int):
+def build_train_loader(dataset, batch_per_process: int, num_workers: int, seed: int,
+                       pin_memory: bool = False):
     """Loader of this process's shard of ``dataset``; call ``loader.sampler.set_epoch(e)`` per epoch.
 
     Shuffles with a permutation that depends only on (``seed``, epoch); drops the last incomplete
@@ -153,12 +267,12 @@ def build_train_loader(dataset, batch_per_process: int, num_workers: int, seed: 
             f"training data set of {len(dataset)} images gives each of {comm.get_world_size()} "
             f"processes {len(sampler)} images, fewer than its batch of {batch_per_process}")
     return DataLoader(dataset, batch_size=batch_per_process, sampler=sampler,
-                      num_workers=num_workers, drop_last=True, pin_memory=torch.cuda.is_available())
+                      num_workers=num_workers, drop_last=True, pin_memory=pin_memory)
 
 
-def build_val_loader(dataset, batch_per_process: int, num_workers: int):
-    """Loader of this process's shard of ``dataset`` in order, each image in exactly one shard."""
+def build_val_loader(dataset, batch_per_process: int, num_workers: int, pin_memory: bool = False):
+    """Loader of this process's shard of ``dataset`` in order, each image in exactly one shard.
+    ``pin_memory``: page-locked batches, for a CUDA device only."""
     _check_not_empty(dataset, "validation")
     return DataLoader(dataset, batch_size=batch_per_process, sampler=InferenceSampler(len(dataset)),
-                      num_workers=num_workers, drop_last=False,
-                      pin_memory=torch.cuda.is_available())
+                      num_workers=num_workers, drop_last=False, pin_memory=pin_memory)

@@ -1,6 +1,6 @@
 """The student and the frozen teacher of the classification stage, and the loss dict they give.
 
-``build_distillation(cfg, input_shape)`` returns ``(student, teacher)``:
+``build_distillation(cfg, input_shape, with_teacher)`` returns ``(student, teacher)``:
 
 - ``DistillationStudent`` is everything that trains: the student classifier, its feature taps and
   the parameters of the distillation losses (FitNet's 1x1 regressors). Only it goes to the
@@ -22,6 +22,8 @@ import torch.nn.functional as F
 
 from nst_det import losses as L
 from nst_det.checkpoint.atomic import UnreadableCheckpointError
+from nst_det.classification.config import check_cls_config
+from nst_det.config_paths import missing_path_message
 
 __all__ = [
     "DistillationStudent",
@@ -41,7 +43,9 @@ _FEATURE_TERMS = ("nst", "at", "fitnet")
 
 
 def distill_terms(cfg):
-    """Names of the distillation terms whose weight is > 0, e.g. ``["nst", "kd"]``."""
+    """Names of the distillation terms whose weight is > 0, e.g. ``["nst", "kd"]``; a negative or
+    non-finite weight is a ValueError naming its key (see config.check_cls_config)."""
+    check_cls_config(cfg)
     return [t for t in _DISTILL_TERMS if cfg.DISTILL[t.upper()].WEIGHT > 0]
 
 
@@ -189,7 +193,8 @@ def _build_net(cfg, which):
     node = cfg.MODEL[which]
     weights = node.WEIGHTS
     if weights and not os.path.isfile(weights):
-        raise FileNotFoundError(f"MODEL.{which}.WEIGHTS file '{weights}' does not exist")
+        raise FileNotFoundError(missing_path_message(f"MODEL.{which}.WEIGHTS", weights,
+                                                     what=f"{which.lower()} weights file"))
     try:
         net = build_classifier(node.NAME, cfg.MODEL.NUM_CLASSES, weights=weights)
     except (RuntimeError, EOFError, pickle.UnpicklingError) as e:  # torch.load of a broken file
@@ -214,14 +219,18 @@ def tap_layers(cfg, which: str):
     return _as_layer_list(node.TAP) if len(node.TAP) else _as_layer_list(default_tap(node.NAME))
 
 
-def build_distillation(cfg, input_shape=(3, 224, 224)):
+def build_distillation(cfg, input_shape=(3, 224, 224), with_teacher: bool = True):
     """``(DistillationStudent, FrozenTeacher or None)`` from ``cfg`` (teacher only if a distillation
     weight is > 0). ``input_shape`` [3, H, W] is used for one dry forward pass that finds the
-    tapped channel counts (for FitNet's regressors) and checks the spatial sizes early."""
+    tapped channel counts (for FitNet's regressors) and checks the spatial sizes early.
+
+    ``with_teacher=False`` (evaluating the student alone) builds the student classifier only: no
+    teacher, no taps, no loss heads, and MODEL.TEACHER.WEIGHTS is not read; such a student can be
+    evaluated but gives no distillation loss."""
     terms = distill_terms(cfg)
     student_net = _build_net(cfg, "STUDENT")
     heads = nn.ModuleDict()
-    if not terms:
+    if not terms or not with_teacher:
         return DistillationStudent(student_net, None, [], [], cfg, heads), None
 
     if not cfg.MODEL.TEACHER.WEIGHTS:

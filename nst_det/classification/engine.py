@@ -3,9 +3,10 @@
 ``ClsTrainer(cfg)`` trains the student of :mod:`nst_det.classification.distill` with SGD (momentum,
 optional Nesterov, weight decay) and a step schedule: ``torch.optim.lr_scheduler.MultiStepLR``
 stepped once per EPOCH at ``SOLVER.STEPS``. Distillation weights warm up linearly over
-``DISTILL.WARMUP_ITERS`` iterations. On CUDA, ``SOLVER.AMP`` turns on autocast + ``GradScaler``.
-Under torch.distributed the student is wrapped by ``DistributedDataParallel``; the frozen teacher
-is not. Only rank 0 writes files.
+``DISTILL.WARMUP_ITERS`` iterations. Everything runs on ``MODEL.DEVICE`` (CUDA asked for on a
+machine without one is an error, never a silent fall-back to the CPU). On CUDA, ``SOLVER.AMP``
+turns on autocast + ``GradScaler``. Under torch.distributed the student is wrapped by
+``DistributedDataParallel``; the frozen teacher is not. Only rank 0 writes files.
 
 Each epoch ends with top-1/top-5 on the validation set and, every ``SOLVER.CHECKPOINT_PERIOD``
 epochs and after the last, an atomic checkpoint with everything ``--resume`` needs to continue
@@ -36,9 +37,10 @@ from nst_det.classification.distill import (
     build_distillation,
     distillation_losses,
 )
+from nst_det.device import check_device
 
 __all__ = ["ClsTrainer", "default_cls_setup", "NonFiniteLossError", "accuracy_counts", "seed_all",
-           "rng_state", "set_rng_state"]
+           "rng_state", "set_rng_state", "trainer_device"]
 
 logger = logging.getLogger(__name__)
 
@@ -77,25 +79,32 @@ def accuracy_counts(logits, targets, topk=(1, 5)):
     return [int(hit[:, :min(k, k_max)].any(dim=1).sum()) for k in topk]
 
 
-def _device():
-    if torch.cuda.is_available():
-        return torch.device("cuda", comm.get_local_rank() if comm.get_world_size() > 1 else 0)
-    return torch.device("cpu")
+def trainer_device(cfg) -> torch.device:
+    """The device of MODEL.DEVICE (nst_det.device.check_device: CUDA without a GPU is an error);
+    under torch.distributed on CUDA, the GPU of this process's local rank."""
+    device = check_device(cfg.MODEL.DEVICE)
+    if device.type == "cuda" and comm.get_world_size() > 1:
+        device = torch.device("cuda", comm.get_local_rank())
+    return device
 
 
 class ClsTrainer:
     """Trains and evaluates the classification student (see the module docstring).
 
     ``train_set``/``val_set`` replace the data sets of ``cfg.DATA`` (tests pass tiny ones); subclass
-    and override :meth:`build_model` to train other modules.
+    and override :meth:`build_model` to train other modules. The device is MODEL.DEVICE (see
+    :func:`trainer_device`). ``eval_only`` builds no training set; it also builds no teacher (and
+    needs no MODEL.TEACHER.WEIGHTS) unless ``eval_teacher``.
     """
 
-    def __init__(self, cfg, train_set=None, val_set=None, eval_only: bool = False):
+    def __init__(self, cfg, train_set=None, val_set=None, eval_only: bool = False,
+                 eval_teacher: bool = False):
         self.cfg = cfg
+        self.device = trainer_device(cfg)
         self.rank, self.world_size = comm.get_rank(), comm.get_world_size()
+        self.eval_only = eval_only
         seed = cfg.SEED if cfg.SEED >= 0 else random.SystemRandom().randrange(2**31)
         seed_all(seed + self.rank)
-        self.device = _device()
         batch = cfg.SOLVER.BATCH_SIZE
         if batch % self.world_size:
             raise ValueError(f"SOLVER.BATCH_SIZE {batch} is not divisible by the world size "
@@ -103,10 +112,12 @@ class ClsTrainer:
         self.batch_per_process = batch // self.world_size
 
         self.val_set = val_set if val_set is not None else build_cls_dataset(cfg, train=False)
+        pin_memory = self.device.type == "cuda"
         self.val_loader = build_val_loader(self.val_set, self.batch_per_process,
-                                           cfg.DATA.NUM_WORKERS)
+                                           cfg.DATA.NUM_WORKERS, pin_memory=pin_memory)
         input_shape = tuple(self.val_set[0][0].shape)
-        self.student, self.teacher = self.build_model(cfg, input_shape)
+        self.student, self.teacher = self.build_model(
+            cfg, input_shape, with_teacher=not eval_only or eval_teacher)
         self.student.to(self.device)
         self.loss_names = ["loss_cls"] + [f"loss_{t}" for t in self.student.terms]
         if self.teacher is not None:
@@ -114,7 +125,8 @@ class ClsTrainer:
 
         self.amp = bool(cfg.SOLVER.AMP) and self.device.type == "cuda"
         if cfg.SOLVER.AMP and not self.amp:
-            logger.warning("SOLVER.AMP is on but there is no GPU: training in float32")
+            logger.warning(f"SOLVER.AMP is on but MODEL.DEVICE is '{cfg.MODEL.DEVICE}': "
+                           f"mixed precision is used on CUDA only, running in float32")
         params = [p for p in self.student.parameters() if p.requires_grad]
         self.optimizer = torch.optim.SGD(
             params, lr=cfg.SOLVER.BASE_LR, momentum=cfg.SOLVER.MOMENTUM,
@@ -133,7 +145,8 @@ class ClsTrainer:
         if not eval_only:
             train = train_set if train_set is not None else build_cls_dataset(cfg, train=True)
             self.train_loader = build_train_loader(train, self.batch_per_process,
-                                                   cfg.DATA.NUM_WORKERS, seed=max(cfg.SEED, 0))
+                                                   cfg.DATA.NUM_WORKERS, seed=max(cfg.SEED, 0),
+                                                   pin_memory=pin_memory)
         self.iters_per_epoch = len(self.train_loader) if self.train_loader is not None else 0
         self.max_iter = cfg.SOLVER.EPOCHS * self.iters_per_epoch
         self.start_epoch, self.iter = 0, 0
@@ -141,9 +154,10 @@ class ClsTrainer:
         self.last_checkpoint = None
 
     @classmethod
-    def build_model(cls, cfg, input_shape):
-        """``(DistillationStudent, FrozenTeacher or None)``; override to train other modules."""
-        return build_distillation(cfg, input_shape)
+    def build_model(cls, cfg, input_shape, with_teacher: bool = True):
+        """``(DistillationStudent, FrozenTeacher or None)``; ``with_teacher=False`` builds the
+        student only (evaluation). Override to train other modules."""
+        return build_distillation(cfg, input_shape, with_teacher=with_teacher)
 
     # ---------------------------------------------------------------- checkpoints
     def state_dict(self, epoch: int) -> dict:
@@ -163,7 +177,12 @@ class ClsTrainer:
         return state
 
     def load_state_dict(self, ckpt: dict) -> None:
-        """Restore a checkpoint of :meth:`state_dict` into this trainer."""
+        """Restore a checkpoint of :meth:`state_dict` into this trainer (an eval-only trainer
+        takes the student classifier only)."""
+        if self.eval_only:
+            self.student.classifier.load_state_dict(ckpt["model"])
+            self.start_epoch, self.iter = int(ckpt["epoch"]), int(ckpt["iteration"])
+            return
         self.student.load_student_state_dict(ckpt)
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
@@ -310,6 +329,9 @@ class ClsTrainer:
     def evaluate(self, teacher: bool = False) -> dict:
         """Top-1 / top-5 accuracy (%) of the student (or the teacher) on the validation set."""
         if teacher and self.teacher is None:
+            if self.student.terms:
+                raise ValueError("the teacher was not built: an eval-only trainer builds it with "
+                                 "eval_teacher=True (tools/train_cls.py --eval-teacher)")
             raise ValueError("no teacher is configured (every DISTILL.*.WEIGHT is 0)")
         net = self.teacher.taps if teacher else self.student.classifier
         was_training = net.training

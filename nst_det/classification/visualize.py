@@ -35,8 +35,13 @@ def _tapped(cfg, which, weights, image):
     from nst_det.classification.models import build_classifier
     from nst_det.classification.taps import FeatureTaps
 
+    from nst_det.config_paths import missing_path_message
+
     node = cfg.MODEL[which]
     if weights and not os.path.isfile(weights):
+        if which == "TEACHER":  # from the config; the student's come as arguments
+            raise FileNotFoundError(missing_path_message("MODEL.TEACHER.WEIGHTS", weights,
+                                                         what="teacher weights file"))
         raise FileNotFoundError(f"{which.lower()} weights file '{weights}' does not exist")
     torch.manual_seed(0)  # "init": the same random initialisation every time
     net = build_classifier(node.NAME, cfg.MODEL.NUM_CLASSES, weights=weights).eval()
