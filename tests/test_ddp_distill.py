@@ -60,15 +60,6 @@ def _record_teacher_calls(teacher):
     return calls
 
 
-def _cpu_create_ddp_model(model, **kwargs):
-    """Detectron2's create_ddp_model passes device_ids=[local rank], which DDP refuses for a CPU
-    module; on the CPU, DDP takes no device_ids."""
-    if comm.get_world_size() == 1:
-        return model
-    kwargs.pop("device_ids", None)
-    return DistributedDataParallel(model, **kwargs)
-
-
 def _worker(cfg, init_file, trainer_cfgs, datasets_root, result_file):
     rank = comm.get_rank()
     model = build_model(cfg)
@@ -86,12 +77,10 @@ def _worker(cfg, init_file, trainer_cfgs, datasets_root, result_file):
         "losses": comm.all_gather(losses),
     }
 
-    # The trainer of tools/train_net.py in two processes, each with its own OUTPUT_DIR.
-    import detectron2.engine.defaults as d2_defaults
-
+    # The trainer of tools/train_net.py in two processes, each with its own OUTPUT_DIR
+    # (Detectron2's create_ddp_model wraps the CPU model: nst_det._d2_compat).
     from nst_det.engine import DistillTrainer
 
-    d2_defaults.create_ddp_model = _cpu_create_ddp_model
     register_demo_datasets(datasets_root)
     trainer = DistillTrainer(trainer_cfgs[rank])
     report["trainer_model_is_ddp"] = isinstance(trainer.model, DistributedDataParallel)

@@ -2,7 +2,11 @@
 naming the input that makes a loss non-finite."""
 import torch
 
-__all__ = ["check_feature_pair", "check_loss_finite"]
+__all__ = ["check_feature_pair", "check_loss_finite", "NonFiniteInputError"]
+
+
+class NonFiniteInputError(ValueError):
+    """A loss came out NaN or infinite; the message names the input that holds NaN/inf."""
 
 
 def _shape(x):
@@ -40,8 +44,8 @@ def check_loss_finite(loss_name, loss, **inputs):
         return
     for name, x in inputs.items():
         if not bool(torch.isfinite(x).all()):
-            raise ValueError(f"{loss_name}: {name} {_shape(x)} contains NaN or inf")
-    raise ValueError(
+            raise NonFiniteInputError(f"{loss_name}: {name} {_shape(x)} contains NaN or inf")
+    raise NonFiniteInputError(
         f"{loss_name}: the loss is {loss.item()} although its inputs are finite "
         f"(values too large for {loss.dtype}?)"
     )

@@ -20,6 +20,7 @@ from torch import nn
 
 from nst_det.config import distills
 from nst_det.losses import kd_loss, nst_loss
+from nst_det.losses.feature_pair import NonFiniteInputError
 from nst_det.losses.nst import check_kernel_args
 
 from .teacher import build_teacher
@@ -342,7 +343,11 @@ class DistillGeneralizedRCNN(GeneralizedRCNN):
             self._log_levels(terms, factor)
         if self.kd_enabled:
             student_logits = student["box_predictions"][0]
-            kd = kd_loss(student_logits, teacher["class_logits"], self.kd_temperature)
+            try:
+                kd = kd_loss(student_logits, teacher["class_logits"], self.kd_temperature)
+            except NonFiniteInputError as e:  # as for NST: every process finishes the step
+                logger.error(str(e))
+                kd = student_logits.sum() * float("nan")
             losses["loss_kd"] = factor * self.kd_weight * kd
         return losses
 
@@ -358,7 +363,14 @@ class DistillGeneralizedRCNN(GeneralizedRCNN):
                     f"'{t_name}' is {tuple(t.shape)}: matched levels need the same batch size "
                     "and spatial size"
                 )
-            terms.append(nst_loss(s, t, **self.nst_kwargs))
+            try:
+                terms.append(nst_loss(s, t, **self.nst_kwargs))
+            except NonFiniteInputError as e:
+                # Not raised here: under DDP the other processes would wait for this one in the
+                # backward pass. A NaN term on the student's graph lets every process finish the
+                # step; the trainer's check then stops all of them, naming the term and the rank.
+                logger.error(f"{e} (student feature '{s_name}', teacher feature '{t_name}')")
+                terms.append(s.sum() * float("nan"))
         return terms
 
     def warmup_factor(self, iteration: Optional[int]) -> float:
