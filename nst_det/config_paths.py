@@ -5,8 +5,9 @@ Detectron2 reads ``_BASE_`` relative to the yaml that names it; nst_det reads ev
 working directory. A relative path set in a yaml is looked for, in order, next to that yaml, in the
 current directory and in the repository root; one given on the command line (``KEY VALUE``) in the
 current directory and the repository root. The first that exists replaces the value by its absolute
-path. When none exists the value stays as it is, and :func:`missing_path_message` lists what was
-tried for the error raised where the file is needed (a file that is not needed is no error).
+path. When none exists the value becomes the first candidate's absolute path (so it stays tied to
+its yaml), and :func:`missing_path_message` names the value as written and every place tried, for
+the error raised where the file is needed (a file that is not needed is no error).
 """
 import os
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -17,7 +18,8 @@ __all__ = ["REPO_ROOT", "resolve_config_paths", "missing_path_message", "tried_p
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _BASE_KEY = "_BASE_"
-_TRIED: Dict[Tuple[str, str], List[str]] = {}
+# (key, first candidate) -> (the value as written, every candidate), for the error messages
+_TRIED: Dict[Tuple[str, str], Tuple[str, List[str]]] = {}
 
 
 def _yaml_chain(config_file: str) -> List[Tuple[str, dict]]:
@@ -84,18 +86,18 @@ def resolve_config_paths(cfg, config_file: str, opts: Optional[Sequence[str]],
         candidates += [os.path.join(os.getcwd(), value), os.path.join(REPO_ROOT, value)]
         candidates = list(dict.fromkeys(os.path.normpath(c) for c in candidates))
         found = next((c for c in candidates if os.path.exists(c)), None)
-        if found is not None:
-            _set(cfg, key, found)
-        else:
-            _TRIED[(key, value)] = candidates
+        if found is None:
+            _TRIED[(key, candidates[0])] = (value, candidates)
+        _set(cfg, key, found or candidates[0])
 
 
 def tried_paths(key: str, value: str) -> List[str]:
-    """The places :func:`resolve_config_paths` looked for ``value`` of ``key`` (empty if none)."""
-    return list(_TRIED.get((key, value), []))
+    """The places :func:`resolve_config_paths` looked for the file now at ``value`` of ``key``
+    (empty if it did not resolve that value)."""
+    return list(_TRIED.get((key, value), ("", []))[1])
 
 
 def missing_path_message(key: str, value: str, what: str = "file") -> str:
-    """``"<what> '<value>' (<key>) does not exist; tried: ..."`` for an error message."""
-    tried = tried_paths(key, value) or [os.path.abspath(value)]
-    return f"{what} '{value}' ({key}) does not exist; tried: {', '.join(tried)}"
+    """``"<what> '<value as written>' (<key>) does not exist; tried: ..."`` for an error."""
+    written, tried = _TRIED.get((key, value), (value, [os.path.abspath(value)]))
+    return f"{what} '{written}' ({key}) does not exist; tried: {', '.join(tried)}"
