@@ -18,6 +18,9 @@ calls itself 0.6). With an official, compiled, up-to-date Detectron2 nothing her
   Numpy itself is left as it is.
 - ``load_voc_instances`` cannot read a split that lists one image (``np.loadtxt`` gives a 0-d
   array for one line; Detectron2's main too): its ``np.loadtxt`` returns at least 1-d arrays.
+- ``create_ddp_model`` passes ``device_ids=[local rank]``, which DistributedDataParallel refuses
+  for a CPU module (gloo processes of ``--num-gpus N`` without CUDA): for a CPU module it passes
+  none (probed by what it hands DistributedDataParallel for one).
 
 ``APPLIED`` lists the names of the fixes that are active in this process, e.g. ``"stand_in_C"``,
 ``"numpy_aliases:detectron2.data.datasets.pascal_voc"``.
