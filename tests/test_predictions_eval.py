@@ -133,28 +133,29 @@ def _one_table(stdout):
 # ------------------------------------------------------------------ subprocess, end to end
 
 
-def test_gt_perfect_predictions_give_ap_100(data):
-    proc = _run(data, "coco_perfect.json", "--gt", GT, "--output", "coco_metrics.json")
+def _perfect_run(data, predictions, source, output):
+    """The tool on perfect predictions: its metrics, after checking the printed table."""
+    proc = _run(data, predictions, *source, "--output", output)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.startswith(f"coco_perfect.json on {GT_NAME}:\n"), proc.stdout
+    assert proc.stdout.startswith(f"{predictions} on "), proc.stdout
     _one_table(proc.stdout)
     assert re.search(r"^\| AP +\| 100\.000 +\| AP50 +\| 100\.000 ", proc.stdout, flags=re.M)
-    with open(os.path.join(data, "coco_metrics.json")) as f:
-        metrics = json.load(f)
+    with open(os.path.join(data, output)) as f:
+        return proc.stdout, json.load(f)
+
+
+def test_gt_perfect_predictions_give_ap_100(data):
+    stdout, metrics = _perfect_run(data, "coco_perfect.json", ["--gt", GT], "coco_metrics.json")
+    assert stdout.startswith(f"coco_perfect.json on {GT_NAME}:\n"), stdout
     for key in ("AP", "AP50", "AP75", "AR100", "AP-cat", "AP-dog"):
         assert metrics[key] == pytest.approx(100.0), key
     assert math.isnan(metrics["APl"])  # no large objects in 64 x 48 images
 
 
 def test_voc_root_perfect_predictions_give_ap50_100(data):
-    proc = _run(data, "voc_perfect.json", "--voc-root", VOC, "--split", "test", "--output",
-                "voc_metrics.json")
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.startswith(f"voc_perfect.json on {VOC_NAME}:\n"), proc.stdout
-    _one_table(proc.stdout)
-    assert re.search(r"^\| AP +\| 100\.000 +\| AP50 +\| 100\.000 ", proc.stdout, flags=re.M)
-    with open(os.path.join(data, "voc_metrics.json")) as f:
-        metrics = json.load(f)
+    stdout, metrics = _perfect_run(data, "voc_perfect.json", ["--voc-root", VOC, "--split", "test"],
+                                   "voc_metrics.json")
+    assert stdout.startswith(f"voc_perfect.json on {VOC_NAME}:\n"), stdout
     for key in ["AP", "AP50", "AP50_11point", "AP50_area"] + [f"AP50-{c}" for c in VOC_CLASS_NAMES]:
         assert metrics[key] == pytest.approx(100.0), key
 
@@ -269,20 +270,18 @@ def test_bad_predictions_files_are_errors_naming_the_file(tool, in_data, content
 
 
 def test_voc_image_ids_are_the_file_id_strings(tool, in_data):
-    predictions = _predictions(in_data, "voc")
-    predictions[0]["image_id"] = 1
-    name = _write(in_data, "voc_int_id.json", predictions)
-    with pytest.raises(ValueError, match=re.escape(
-            f"predictions file '{name}': entry 0 (image_id 1) has image_id 1, which is not an "
-            f"image of {VOC_NAME}; its image ids are str, e.g. ['000001', '000002', '000003']")):
-        tool.main([name, "--voc-root", VOC])
-    predictions = _predictions(in_data, "voc")
-    predictions[6]["category_id"] = 20
-    name = _write(in_data, "voc_category.json", predictions)
-    with pytest.raises(ValueError, match=re.escape(
-            f"predictions file '{name}': entry 6 (image_id '000002') has category_id 20, which is "
-            f"not a category of {VOC_NAME}; its category ids: 0..19")):
-        tool.main([name, "--voc-root", VOC])
+    cases = [
+        ("voc_int_id.json", 0, "image_id", 1, "entry 0 (image_id 1) has image_id 1, which is not an "
+         f"image of {VOC_NAME}; its image ids are str, e.g. ['000001', '000002', '000003']"),
+        ("voc_category.json", 6, "category_id", 20, "entry 6 (image_id '000002') has category_id "
+         f"20, which is not a category of {VOC_NAME}; its category ids: 0..19"),
+    ]
+    for filename, index, field, value, message in cases:
+        predictions = _predictions(in_data, "voc")
+        predictions[index][field] = value
+        name = _write(in_data, filename, predictions)
+        with pytest.raises(ValueError, match=re.escape(f"predictions file '{name}': {message}")):
+            tool.main([name, "--voc-root", VOC])
     # the same rule with the COCO metric (Detectron2's conversion keeps the file ids)
     with pytest.raises(ValueError, match=re.escape("its category ids: 0..19")):
         tool.main([name, "--voc-root", VOC, "--metric", "coco"])
