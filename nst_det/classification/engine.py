@@ -232,6 +232,11 @@ class ClsTrainer:
     def _check_finite(self, reduced: dict, epoch: int, detail: str = "") -> None:
         bad = [k for k, v in reduced.items() if not math.isfinite(v)]
         if bad:
+            # every process sees the reduced values: all of them gather the details and stop
+            details = comm.all_gather(detail) if self.world_size > 1 else [detail]
+            ranks = [r for r, d in enumerate(details) if d]
+            if ranks:
+                detail = "".join(f" (rank {r}{details[r]})" for r in ranks)
             raise NonFiniteLossError(
                 f"loss term {', '.join(repr(k) for k in bad)} is "
                 f"{', '.join(str(reduced[k]) for k in bad)} at iteration {self.iter} "
@@ -250,7 +255,7 @@ class ClsTrainer:
             except NonFiniteLossError as e:
                 # Every process joins the reduction below, so all of them stop together.
                 losses = {n: float("nan") if n == e.term else 0.0 for n in self.loss_names}
-                detail = f" ({e})"
+                detail = f": {e}"
         reduced = self._reduced(losses)
         self._check_finite(reduced, epoch, detail)
         total = sum(losses.values())
