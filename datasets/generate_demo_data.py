@@ -16,7 +16,7 @@ import argparse
 import os
 
 import nst_det  # noqa: F401  (first: makes Detectron2 usable on this stack)
-from nst_det.data import demo_root, generate_demo_data, write_coco, write_imagenet, write_voc
+from nst_det.detection.data import demo_root, generate_demo_data, write_coco, write_imagenet, write_voc
 
 
 def write_official_layout(root, num_train, num_test, seed):

@@ -1,13 +1,18 @@
 """nst_det: Neuron Selectivity Transfer (Huang & Wang, arXiv 1707.01219) for classification and
-Detectron2 detection. Importing the package makes Detectron2 usable on this stack and registers
-nst_det's configs, backbones, meta-architectures and demo data sets in Detectron2's registries."""
-from nst_det import _d2_compat
+Detectron2 detection.
 
-_d2_compat.install()
+- :mod:`nst_det.losses`: the NST, KD, AT and FitNet losses, pure torch (no Detectron2 needed);
+- :mod:`nst_det.engine`: what both stages share on Detectron2's engine (atomic checkpoints, the
+  launcher, the training loop, config paths, the device check);
+- :mod:`nst_det.detection`: the Detectron2 project (config keys, DistillGeneralizedRCNN, the
+  Inception-BN backbone, data, evaluation, the trainer); importing it registers them;
+- :mod:`nst_det.classification`: the ImageNet stage;
+- :mod:`nst_det.convert`: classifier weights -> Detectron2 backbone weights.
 
-from nst_det import data, modeling  # noqa: E402,F401  (registers data sets, backbones, meta-archs)
-from nst_det.config import add_nst_config  # noqa: E402,F401
-from nst_det.losses import (  # noqa: E402,F401
+Importing ``nst_det`` imports the losses only; the packages that need Detectron2 make it usable
+on this stack themselves (:mod:`nst_det._d2_compat`).
+"""
+from nst_det.losses import (  # noqa: F401
     ATLoss,
     FitNetLoss,
     KDLoss,

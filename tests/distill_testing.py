@@ -4,10 +4,9 @@ import os
 
 import torch
 
-import nst_det  # noqa: F401  (first: makes Detectron2 importable here)
-import nst_det.modeling  # noqa: F401  (registers DistillGeneralizedRCNN)
+import nst_det.detection  # noqa: F401  (first: makes Detectron2 usable here, registers nst_det's models)
 from detectron2.modeling import build_model
-from nst_det.config import load_nst_cfg, load_teacher_cfg
+from nst_det.detection.load_config import load_nst_cfg, load_teacher_cfg
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO_BASE = os.path.join(ROOT, "configs", "demo", "Base-det-demo.yaml")

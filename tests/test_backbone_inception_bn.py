@@ -1,16 +1,16 @@
-"""Tests of nst_det/modeling/backbone/inception_bn.py: the Inception-BN trunk and its Detectron2 builders."""
+"""Tests of nst_det/detection/backbone/inception_bn.py: the Inception-BN trunk and its Detectron2 builders."""
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-import nst_det  # noqa: F401  (first: Detectron2 compatibility)
+import nst_det.detection  # noqa: F401  (first: makes Detectron2 usable here, registers nst_det's models)
 from detectron2.config import get_cfg
 from detectron2.layers import FrozenBatchNorm2d
 from detectron2.modeling import build_backbone
 
-from nst_det.modeling.backbone.inception_bn import InceptionBN, add_inception_bn_config
+from nst_det.detection.backbone.inception_bn import InceptionBN, add_inception_bn_config
 
 # The documented table: stage -> (channels, stride).
 TABLE = {"stem": (192, 4), "inc3": (320, 8), "inc4": (608, 16), "inc5": (1024, 32)}

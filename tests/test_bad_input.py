@@ -1,6 +1,6 @@
 """Bad input to the detection trainer gives a clear message naming the culprit (docs/ERRORS.md):
-unusable images are skipped with a warning naming the file (nst_det/data/robust_mapper.py), an
-empty or unknown data set is an error naming it (nst_det/data/build.py), and a non-finite loss
+unusable images are skipped with a warning naming the file (nst_det/detection/data/robust_mapper.py), an
+empty or unknown data set is an error naming it (nst_det/detection/data/build.py), and a non-finite loss
 term, e.g. from NaN features, stops training before the optimizer step with an error naming the
 term and the iteration, leaving the last checkpoint untouched (nst_det/engine/train_loop.py)."""
 import logging
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-import nst_det  # noqa: F401  (first: makes Detectron2 importable here)
+import nst_det.detection  # noqa: F401  (first: makes Detectron2 usable here, registers nst_det's models)
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.common import DatasetFromList, MapDataset
 from detectron2.data.datasets import load_voc_instances
@@ -21,15 +21,15 @@ from detectron2.utils.events import EventStorage
 
 from distill_testing import tiny_distill_cfg
 
-from nst_det.data import (
+from nst_det.detection.data import (
     CLASS_NAMES,
     RobustDatasetMapper,
     build_test_loader,
     build_train_loader,
     generate_demo_data,
 )
-from nst_det.engine import DistillTrainer
-from nst_det.modeling.teacher import TeacherWeightsError
+from nst_det.detection.trainer import DistillTrainer
+from nst_det.detection.teacher import TeacherWeightsError
 
 TRAIN_SET, EMPTY_SET = "nst_bad_input_train", "nst_bad_input_empty"
 

@@ -20,20 +20,19 @@ import torch
 import torchvision
 from torch import nn
 
-import nst_det  # noqa: F401  (first: makes Detectron2 usable here)
-import nst_det.modeling  # noqa: F401  (registers DistillGeneralizedRCNN)
+import nst_det.detection  # noqa: F401  (first: makes Detectron2 usable here, registers nst_det's models)
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_backbone, build_model
 
 from distill_testing import save_random_teacher, write_teacher_config
-from nst_det.checkpoint import atomic
+from nst_det.engine import atomic
 from nst_det.classification.models import build_classifier
-from nst_det.config import get_nst_cfg, load_nst_cfg, load_teacher_cfg
-from nst_det.config_paths import REPO_ROOT
-from nst_det.data import generate_demo_data, register_demo_datasets
-from nst_det.engine import DistillTrainer
-from nst_det.modeling import teacher as teacher_module
-from nst_det.modeling.teacher import TeacherWeightsError, load_teacher_weights
+from nst_det.detection.load_config import get_nst_cfg, load_nst_cfg, load_teacher_cfg
+from nst_det.engine.config_paths import REPO_ROOT
+from nst_det.detection.data import generate_demo_data, register_demo_datasets
+from nst_det.detection.trainer import DistillTrainer
+from nst_det.detection import teacher as teacher_module
+from nst_det.detection.teacher import TeacherWeightsError, load_teacher_weights
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN_NET = os.path.join(REPO, "tools", "train_net.py")
@@ -503,8 +502,8 @@ def test_full_disk_while_saving_keeps_the_previous_file_and_says_so(tmp_path, mo
 def test_two_configs_naming_the_same_missing_file_each_list_their_own_folder(tmp_path):
     """before: the places tried were cached per (key, value) for the whole process, so the error
     for the first of two configs listed the second config's folder."""
-    from nst_det.config import load_nst_cfg
-    from nst_det.config_paths import missing_path_message
+    from nst_det.detection.load_config import load_nst_cfg
+    from nst_det.engine.config_paths import missing_path_message
 
     base = os.path.join(REPO, "configs", "demo", "det_student_nst.yaml")
     cfgs = {}

@@ -1,11 +1,11 @@
-"""Tests of nst_det/engine/benchmark.py and tools/benchmark_distill.py on a tiny config: the table
+"""Tests of nst_det/detection/benchmark.py and tools/benchmark_distill.py on a tiny config: the table
 and its last line ``overhead: X.XX``. (That the teacher runs without autograd and only as far as
 distillation needs is tested in tests/test_ddp_distill.py, on the model built there.)"""
 import os
 import re
 import runpy
 
-import nst_det  # noqa: F401  (first: makes Detectron2 importable here)
+import nst_det.detection  # noqa: F401  (first: makes Detectron2 usable here, registers nst_det's models)
 
 from distill_testing import ROOT, tiny_distill_cfg
 

@@ -1,4 +1,4 @@
-"""Tests of nst_det/checkpoint/atomic.py and detection_checkpointer.py: a checkpoint is never
+"""Tests of nst_det/engine/atomic.py and detection_checkpointer.py: a checkpoint is never
 half-written, last_checkpoint names only complete files, an unreadable or missing file is an error
 naming it, and --resume falls back to the newest complete checkpoint, saying so."""
 import logging
@@ -8,14 +8,14 @@ import pytest
 import torch
 from torch import nn
 
-import nst_det  # noqa: F401
-from nst_det.checkpoint.atomic import (
+import nst_det.detection  # noqa: F401  (first: makes Detectron2 usable here, registers nst_det's models)
+from nst_det.engine.atomic import (
     UnreadableCheckpointError,
     atomic_save,
     atomic_write_text,
     load_checkpoint,
 )
-from nst_det.checkpoint.detection_checkpointer import AtomicDetectionCheckpointer
+from nst_det.engine.checkpointer import AtomicDetectionCheckpointer
 
 
 class _Counter:

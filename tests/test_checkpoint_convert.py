@@ -1,4 +1,4 @@
-"""Tests of nst_det/checkpoint/convert.py and tools/convert_cls_to_d2.py: classifier weights ->
+"""Tests of nst_det/convert.py and tools/convert_cls_to_d2.py: classifier weights ->
 Detectron2 backbone weights that load by exact names and give the classifier's features."""
 import os
 import runpy
@@ -7,12 +7,12 @@ import pytest
 import torch
 from torch import nn
 
-import nst_det  # noqa: F401  (first: Detectron2 compatibility)
+import nst_det.detection  # noqa: F401  (first: makes Detectron2 usable here, registers nst_det's models)
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.modeling import build_backbone, build_model
 
-from nst_det.checkpoint.convert import (
+from nst_det.convert import (
     RESNET_BLOCKS,
     convert_checkpoint,
     convert_classifier_to_d2,
@@ -21,7 +21,7 @@ from nst_det.checkpoint.convert import (
     resnet_to_d2,
 )
 from nst_det.classification.models import build_classifier
-from nst_det.modeling.backbone import add_inception_bn_config
+from nst_det.detection.backbone import add_inception_bn_config
 
 TOOL = os.path.join(os.path.dirname(__file__), "..", "tools", "convert_cls_to_d2.py")
 

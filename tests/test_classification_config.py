@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-import nst_det  # noqa: F401
+import nst_det.detection  # noqa: F401  (first: makes Detectron2 usable here, registers nst_det's models)
 from nst_det.classification import config as cls_config
 from nst_det.classification.config import get_cls_config, load_cls_config
 

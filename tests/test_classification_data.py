@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-import nst_det  # noqa: F401
+import nst_det.detection  # noqa: F401  (first: makes Detectron2 usable here, registers nst_det's models)
 from nst_det.classification.config import get_cls_config
 from nst_det.classification.data import (
     DIGITS_NUM_TRAIN,

@@ -12,7 +12,7 @@ from cls_testing import PatternDataset, tiny_cfg
 from nst_det.classification.checkpointer import load_checkpoint
 from nst_det.classification.distill import DistillationStudent, FrozenTeacher
 from nst_det.classification.engine import ClsTrainer
-from nst_det.launch import launch
+from nst_det.engine.launch import launch
 from nst_det.classification.taps import FeatureTaps
 
 

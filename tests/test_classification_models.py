@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-import nst_det  # noqa: F401  (first: Detectron2 compatibility)
+import nst_det.detection  # noqa: F401  (first: makes Detectron2 usable here, registers nst_det's models)
 from nst_det.classification.models import available_classifiers, build_classifier
 from nst_det.classification.taps import FeatureTaps, default_tap
 

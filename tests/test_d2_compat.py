@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-import nst_det  # noqa: F401  (installs the compatibility layer)
+import nst_det.detection  # noqa: F401  (first: makes Detectron2 usable here, registers nst_det's models)
 from nst_det import _d2_compat
 
 stand_in_only = pytest.mark.skipif(

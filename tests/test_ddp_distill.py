@@ -8,7 +8,7 @@ import os
 import pytest
 import torch
 
-import nst_det  # noqa: F401  (first: makes Detectron2 importable here)
+import nst_det.detection  # noqa: F401  (first: makes Detectron2 usable here, registers nst_det's models)
 from detectron2.modeling import build_model
 from detectron2.utils import comm
 from detectron2.utils.events import EventStorage
@@ -16,9 +16,9 @@ from torch.nn.parallel import DistributedDataParallel
 
 from distill_testing import tiny_distill_cfg
 
-from nst_det.launch import launch
-from nst_det.data import generate_demo_data, register_demo_datasets
-from nst_det.engine.benchmark import synthetic_batch
+from nst_det.engine.launch import launch
+from nst_det.detection.data import generate_demo_data, register_demo_datasets
+from nst_det.detection.benchmark import synthetic_batch
 
 # Settings under which a batch's losses are exactly the mean of its images' losses: every anchor
 # and every proposal is sampled (no random subsampling), each image keeps 20 proposals + its
@@ -79,7 +79,7 @@ def _worker(cfg, init_file, trainer_cfgs, datasets_root, result_file):
 
     # The trainer of tools/train_net.py in two processes, each with its own OUTPUT_DIR
     # (Detectron2's create_ddp_model wraps the CPU model: nst_det._d2_compat).
-    from nst_det.engine import DistillTrainer
+    from nst_det.detection.trainer import DistillTrainer
 
     register_demo_datasets(datasets_root)
     trainer = DistillTrainer(trainer_cfgs[rank])

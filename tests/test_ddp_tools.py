@@ -1,7 +1,7 @@
 """Two CPU processes through the tools themselves (``--num-gpus 2`` on a machine without CUDA):
 a non-finite loss term on one rank stops every rank, with the same error naming the term, the
 iteration and the rank, and the job ends instead of hanging (nst_det/engine/train_loop.py,
-nst_det/launch.py). The normal two-process runs of both tools are in tests/test_docs_commands.py.
+nst_det/engine/launch.py). The normal two-process runs of both tools are in tests/test_docs_commands.py.
 
 The non-finite term comes from real data: the teacher's stem is scaled by 1e38, so every image
 but an all-black one overflows in the teacher (its PIXEL_MEAN is 0, so black stays exactly 0 and
@@ -17,10 +17,10 @@ import pytest
 import torch
 from PIL import Image
 
-import nst_det  # noqa: F401  (first: makes Detectron2 importable here)
+import nst_det.detection  # noqa: F401  (first: makes Detectron2 usable here, registers nst_det's models)
 from detectron2.modeling import build_model
-from nst_det.config import load_teacher_cfg
-from nst_det.data import generate_demo_data
+from nst_det.detection.load_config import load_teacher_cfg
+from nst_det.detection.data import generate_demo_data
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["MODEL.DEVICE", "cpu", "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", "80",

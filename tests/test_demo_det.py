@@ -1,12 +1,12 @@
-"""Test of nst_det/engine/demo.py (tools/demo_det.py): the three demo stages run end to end on a
+"""Test of nst_det/detection/demo.py (tools/demo_det.py): the three demo stages run end to end on a
 tiny generated set with a few iterations, and the table reports both evaluators and the losses."""
 import json
 import os
 
-import nst_det  # noqa: F401  (first: Detectron2 compatibility)
-from nst_det.config import load_nst_cfg
-from nst_det.data import generate_demo_data, register_demo_datasets
-from nst_det.engine.demo import DEMO_CONFIGS, DEMO_STAGES, format_table, run_demo
+import nst_det.detection  # noqa: F401  (first: makes Detectron2 usable here, registers nst_det's models)
+from nst_det.detection.load_config import load_nst_cfg
+from nst_det.detection.data import generate_demo_data, register_demo_datasets
+from nst_det.detection.demo import DEMO_CONFIGS, DEMO_STAGES, format_table, run_demo
 
 
 def _max_iter(config):

@@ -326,7 +326,7 @@ def test_imagenet_stage_under_torchrun_and_on_two_machines(imagenet, workspace, 
         *CLS_CPU, *imagenet["classes"], "OUTPUT_DIR", "output/torchrun")
     assert (workspace / "output" / "torchrun" / "model_final.pth").is_file()
     # two "machines" on this one: machine ranks 0 and 1, one process each
-    from nst_det.launch import free_port
+    from nst_det.engine.launch import free_port
 
     url = f"tcp://127.0.0.1:{free_port()}"
     procs = []

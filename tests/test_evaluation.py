@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-import nst_det  # noqa: F401  (first: Detectron2 compatibility, incl. the VOC evaluator's numpy)
+import nst_det.detection  # noqa: F401  (first: makes Detectron2 usable here, registers nst_det's models)
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import Boxes, BoxMode, Instances
 from nst_det import _d2_compat
-from nst_det.config import get_nst_cfg
-from nst_det.data import CLASS_NAMES, generate_demo_data, register_demo_datasets
-from nst_det.evaluation import (
+from nst_det.detection.load_config import get_nst_cfg
+from nst_det.detection.data import CLASS_NAMES, generate_demo_data, register_demo_datasets
+from nst_det.detection.evaluation import (
     COCO_STAT_NAMES,
     COCODetectionEvaluator,
     VOCDetectionEvaluator,
@@ -162,7 +162,7 @@ def _coco_predictions_of_ground_truth(dataset_name):
 def test_draw_predictions_puts_truth_beside_predictions(demo, tmp_path):
     from PIL import Image
 
-    from nst_det.evaluation import draw_predictions
+    from nst_det.detection.evaluation import draw_predictions
 
     predictions = _coco_predictions_of_ground_truth("nst_demo_coco_test")
     drawn = draw_predictions("nst_demo_coco_test", predictions, str(tmp_path / "with"), max_images=2)

@@ -1,4 +1,4 @@
-"""Tests of nst_det/modeling/meta_arch.py and teacher.py: DistillGeneralizedRCNN with a frozen
+"""Tests of nst_det/detection/meta_arch.py and teacher.py: DistillGeneralizedRCNN with a frozen
 teacher, on the CPU with tiny generated images."""
 import copy
 import os
@@ -7,16 +7,15 @@ import re
 import pytest
 import torch
 
-import nst_det  # noqa: F401  (first: Detectron2 compatibility)
-import nst_det.modeling  # noqa: F401
+import nst_det.detection  # noqa: F401  (first: makes Detectron2 usable here, registers nst_det's models)
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import DatasetCatalog, DatasetMapper
 from detectron2.modeling import GeneralizedRCNN, build_model
 from detectron2.utils.events import EventStorage
-from nst_det.config import get_nst_cfg, load_nst_cfg, load_teacher_cfg, student_cfg
-from nst_det.data import generate_demo_data, register_demo_datasets
-from nst_det.modeling import DistillGeneralizedRCNN
-from nst_det.modeling.teacher import TeacherWeightsError
+from nst_det.detection.load_config import get_nst_cfg, load_nst_cfg, load_teacher_cfg, student_cfg
+from nst_det.detection.data import generate_demo_data, register_demo_datasets
+from nst_det.detection.meta_arch import DistillGeneralizedRCNN
+from nst_det.detection.teacher import TeacherWeightsError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STUDENT_NST = os.path.join(REPO, "configs", "demo", "det_student_nst.yaml")

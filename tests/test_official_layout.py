@@ -1,4 +1,4 @@
-"""Tests of nst_det/data/official_layout.py: tiny sets in the official VOC, COCO and ImageNet
+"""Tests of nst_det/detection/data/official_layout.py: tiny sets in the official VOC, COCO and ImageNet
 layouts, read by Detectron2's OWN built-in data sets (``voc_2007_trainval``, ``coco_2017_val``,
 ...) and by nst_det's ImageNet reader, as a user's real downloads are.
 
@@ -16,7 +16,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from nst_det.data.official_layout import (
+from nst_det.detection.data.official_layout import (
     SHAPE_CLASSES,
     coco_categories,
     voc_class_names,
@@ -32,7 +32,7 @@ COCO_SETS = ("coco_2017_train", "coco_2017_val")
 _SCRIPT = r"""
 import json, logging, sys
 
-import nst_det  # first: Detectron2 compatibility
+import nst_det.detection  # noqa: F401  (first: makes Detectron2 usable here, registers nst_det's models)
 from detectron2.data import DatasetCatalog, MetadataCatalog, get_detection_dataset_dicts
 from nst_det import _d2_compat
 from nst_det.classification.data import build_imagenet_dataset, imagenet_root

@@ -18,10 +18,10 @@ import sys
 import pytest
 from PIL import Image
 
-import nst_det  # noqa: F401  (first: Detectron2 compatibility)
+import nst_det.detection  # noqa: F401  (first: makes Detectron2 usable here, registers nst_det's models)
 from detectron2.data import MetadataCatalog
 from detectron2.data.datasets.pascal_voc import CLASS_NAMES as VOC_CLASS_NAMES
-from nst_det.evaluation import predictions_dataset, register_voc_folder
+from nst_det.detection.evaluation import predictions_dataset, register_voc_folder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOL = os.path.join(ROOT, "tools", "eval_predictions.py")

@@ -22,7 +22,7 @@ import torch
 
 from distill_testing import ROOT, TINY, save_random_teacher
 
-from nst_det.data import generate_demo_data
+from nst_det.detection.data import generate_demo_data
 
 CONFIG = os.path.join(ROOT, "configs", "demo", "det_student_nst.yaml")
 TEACHER_CONFIG = os.path.join(ROOT, "configs", "demo", "det_teacher.yaml")
@@ -45,7 +45,7 @@ WEIGHT_TOL = 1e-6
 # state does nothing: the trap of Detectron2 v0.6 with torch's own schedulers.
 DRIVER = """
 import runpy, sys
-import nst_det
+import nst_det.detection
 from detectron2.engine import hooks
 init = hooks.PeriodicWriter.__init__
 hooks.PeriodicWriter.__init__ = lambda self, writers, period=20: init(self, writers, period=1)

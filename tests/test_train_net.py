@@ -8,9 +8,9 @@ import os
 import pytest
 import torch
 
-import nst_det  # noqa: F401  (first: Detectron2 compatibility)
+import nst_det.detection  # noqa: F401  (first: makes Detectron2 usable here, registers nst_det's models)
 from detectron2.engine import HookBase
-from nst_det.data import generate_demo_data, register_demo_datasets
+from nst_det.detection.data import generate_demo_data, register_demo_datasets
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", "80", "INPUT.MIN_SIZE_TEST", "64",

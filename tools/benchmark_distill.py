@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """The cost of the teacher: time and peak memory of the student's training step, the teacher's
 forward and the distillation step on the same two images; the last line is ``overhead: X.XX``
-= distillation step / (student step + teacher forward). See nst_det/engine/benchmark.py.
+= distillation step / (student step + teacher forward). See nst_det/detection/benchmark.py.
 
     python tools/benchmark_distill.py --config-file configs/voc_frcnn_nst.yaml --size 320 --iters 5 --threads 1 MODEL.DEVICE cpu
 
@@ -12,10 +12,10 @@ import logging
 
 import torch
 
-import nst_det  # noqa: F401  (first: makes Detectron2 usable here and registers nst_det's models)
-from nst_det.config import load_nst_cfg
-from nst_det.device import check_device
-from nst_det.engine.benchmark import benchmark_distillation, format_benchmark
+import nst_det.detection  # noqa: F401  (first: makes Detectron2 usable here, registers nst_det's models and data sets)
+from nst_det.detection.load_config import load_nst_cfg
+from nst_det.engine.device import check_device
+from nst_det.detection.benchmark import benchmark_distillation, format_benchmark
 
 
 def argument_parser():

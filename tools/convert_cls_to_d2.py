@@ -8,8 +8,8 @@ Then train a detector with ``MODEL.WEIGHTS <out>`` and the config values printed
 """
 import argparse
 
-import nst_det  # noqa: F401  (first: makes Detectron2 usable on this stack)
-from nst_det.checkpoint.convert import RESNET_BLOCKS, convert_checkpoint, d2_config_hints
+import nst_det.classification  # noqa: F401  (first: makes Detectron2 usable on this stack)
+from nst_det.convert import RESNET_BLOCKS, convert_checkpoint, d2_config_hints
 
 
 def main(argv=None):

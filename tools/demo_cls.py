@@ -13,7 +13,7 @@ import logging
 import os
 import time
 
-import nst_det  # noqa: F401  (first: makes Detectron2 usable on this stack)
+import nst_det.classification  # noqa: F401  (first: makes Detectron2 usable on this stack)
 import torch
 from detectron2.utils.logger import setup_logger
 

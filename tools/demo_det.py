@@ -16,11 +16,11 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import argparse  # noqa: E402
 import time  # noqa: E402
 
-import nst_det  # noqa: E402,F401  (first: makes Detectron2 usable on this stack)
+import nst_det.detection  # noqa: E402,F401  (first: makes Detectron2 usable here, registers nst_det's models and data sets)
 import torch  # noqa: E402
 from detectron2.utils.logger import setup_logger  # noqa: E402
 
-from nst_det.engine.demo import format_table, run_demo  # noqa: E402
+from nst_det.detection.demo import format_table, run_demo  # noqa: E402
 
 
 def main(argv=None):

@@ -30,11 +30,10 @@ import argparse
 import itertools
 import json
 
-import nst_det  # noqa: F401  (first: makes Detectron2 usable on this stack)
-import nst_det.data  # noqa: F401  (registers the demo data sets)
+import nst_det.detection  # noqa: F401  (first: makes Detectron2 usable here, registers nst_det's models and data sets)
 from tabulate import tabulate
 
-from nst_det.evaluation import dataset_description, evaluate_predictions_file, predictions_dataset
+from nst_det.detection.evaluation import dataset_description, evaluate_predictions_file, predictions_dataset
 
 
 def metrics_table(results, pairs: int = 3) -> str:

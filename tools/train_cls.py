@@ -14,13 +14,13 @@ student alone (no teacher file needed) unless --eval-teacher.
 """
 import logging
 
-import nst_det  # noqa: F401  (first: makes Detectron2 usable on this stack)
+import nst_det.classification  # noqa: F401  (first: makes Detectron2 usable on this stack)
 from detectron2.engine import default_argument_parser
 
 from nst_det.classification.config import load_cls_config
 from nst_det.classification.engine import ClsTrainer, default_cls_setup
-from nst_det.launch import launch
-from nst_det.device import check_device
+from nst_det.engine.launch import launch
+from nst_det.engine.device import check_device
 
 
 def load_config(args):

@@ -9,11 +9,11 @@
 
 Without a GPU, pass MODEL.DEVICE cpu; --num-gpus N then runs N CPU processes on gloo.
 """
-import nst_det  # noqa: F401  (first: makes Detectron2 usable here and registers nst_det's models)
+import nst_det.detection  # noqa: F401  (first: makes Detectron2 usable here, registers nst_det's models and data sets)
 from detectron2.engine import default_argument_parser
 
-from nst_det.engine import DistillTrainer, setup_cfg
-from nst_det.launch import launch
+from nst_det.detection.trainer import DistillTrainer, setup_cfg
+from nst_det.engine.launch import launch
 
 
 class Trainer(DistillTrainer):

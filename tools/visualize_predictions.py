@@ -7,9 +7,8 @@ of a registered data set, one PNG per image (Detectron2's Visualizer).
 """
 import argparse
 
-import nst_det  # noqa: F401  (first: makes Detectron2 usable on this stack)
-import nst_det.data  # noqa: F401  (registers the demo data sets)
-from nst_det.evaluation import draw_predictions, load_coco_predictions
+import nst_det.detection  # noqa: F401  (first: makes Detectron2 usable here, registers nst_det's models and data sets)
+from nst_det.detection.evaluation import draw_predictions, load_coco_predictions
 
 
 def main(argv=None):

@@ -11,7 +11,7 @@ The teacher comes from the config (MODEL.TEACHER.NAME/WEIGHTS/TAP); --before may
 """
 import argparse
 
-import nst_det  # noqa: F401  (first: makes Detectron2 usable on this stack)
+import nst_det.classification  # noqa: F401  (first: makes Detectron2 usable on this stack)
 from nst_det.classification.visualize import save_selectivity_figure
 
 

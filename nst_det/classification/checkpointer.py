@@ -1,4 +1,4 @@
-"""Checkpoints of the classification trainer: written atomically (nst_det.checkpoint.atomic), named
+"""Checkpoints of the classification trainer: written atomically (nst_det.engine.atomic), named
 by epoch, and the choice of one to resume from.
 
 ``model_epoch_NNNN.pth`` is written every SOLVER.CHECKPOINT_PERIOD epochs and ``model_final.pth``
@@ -9,7 +9,7 @@ import logging
 import os
 import re
 
-from nst_det.checkpoint.atomic import (
+from nst_det.engine.atomic import (
     LAST_CHECKPOINT,
     UnreadableCheckpointError,
     atomic_save,

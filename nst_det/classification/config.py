@@ -2,7 +2,7 @@
 
 Yaml files in ``configs/imagenet`` and ``configs/demo`` inherit with ``_BASE_`` and list only what
 they change; a key that is not defined here is an error (``KeyError: 'Non-existent config key: ...'``).
-A relative path in :data:`PATH_KEYS` is read next to the yaml that sets it (nst_det.config_paths);
+A relative path in :data:`PATH_KEYS` is read next to the yaml that sets it (nst_det.engine.config_paths);
 distillation settings out of range are refused at load time (:func:`check_cls_config`).
 """
 import math
@@ -10,12 +10,12 @@ import os
 
 from fvcore.common.config import CfgNode as CN
 
-from nst_det.config_paths import resolve_config_paths
+from nst_det.engine.config_paths import resolve_config_paths
 
 __all__ = ["get_cls_config", "load_cls_config", "check_cls_config", "PATH_KEYS"]
 
 # Keys holding file or folder paths: a relative one is read relative to the yaml that sets it
-# (then the current directory, then the repository root), see nst_det.config_paths.
+# (then the current directory, then the repository root), see nst_det.engine.config_paths.
 PATH_KEYS = ["MODEL.STUDENT.WEIGHTS", "MODEL.TEACHER.WEIGHTS", "DATA.ROOT"]
 # Distillation weights: 0 turns a term off, a negative or non-finite one is an error.
 _WEIGHT_KEYS = ("NST", "KD", "AT", "FITNET")
@@ -169,9 +169,9 @@ def check_cls_config(cfg) -> None:
 
 def load_cls_config(config_file: str = "", opts=None) -> CN:
     """Defaults, then ``config_file`` (with its ``_BASE_`` chain), then ``opts`` [KEY, VALUE, ...];
-    relative paths of :data:`PATH_KEYS` made absolute (see nst_det.config_paths), checked with
+    relative paths of :data:`PATH_KEYS` made absolute (see nst_det.engine.config_paths), checked with
     :func:`check_cls_config`, frozen. An unknown key in either is a ``KeyError`` naming it.
-    MODEL.DEVICE is not checked here (see nst_det.device.check_device): a config for a GPU loads
+    MODEL.DEVICE is not checked here (see nst_det.engine.device.check_device): a config for a GPU loads
     on any machine."""
     cfg = get_cls_config()
     if config_file:

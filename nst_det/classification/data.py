@@ -23,7 +23,7 @@ from detectron2.utils import comm
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchvision import datasets
 
-from nst_det.config_paths import missing_path_message
+from nst_det.engine.config_paths import missing_path_message
 
 __all__ = [
     "IMAGENET_MEAN",

@@ -21,9 +21,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from nst_det import losses as L
-from nst_det.checkpoint.atomic import UnreadableCheckpointError
+from nst_det.engine.atomic import UnreadableCheckpointError
 from nst_det.classification.config import check_cls_config
-from nst_det.config_paths import missing_path_message
+from nst_det.engine.config_paths import missing_path_message
 
 __all__ = [
     "DistillationStudent",
@@ -188,7 +188,7 @@ def _build_taps(net, layers, which):
 
 def _build_net(cfg, which):
     from nst_det.classification.models import build_classifier
-    from nst_det.modeling.teacher import weights_checksum
+    from nst_det.detection.teacher import weights_checksum
 
     node = cfg.MODEL[which]
     weights = node.WEIGHTS

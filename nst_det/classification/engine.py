@@ -37,7 +37,7 @@ from nst_det.classification.distill import (
     build_distillation,
     distillation_losses,
 )
-from nst_det.device import check_device
+from nst_det.engine.device import check_device
 
 __all__ = ["ClsTrainer", "default_cls_setup", "NonFiniteLossError", "accuracy_counts", "seed_all",
            "rng_state", "set_rng_state", "trainer_device"]
@@ -80,7 +80,7 @@ def accuracy_counts(logits, targets, topk=(1, 5)):
 
 
 def trainer_device(cfg) -> torch.device:
-    """The device of MODEL.DEVICE (nst_det.device.check_device: CUDA without a GPU is an error);
+    """The device of MODEL.DEVICE (nst_det.engine.device.check_device: CUDA without a GPU is an error);
     under torch.distributed on CUDA, the GPU of this process's local rank."""
     device = check_device(cfg.MODEL.DEVICE)
     if device.type == "cuda" and comm.get_world_size() > 1:

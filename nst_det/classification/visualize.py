@@ -35,7 +35,7 @@ def _tapped(cfg, which, weights, image):
     from nst_det.classification.models import build_classifier
     from nst_det.classification.taps import FeatureTaps
 
-    from nst_det.config_paths import missing_path_message
+    from nst_det.engine.config_paths import missing_path_message
 
     node = cfg.MODEL[which]
     if weights and not os.path.isfile(weights):

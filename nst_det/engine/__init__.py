@@ -1,2 +1,6 @@
-"""Training and evaluation loops of the detection stage (Detectron2 trainers)."""
-from .trainer import DistillTrainer, setup_cfg  # noqa: F401
+"""What both stages share on Detectron2's engine: atomic checkpoints and their checkpointer, the
+launcher of both tools, the training loop's non-finite stop and exact resume, file paths in
+configs, the device check."""
+from nst_det import _d2_compat
+
+_d2_compat.install()

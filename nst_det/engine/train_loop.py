@@ -4,7 +4,8 @@
   term and the iteration (the last checkpoint then holds the last good weights);
 - continue, after ``--resume``, the data stream and the random state where the checkpoint left
   them, so a resumed run repeats the uninterrupted one (exactly on one process with
-  DATALOADER.NUM_WORKERS 0 and one aspect-ratio group; see ResumableTrainLoader).
+  DATALOADER.NUM_WORKERS 0 and one aspect-ratio group; see
+  nst_det.detection.data.build.ResumableTrainLoader, a loader with ``start_at(iteration)``).
 """
 import math
 import random
@@ -15,7 +16,6 @@ import torch
 from detectron2.engine import AMPTrainer, SimpleTrainer
 from detectron2.utils import comm
 
-from nst_det.data.build import ResumableTrainLoader
 
 __all__ = ["check_losses_finite", "rng_state", "set_rng_state", "TrainLoop", "AMPTrainLoop",
            "as_train_loop"]
@@ -98,7 +98,7 @@ class _ResumableData:
         """Continue the data stream at iteration ``start_iter`` and, on one process, the random
         state of the checkpoint just loaded."""
         rng = self._resumed_rng
-        if isinstance(self.data_loader, ResumableTrainLoader):
+        if hasattr(self.data_loader, "start_at"):  # a loader that can begin at an iteration
             self.data_loader.start_at(start_iter)
         iterator = iter(self.data_loader)
         if rng is not None and comm.get_world_size() == 1:

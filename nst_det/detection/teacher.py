@@ -7,8 +7,8 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 from torch import nn
 
-from nst_det.config import DISTILL_META_ARCHITECTURES, load_teacher_cfg
-from nst_det.config_paths import missing_path_message
+from nst_det.detection.load_config import DISTILL_META_ARCHITECTURES, load_teacher_cfg
+from nst_det.engine.config_paths import missing_path_message
 
 __all__ = ["build_teacher", "load_teacher_weights", "weights_checksum", "TeacherWeightsError"]
 

@@ -10,7 +10,7 @@ Layout under ``root`` (``$DETECTRON2_DATASETS/demo_det`` by default)::
 
 Its drawing functions (:func:`textured_background`, :func:`draw_shape`, :func:`random_colour`,
 :func:`shapes_image`) and :func:`voc_annotation` also draw the tiny sets in the official VOC,
-COCO and ImageNet layouts (:mod:`nst_det.data.official_layout`).
+COCO and ImageNet layouts (:mod:`nst_det.detection.data.official_layout`).
 """
 import json
 import os

@@ -1,15 +1,15 @@
-"""Tests of nst_det/config.py and of the detection configs in configs/."""
+"""Tests of nst_det/detection/config.py and of the detection configs in configs/."""
 import glob
 import os
 import re
 
 import pytest
 
-import nst_det  # noqa: F401  (first: Detectron2 compatibility)
-import nst_det.modeling  # noqa: F401  (registers DistillGeneralizedRCNN and the backbones)
+import nst_det.detection  # noqa: F401  (first: makes Detectron2 usable here, registers nst_det's models)
 from detectron2.config import get_cfg
-from nst_det import config as nst_config
-from nst_det.config import add_nst_config, get_nst_cfg, load_nst_cfg, load_teacher_cfg, student_cfg
+from nst_det.detection import config as nst_config
+from nst_det.detection.config import add_nst_config
+from nst_det.detection.load_config import get_nst_cfg, load_nst_cfg, load_teacher_cfg, student_cfg
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DETECTION_CONFIGS = sorted(

@@ -1,5 +1,5 @@
 """Tiny but real data sets in the official layouts of PASCAL VOC, COCO and ImageNet, drawn by the
-demo's shapes generator (:mod:`nst_det.data.demo_generator`), deterministic per seed.
+demo's shapes generator (:mod:`nst_det.detection.data.demo_generator`), deterministic per seed.
 
 They let Detectron2's own built-in data sets (``voc_2007_trainval``, ``coco_2017_val``, ...) and
 nst_det's ImageNet reader run on files laid out exactly as the real ones, in seconds. Layouts

@@ -16,7 +16,7 @@ import yaml
 
 __all__ = ["REPO_ROOT", "resolve_config_paths", "missing_path_message", "tried_paths"]
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _BASE_KEY = "_BASE_"
 # (key, first candidate) -> (the value as written, every candidate), for the error messages
 _TRIED: Dict[Tuple[str, str], Tuple[str, List[str]]] = {}

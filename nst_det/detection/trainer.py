@@ -8,15 +8,15 @@ from detectron2.engine import DefaultTrainer, default_setup
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from nst_det.checkpoint import AtomicDetectionCheckpointer
-from nst_det.config import load_nst_cfg, student_cfg
-from nst_det.data import build_test_loader, build_train_loader
-from nst_det.data.build import check_num_classes
-from nst_det.device import check_device
-from nst_det.evaluation import build_evaluator
-from nst_det.modeling import build_teacher
+from nst_det.engine.checkpointer import AtomicDetectionCheckpointer
+from nst_det.detection.load_config import load_nst_cfg, student_cfg
+from nst_det.detection.data import build_test_loader, build_train_loader
+from nst_det.detection.data.build import check_num_classes
+from nst_det.engine.device import check_device
+from nst_det.detection.evaluation import build_evaluator
+from nst_det.detection.teacher import build_teacher
 
-from .train_loop import as_train_loop
+from nst_det.engine.train_loop import as_train_loop
 
 __all__ = ["DistillTrainer", "setup_cfg"]
 

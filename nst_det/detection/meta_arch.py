@@ -18,7 +18,7 @@ from detectron2.structures import ImageList
 from detectron2.utils.events import get_event_storage
 from torch import nn
 
-from nst_det.config import distills
+from nst_det.detection.load_config import distills
 from nst_det.losses import kd_loss, nst_loss
 from nst_det.losses.feature_pair import NonFiniteInputError
 from nst_det.losses.nst import check_kernel_args

@@ -294,7 +294,7 @@ def build_inception_bn_backbone(cfg, input_shape: ShapeSpec):
     """Inception-BN trunk from ``cfg.MODEL.INCEPTION_BN``: images -> {stage: [N, C, H/s, W/s]}."""
     if "INCEPTION_BN" not in cfg.MODEL:
         raise KeyError(
-            "cfg.MODEL.INCEPTION_BN is missing: call nst_det.modeling.backbone.add_inception_bn_config(cfg) "
+            "cfg.MODEL.INCEPTION_BN is missing: call nst_det.detection.backbone.add_inception_bn_config(cfg) "
             "(or nst_det's add_nst_config) before merging the config file"
         )
     ib = cfg.MODEL.INCEPTION_BN

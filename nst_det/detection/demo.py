@@ -10,8 +10,8 @@ from typing import Dict, Optional
 
 from detectron2.utils.env import seed_all_rng
 
-from nst_det.config import load_nst_cfg
-from nst_det.data import demo_data_exists, demo_root, generate_demo_data, register_demo_datasets
+from nst_det.detection.load_config import load_nst_cfg
+from nst_det.detection.data import demo_data_exists, demo_root, generate_demo_data, register_demo_datasets
 
 from .trainer import DistillTrainer
 

@@ -29,7 +29,7 @@ from detectron2.solver import build_optimizer
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
-from nst_det.config import load_teacher_cfg, student_cfg
+from nst_det.detection.load_config import load_teacher_cfg, student_cfg
 
 __all__ = ["StepCost", "DistillBenchmark", "benchmark_distillation", "format_benchmark",
            "peak_memory_mib", "synthetic_batch"]
