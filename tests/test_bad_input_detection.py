@@ -175,7 +175,7 @@ def test_zero_weight_trains_without_the_teacher_file_and_warns(tmp_path, demo_en
     assert rc == 0, out
     warning = (r"MODEL\.DISTILL\.WEIGHT is 0 and KD is off: nothing is distilled, no teacher is "
                r"built, the student trains alone\.")
-    assert re.search(r"WARNING .*nst_det\.modeling\.meta_arch\]: " + warning, out), out
+    assert re.search(r"WARNING .*nst_det\.detection\.meta_arch\]: " + warning, out), out
     assert re.search(warning, (tmp_path / "out" / "log.txt").read_text())
     assert (tmp_path / "out" / "model_final.pth").is_file()
 
