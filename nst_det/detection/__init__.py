@@ -9,5 +9,5 @@ from . import backbone, data  # noqa: E402,F401  (registers backbones and the de
 from .config import add_nst_config  # noqa: E402,F401
 from .load_config import get_nst_cfg, load_nst_cfg, load_teacher_cfg, student_cfg  # noqa: E402,F401
 from .meta_arch import DistillGeneralizedRCNN  # noqa: E402,F401  (registers the meta-architecture)
-from .teacher import build_teacher, load_teacher_weights  # noqa: E402,F401
+from .teacher import build_teacher  # noqa: E402,F401
 from .trainer import DistillTrainer, setup_cfg  # noqa: E402,F401

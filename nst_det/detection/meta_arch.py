@@ -20,8 +20,9 @@ from torch import nn
 
 from nst_det.detection.load_config import distills
 from nst_det.losses import kd_loss, nst_loss
-from nst_det.losses.feature_pair import NonFiniteInputError
+from nst_det.losses.feature_pair import loss_or_nan
 from nst_det.losses.nst import check_kernel_args
+from nst_det.engine.warmup import current_iteration, warmup_factor
 
 from .teacher import build_teacher
 
@@ -51,14 +52,6 @@ def _check_features(role: str, key: str, names: Sequence[str], backbone: nn.Modu
             f"available: {sorted(available)}"
         )
     return available
-
-
-def _current_iter() -> Optional[int]:
-    """The trainer's iteration from Detectron2's event storage; None outside training loops."""
-    try:
-        return get_event_storage().iter
-    except AssertionError:  # no EventStorage is active
-        return None
 
 
 class _ForwardCapture:
@@ -332,7 +325,7 @@ class DistillGeneralizedRCNN(GeneralizedRCNN):
                             ) -> Dict[str, torch.Tensor]:
         """{"loss_nst": ..., "loss_kd": ...} from captured student and teacher outputs; puts each
         level's MMD^2 in the event storage as ``nst/<student feature>``."""
-        factor = self.warmup_factor(_current_iter())
+        factor = warmup_factor(current_iteration(), self.warmup_iters)
         losses = {}
         if self.nst_weight:
             student_features = dict(student.get("bottom_up", {}))
@@ -343,11 +336,9 @@ class DistillGeneralizedRCNN(GeneralizedRCNN):
             self._log_levels(terms, factor)
         if self.kd_enabled:
             student_logits = student["box_predictions"][0]
-            try:
-                kd = kd_loss(student_logits, teacher["class_logits"], self.kd_temperature)
-            except NonFiniteInputError as e:  # as for NST: every process finishes the step
-                logger.error(str(e))
-                kd = student_logits.sum() * float("nan")
+            kd = loss_or_nan(
+                lambda: kd_loss(student_logits, teacher["class_logits"], self.kd_temperature),
+                student_logits)
             losses["loss_kd"] = factor * self.kd_weight * kd
         return losses
 
@@ -363,21 +354,10 @@ class DistillGeneralizedRCNN(GeneralizedRCNN):
                     f"'{t_name}' is {tuple(t.shape)}: matched levels need the same batch size "
                     "and spatial size"
                 )
-            try:
-                terms.append(nst_loss(s, t, **self.nst_kwargs))
-            except NonFiniteInputError as e:
-                # Not raised here: under DDP the other processes would wait for this one in the
-                # backward pass. A NaN term on the student's graph lets every process finish the
-                # step; the trainer's check then stops all of them, naming the term and the rank.
-                logger.error(f"{e} (student feature '{s_name}', teacher feature '{t_name}')")
-                terms.append(s.sum() * float("nan"))
+            terms.append(loss_or_nan(
+                lambda: nst_loss(s, t, **self.nst_kwargs), s,
+                f" (student feature '{s_name}', teacher feature '{t_name}')"))
         return terms
-
-    def warmup_factor(self, iteration: Optional[int]) -> float:
-        """min(1, iteration / WARMUP_ITERS); 1 when warm-up is off or outside a training loop."""
-        if self.warmup_iters <= 0 or iteration is None:
-            return 1.0
-        return min(1.0, iteration / self.warmup_iters)
 
     def _log_levels(self, terms: List[torch.Tensor], factor: float):
         try:

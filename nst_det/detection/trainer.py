@@ -4,23 +4,45 @@ import logging
 import os
 import weakref
 
-from detectron2.engine import DefaultTrainer, default_setup
+from detectron2.engine import DefaultTrainer, TrainerBase, create_ddp_model, default_setup
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from nst_det.engine.checkpointer import AtomicDetectionCheckpointer
-from nst_det.detection.load_config import load_nst_cfg, student_cfg
 from nst_det.detection.data import build_test_loader, build_train_loader
 from nst_det.detection.data.build import check_num_classes
-from nst_det.engine.device import check_device
 from nst_det.detection.evaluation import build_evaluator
+from nst_det.detection.load_config import load_nst_cfg, student_cfg
 from nst_det.detection.teacher import build_teacher
+from nst_det.engine.checkpointer import AtomicCheckpointer
+from nst_det.engine.device import check_device
+from nst_det.engine.train_loop import RNGCheckpointHook, ResumableTrainer, TrainLoop, preserved_rng
 
-from nst_det.engine.train_loop import as_train_loop
-
-__all__ = ["DistillTrainer", "setup_cfg"]
+__all__ = ["DistillTrainer", "setup_cfg", "classifier_file_hint"]
 
 logger = logging.getLogger(__name__)
+
+
+def classifier_file_hint(path: str, checkpoint) -> str:
+    """A sentence saying that ``checkpoint`` (read from ``path``) holds a classifier, not a
+    detector; "" otherwise."""
+    if not isinstance(checkpoint, dict):
+        return ""
+    model = checkpoint.get("model", checkpoint)
+    if not isinstance(model, dict):
+        return ""
+    keys = list(model)
+    if "heads" in checkpoint or any(k.startswith(("layer1.", "fc.")) for k in keys):
+        return (f"'{path}' holds classifier weights (a checkpoint of tools/train_cls.py or a "
+                f"torchvision state dict), not a Detectron2 model: convert it first with "
+                f"`python tools/convert_cls_to_d2.py {path} OUT.pkl --fpn` and give OUT.pkl as "
+                f"MODEL.WEIGHTS")
+    return ""
+
+
+def detection_checkpointer(cfg, model, weights_check: str, **checkpointables) -> AtomicCheckpointer:
+    """The checkpointer of a detector in OUTPUT_DIR; classifier files refused as MODEL.WEIGHTS."""
+    return AtomicCheckpointer(model, cfg.OUTPUT_DIR, weights_check=weights_check,
+                              foreign_file_hint=classifier_file_hint, **checkpointables)
 
 
 def setup_cfg(args, setup: bool = True):
@@ -35,29 +57,49 @@ def setup_cfg(args, setup: bool = True):
     return cfg
 
 
-class DistillTrainer(DefaultTrainer):
+class DistillTrainer(ResumableTrainer, DefaultTrainer):
     """DefaultTrainer for plain and distilled detectors: VOC/COCO evaluators by data set type,
     atomic checkpoints that resume exactly, a stop at a non-finite loss term, and unusable
-    training images skipped."""
+    training images skipped.
+
+    Built as DefaultTrainer builds itself, with nst_det's TrainLoop (nst_det.engine.train_loop) as
+    the inner loop and AtomicCheckpointer as the checkpointer; the hooks are DefaultTrainer's, with
+    the random state of every process kept for the checkpoints (RNGCheckpointHook)."""
 
     def __init__(self, cfg):
+        TrainerBase.__init__(self)
+        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
+            setup_logger()
         check_num_classes(cfg, cfg.DATASETS.TEST, "DATASETS.TEST")
-        super().__init__(cfg)
-        self._trainer = as_train_loop(self._trainer)
+        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        data_loader = self.build_train_loader(cfg)
+        model = create_ddp_model(model, broadcast_buffers=False)
+        amp = cfg.SOLVER.AMP.ENABLED and cfg.MODEL.DEVICE.startswith("cuda")
+        if cfg.SOLVER.AMP.ENABLED and not amp:
+            logger.warning(f"SOLVER.AMP.ENABLED is on but MODEL.DEVICE is '{cfg.MODEL.DEVICE}': "
+                           f"mixed precision is used on CUDA only, running in float32")
+        self._trainer = TrainLoop(model, data_loader, optimizer, amp=amp)
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.checkpointer = detection_checkpointer(
+            cfg, model, "partial" if cfg.MODEL.ALLOW_PARTIAL_WEIGHTS else "most",
+            trainer=weakref.proxy(self))
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.cfg = cfg
+        self.register_hooks(self.build_hooks())
 
     def build_hooks(self):
-        # DefaultTrainer.__init__ calls this right after making self.checkpointer.
-        self.checkpointer = AtomicDetectionCheckpointer(
-            self._trainer.model, self.cfg.OUTPUT_DIR, trainer=weakref.proxy(self),
-            weights_check="partial" if self.cfg.MODEL.ALLOW_PARTIAL_WEIGHTS else "most")
-        return super().build_hooks()
+        """DefaultTrainer's hooks, led by the one that keeps every process's random state for the
+        checkpoints (it runs first, before anything else of the iteration's end)."""
+        rng = RNGCheckpointHook(self.cfg.SOLVER.CHECKPOINT_PERIOD, self.cfg.SOLVER.MAX_ITER)
+        return [rng] + super().build_hooks()
 
     def resume_or_load(self, resume=True):
         """Load MODEL.WEIGHTS or, with ``resume``, the newest readable checkpoint of OUTPUT_DIR,
         and continue its data stream and random state."""
-        super().resume_or_load(resume=resume)
-        if resume and self.start_iter > 0:
-            self._trainer.resume_data(self.start_iter)
+        self.resume_or_load_weights(self.cfg.MODEL.WEIGHTS, resume=resume)
 
     @classmethod
     def build_train_loader(cls, cfg):
@@ -71,18 +113,12 @@ class DistillTrainer(DefaultTrainer):
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         return build_evaluator(cfg, dataset_name, output_folder)
 
-    def state_dict(self):
-        # Detectron2 v0.6's DefaultTrainer saves only the iteration and the hooks: the optimizer
-        # (its momentum and the current lr) would start afresh on --resume. Save it as later
-        # Detectron2 versions do.
-        ret = super().state_dict()
-        ret["_trainer"] = self._trainer.state_dict()
-        return ret
-
-    def load_state_dict(self, state_dict):
-        super().load_state_dict(state_dict)
-        if "_trainer" in state_dict:  # (later Detectron2 versions load it already: harmless)
-            self._trainer.load_state_dict(state_dict["_trainer"])
+    @classmethod
+    def test(cls, cfg, model, evaluators=None):
+        """DefaultTrainer.test, leaving the random state as it was (evaluation in the middle of
+        training then changes nothing of what follows)."""
+        with preserved_rng():
+            return super().test(cfg, model, evaluators=evaluators)
 
     def train(self):
         """Train; returns the final evaluation results ({data set: {task: metrics}} or, for one
@@ -96,8 +132,7 @@ class DistillTrainer(DefaultTrainer):
         with ``resume``, from the last checkpoint in OUTPUT_DIR."""
         model = cls.build_model(student_cfg(cfg))
         check = "partial" if cfg.MODEL.ALLOW_PARTIAL_WEIGHTS else "complete"
-        AtomicDetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR, weights_check=check
-                                    ).resume_or_load(cfg.MODEL.WEIGHTS, resume=resume)
+        detection_checkpointer(cfg, model, check).resume_or_load(cfg.MODEL.WEIGHTS, resume=resume)
         return model
 
     @classmethod

@@ -1,14 +1,18 @@
-"""AtomicDetectionCheckpointer: Detectron2's DetectionCheckpointer with checkpoints that are never
-half-written, errors that name the file, a ``--resume`` that falls back to the newest complete
-checkpoint when the last one cannot be read, and ``MODEL.WEIGHTS`` refused when it leaves most of
-the model unloaded (weights of another architecture, a classifier's checkpoint)."""
+"""AtomicCheckpointer, the one checkpointer of both stages: Detectron2's DetectionCheckpointer (an
+fvcore ``Checkpointer``) with checkpoints that are never half-written, errors that name the file, a
+``--resume`` that falls back to the newest complete checkpoint when the last one cannot be read,
+and weights refused when they leave the model (partly) unloaded; and :func:`load_weights_strictly`,
+the one strict loader of a teacher's (or any fixed model's) weights."""
 import glob
+import hashlib
 import os
 import re
-from typing import List
+from typing import Callable, List, Optional
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
+
+from nst_det.engine.config_paths import missing_path_message
 
 from .atomic import (
     LAST_CHECKPOINT,
@@ -20,27 +24,30 @@ from .atomic import (
     unreadable_checkpoint,
 )
 
-__all__ = ["AtomicDetectionCheckpointer", "WeightsMismatchError"]
+__all__ = ["AtomicCheckpointer", "WeightsMismatchError", "load_weights_strictly",
+           "weights_checksum"]
+
+_SHOWN_KEYS = 5
 
 
 class WeightsMismatchError(ValueError):
-    """MODEL.WEIGHTS does not fit the model (most of it would stay at its initial values)."""
+    """A weights file does not fit the model it is loaded into."""
 
 
-def _classifier_file_hint(path: str, checkpoint) -> str:
-    """A sentence saying what ``checkpoint`` is when it holds a classifier, not a detector; ""."""
-    if not isinstance(checkpoint, dict):
-        return ""
-    model = checkpoint.get("model", checkpoint)
-    if not isinstance(model, dict):
-        return ""
-    keys = list(model)
-    if {"epoch", "heads"} <= set(checkpoint) or any(k.startswith(("layer1.", "fc.")) for k in keys):
-        return (f"'{path}' holds classifier weights (a checkpoint of tools/train_cls.py or a "
-                f"torchvision state dict), not a Detectron2 model: convert it first with "
-                f"`python tools/convert_cls_to_d2.py {path} OUT.pkl --fpn` and give OUT.pkl as "
-                f"MODEL.WEIGHTS")
-    return ""
+def weights_checksum(path: str, length: int = 12) -> str:
+    """First ``length`` hex digits of the SHA-256 of the file at ``path``."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:length]
+
+
+def _describe(keys) -> str:
+    shown = ", ".join(str(k) for k in keys[:_SHOWN_KEYS])
+    more = f", ... ({len(keys) - _SHOWN_KEYS} more)" if len(keys) > _SHOWN_KEYS else ""
+    return f"{len(keys)}: {shown}{more}"
+
 
 def _torch_load_or_none(path: str):
     try:
@@ -53,23 +60,33 @@ def _torch_load_or_none(path: str):
 _ITERATION_FILE = re.compile(r"model_(\d+|final)\.pth$")
 
 
-class AtomicDetectionCheckpointer(DetectionCheckpointer):
+class AtomicCheckpointer(DetectionCheckpointer):
     """DetectionCheckpointer whose ``save`` writes a temporary file, flushes, fsyncs and renames it,
     then tags ``last_checkpoint`` the same way; a missing or unreadable file is an error naming it.
 
-    ``weights_check`` decides what ``resume_or_load`` accepts as ``MODEL.WEIGHTS``: ``"partial"``
-    (anything: Detectron2's behaviour), ``"most"`` (at least half of the model's tensors loaded:
-    training from a backbone's weights) or ``"complete"`` (every tensor loaded: evaluation).
+    ``weights_check`` decides what ``resume_or_load`` accepts as initial weights (``MODEL.WEIGHTS``):
+    ``"partial"`` (anything: Detectron2's behaviour), ``"most"`` (at least half of the model's
+    tensors loaded: training from a backbone's weights), ``"complete"`` (every tensor loaded:
+    evaluation) or ``"strict"`` (every tensor, nothing left over, every shape right: a teacher).
+    ``weights_key`` names the config key of those weights in the messages. ``foreign_file_hint(path,
+    checkpoint)`` may return a sentence saying the file is of another kind (then an error).
+
+    The checks extend fvcore's ``_load_file`` / ``_load_model``, the two methods fvcore's Checkpointer
+    documents for subclasses (Detectron2's DetectionCheckpointer extends the same two).
     """
 
-    _WEIGHTS_CHECKS = ("partial", "most", "complete")
+    _WEIGHTS_CHECKS = ("partial", "most", "complete", "strict")
 
-    def __init__(self, model, save_dir: str = "", *, weights_check: str = "partial", **kwargs):
+    def __init__(self, model, save_dir: str = "", *, weights_check: str = "partial",
+                 weights_key: str = "MODEL.WEIGHTS",
+                 foreign_file_hint: Optional[Callable[[str, object], str]] = None, **kwargs):
         super().__init__(model, save_dir, **kwargs)
         if weights_check not in self._WEIGHTS_CHECKS:
             raise ValueError(f"weights_check must be one of {self._WEIGHTS_CHECKS}")
         self.weights_check = weights_check
-        self._checking = None  # the MODEL.WEIGHTS file being loaded under weights_check
+        self.weights_key = weights_key
+        self.foreign_file_hint = foreign_file_hint
+        self._checking = None  # the initial-weights file being loaded under weights_check
 
     def save(self, name: str, **kwargs) -> None:
         """Write the model, the checkpointables and ``kwargs`` to ``save_dir/name.pth`` atomically."""
@@ -91,15 +108,18 @@ class AtomicDetectionCheckpointer(DetectionCheckpointer):
         """Point ``save_dir/last_checkpoint`` at a complete checkpoint, atomically."""
         atomic_write_text(last_filename_basename, os.path.join(self.save_dir, LAST_CHECKPOINT))
 
+    def _hint(self, path: str, checkpoint) -> str:
+        return self.foreign_file_hint(path, checkpoint) if self.foreign_file_hint else ""
+
     def _load_file(self, filename: str):
         try:
             checkpoint = super()._load_file(filename)
         except Exception as e:  # torch/pickle raise many types for a truncated or foreign file
-            hint = _classifier_file_hint(filename, _torch_load_or_none(filename))
+            hint = self._hint(filename, _torch_load_or_none(filename))
             if hint:
                 raise WeightsMismatchError(hint) from e
             raise unreadable_checkpoint(filename, e) from e
-        hint = _classifier_file_hint(filename, checkpoint)
+        hint = self._hint(filename, checkpoint)
         if hint:
             raise WeightsMismatchError(hint)
         return checkpoint
@@ -112,6 +132,9 @@ class AtomicDetectionCheckpointer(DetectionCheckpointer):
         return incompatible
 
     def _check_loaded(self, path: str, incompatible, in_file: int) -> None:
+        if self.weights_check == "strict":
+            self._check_strict(path, incompatible)
+            return
         expected = [k for k in self.model.state_dict() if not k.endswith("num_batches_tracked")]
         missing = {k for k in incompatible.missing_keys if not k.endswith("num_batches_tracked")}
         loaded = len(expected) - len(missing)
@@ -120,11 +143,35 @@ class AtomicDetectionCheckpointer(DetectionCheckpointer):
             return
         need = "every one" if self.weights_check == "complete" else "at least half"
         raise WeightsMismatchError(
-            f"MODEL.WEIGHTS '{path}' fits {loaded} of the model's {len(expected)} tensors (the "
+            f"{self.weights_key} '{path}' fits {loaded} of the model's {len(expected)} tensors (the "
             f"file holds {in_file}: {len(incompatible.incorrect_shapes)} wrongly shaped, "
             f"{len(incompatible.unexpected_keys)} not in the model; first unloaded: "
             f"{sorted(missing)[:3]}); {need} must load. It was saved for another architecture or "
             f"config. Set MODEL.ALLOW_PARTIAL_WEIGHTS True to go on with a partly loaded model.")
+
+    def _check_strict(self, path: str, incompatible) -> None:
+        # A wrongly shaped key is left out of the load, so it is also "missing": name it once, as
+        # wrongly shaped. BatchNorm's step counters carry no weights: other frameworks' files lack
+        # them, and a model trained with BN has them where its frozen copy (FrozenBN) has none.
+        wrong_shape = {k for k, _, _ in incompatible.incorrect_shapes}
+        missing = [k for k in incompatible.missing_keys
+                   if not k.endswith("num_batches_tracked") and k not in wrong_shape]
+        unexpected = [k for k in incompatible.unexpected_keys
+                      if not k.endswith("num_batches_tracked")]
+        shapes = [f"{k} (file {tuple(a)}, model {tuple(b)})"
+                  for k, a, b in incompatible.incorrect_shapes]
+        problems = []
+        if missing:
+            problems.append(f"missing keys {_describe(missing)}")
+        if unexpected:
+            problems.append(f"unexpected keys {_describe(unexpected)}")
+        if shapes:
+            problems.append(f"wrongly shaped keys {_describe(shapes)}")
+        if problems:
+            raise WeightsMismatchError(
+                f"{self.weights_key} file '{path}' does not match the model it is loaded into "
+                f"({type(self.model).__name__}): " + "; ".join(problems) + ". Check that the "
+                f"config and the weights belong to the same model.")
 
     def load(self, path: str, *args, **kwargs):
         """Same as DetectionCheckpointer.load; a local ``path`` that does not exist is a
@@ -169,6 +216,22 @@ class AtomicDetectionCheckpointer(DetectionCheckpointer):
         try:
             return self.load(path, checkpointables=[])
         except (FileNotFoundError, UnreadableCheckpointError) as e:
-            raise type(e)(f"MODEL.WEIGHTS: {e}") from e
+            raise type(e)(f"{self.weights_key}: {e}") from e
         finally:
             self._checking = None
+
+
+def load_weights_strictly(model, path: str, key: str) -> None:
+    """Load the weights file ``path`` (named by the config key ``key``) into ``model``, strictly:
+    every tensor loaded, nothing left over, every shape right (a model-zoo ``.pkl``, a checkpoint of
+    either stage's tool or a plain state dict); otherwise an error naming the key and the file."""
+    if not path:
+        raise ValueError(f"{key} is empty: a teacher with random weights teaches nothing. Train "
+                         f"the teacher first and give the file of its weights.")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(missing_path_message(key, path, what="weights file"))
+    checkpointer = AtomicCheckpointer(model, weights_check="strict", weights_key=key)
+    try:
+        checkpointer.resume_or_load(path, resume=False)
+    except UnreadableCheckpointError as e:
+        raise WeightsMismatchError(f"cannot read {key} file '{path}': {e}") from e

@@ -1,44 +1,63 @@
-"""The inner loop of DistillTrainer: Detectron2's SimpleTrainer/AMPTrainer that
+"""The training loop both stages run on: Detectron2's ``SimpleTrainer`` with its ``run_step``
+written out (public API only), and the pieces both stages add to Detectron2's engine:
 
-- stop, before the optimizer step, at a loss term that is not finite, with an error naming the
-  term and the iteration (the last checkpoint then holds the last good weights);
-- continue, after ``--resume``, the data stream and the random state where the checkpoint left
-  them, so a resumed run repeats the uninterrupted one (exactly on one process with
-  DATALOADER.NUM_WORKERS 0 and one aspect-ratio group; see
-  nst_det.detection.data.build.ResumableTrainLoader, a loader with ``start_at(iteration)``).
+- :class:`TrainLoop` -- one optimizer step per batch (optionally with ``torch.amp`` autocast and a
+  grad scaler); before the optimizer step it stops, on every process at the same iteration, at a
+  loss term that is not finite (:func:`check_losses_finite`), so the last checkpoint holds the
+  last good weights;
+- :class:`ResumableTrainer` -- a mixin for a ``TrainerBase`` that drives a TrainLoop: the loop's
+  state (optimizer, grad scaler) in the checkpoint, and ``--resume`` that continues the data
+  stream (a loader with ``start_at(iteration)``) and, with :class:`RNGCheckpointHook`, the random
+  state of every process, so a resumed run repeats the uninterrupted one;
+- :func:`preserved_rng` -- evaluation that leaves the training's random state where it was.
 """
+import contextlib
+import logging
 import math
 import random
+import time
 from typing import Dict, Iterator, Optional
 
 import numpy as np
 import torch
-from detectron2.engine import AMPTrainer, SimpleTrainer
+from detectron2.engine import HookBase, SimpleTrainer
 from detectron2.utils import comm
 
+__all__ = ["NonFiniteLossError", "check_losses_finite", "rng_state", "set_rng_state",
+           "preserved_rng", "TrainLoop", "RNGCheckpointHook", "ResumableTrainer"]
 
-__all__ = ["check_losses_finite", "rng_state", "set_rng_state", "TrainLoop", "AMPTrainLoop",
-           "as_train_loop"]
+logger = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A loss term is NaN or infinite; ``terms`` maps each bad term to its value per rank."""
+
+    def __init__(self, message: str, terms: Optional[Dict[int, Dict[str, float]]] = None):
+        super().__init__(message)
+        self.terms = terms or {}
 
 
 def check_losses_finite(loss_dict: Dict[str, torch.Tensor], iteration: int) -> None:
-    """Raise FloatingPointError naming every loss term that is NaN or infinite on any process.
+    """Raise :class:`NonFiniteLossError` naming every loss term that is NaN or infinite on any
+    process, with the iteration and the rank.
 
     Every process takes part (one all_gather when distributed), so all of them stop at the same
     iteration. One device sync for all terms.
     """
     names = list(loss_dict)
-    values = torch.stack([loss_dict[n].detach().float().sum() for n in names]).cpu().tolist()
+    values = torch.stack([torch.as_tensor(loss_dict[n]).detach().float().sum().cpu()
+                          for n in names]).tolist()
     bad = {n: v for n, v in zip(names, values) if not math.isfinite(v)}
     per_rank = comm.all_gather(bad) if comm.get_world_size() > 1 else [bad]
     if not any(per_rank):
         return
     terms = "; ".join(", ".join(f"{n} = {v}" for n, v in rank_bad.items()) + f" (rank {rank})"
                       for rank, rank_bad in enumerate(per_rank) if rank_bad)
-    raise FloatingPointError(
+    raise NonFiniteLossError(
         f"non-finite loss at iteration {iteration}: {terms}. Training stopped before the "
         f"optimizer step: the last checkpoint holds the last good weights. All terms on this "
-        f"process: {dict(zip(names, values))}")
+        f"process: {dict(zip(names, values))}",
+        terms={rank: b for rank, b in enumerate(per_rank) if b})
 
 
 def rng_state() -> dict:
@@ -64,68 +83,137 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _then(iterator: Iterator, after_first) -> Iterator:
-    """``iterator``, calling ``after_first()`` right after its first item is produced."""
-    first = next(iterator)
-    after_first()
-    yield first
-    yield from iterator
+@contextlib.contextmanager
+def preserved_rng():
+    """Run the block, then put every global generator back where it was (evaluation in the middle
+    of training then draws nothing from the training's random stream)."""
+    state = rng_state()
+    try:
+        yield
+    finally:
+        set_rng_state(state)
 
 
-class _FiniteLossCheck:
-    """Check the loss terms after the backward pass and before the optimizer step."""
+class TrainLoop(SimpleTrainer):
+    """SimpleTrainer (or, with ``amp``, the AMPTrainer step on any device type) whose step stops at a
+    non-finite loss term before the optimizer step, naming the term, the iteration and the rank.
 
-    def _write_metrics(self, loss_dict, *args, **kwargs):
+    ``model(batch)`` returns the dict of loss terms. The data stream is made at the first step,
+    so a loader's ``start_at(iteration)`` called by ``--resume`` before training still applies.
+    """
+
+    def __init__(self, model, data_loader, optimizer, *, amp: bool = False, grad_scaler=None,
+                 device_type: str = "cuda"):
+        super().__init__(model, data_loader, optimizer)
+        self.amp = bool(amp)
+        self.device_type = device_type
+        if self.amp and grad_scaler is None:
+            grad_scaler = torch.amp.GradScaler(device_type)
+        self.grad_scaler = grad_scaler
+        self.data_stream: Optional[Iterator] = None
+
+    def run_step(self):
+        assert self.model.training, "[TrainLoop] model was changed to eval mode!"
+        start = time.perf_counter()
+        if self.data_stream is None:
+            self.data_stream = iter(self.data_loader)
+        data = next(self.data_stream)
+        data_time = time.perf_counter() - start
+
+        with torch.autocast(device_type=self.device_type, enabled=self.amp):
+            loss_dict = self.model(data)
+        if isinstance(loss_dict, torch.Tensor):
+            loss_dict = {"total_loss": loss_dict}
+        losses = sum(loss_dict.values())
+
+        self.optimizer.zero_grad()
+        if self.grad_scaler is not None:
+            self.grad_scaler.scale(losses).backward()
+        else:
+            losses.backward()
         check_losses_finite(loss_dict, self.iter)
-        super()._write_metrics(loss_dict, *args, **kwargs)
-
-
-class _ResumableData:
-    """Save the random state with the checkpoint; restart the data iterator where it left off."""
-
-    _resumed_rng: Optional[dict] = None
+        SimpleTrainer.write_metrics(loss_dict, data_time)
+        if self.grad_scaler is not None:
+            self.grad_scaler.step(self.optimizer)
+            self.grad_scaler.update()
+        else:
+            self.optimizer.step()
 
     def state_dict(self):
         ret = super().state_dict()
-        ret["rng"] = rng_state()
+        if self.grad_scaler is not None:
+            ret["grad_scaler"] = self.grad_scaler.state_dict()
         return ret
 
     def load_state_dict(self, state_dict):
         super().load_state_dict(state_dict)
-        self._resumed_rng = state_dict.get("rng")
-
-    def resume_data(self, start_iter: int) -> None:
-        """Continue the data stream at iteration ``start_iter`` and, on one process, the random
-        state of the checkpoint just loaded."""
-        rng = self._resumed_rng
-        if hasattr(self.data_loader, "start_at"):  # a loader that can begin at an iteration
-            self.data_loader.start_at(start_iter)
-        iterator = iter(self.data_loader)
-        if rng is not None and comm.get_world_size() == 1:
-            set_rng_state(rng)
-            # The loader's first batch makes its worker iterator, which draws one number from
-            # torch's generator; the uninterrupted run drew it at iteration 0, not now.
-            iterator = _then(iterator, lambda: torch.set_rng_state(rng["torch"]))
-        if isinstance(getattr(type(self), "_data_loader_iter", None), property):
-            self._data_loader_iter_obj = iterator  # Detectron2 > 0.6 makes it lazily
-        else:
-            self._data_loader_iter = iterator
+        if self.grad_scaler is not None and "grad_scaler" in state_dict:
+            self.grad_scaler.load_state_dict(state_dict["grad_scaler"])
 
 
-class TrainLoop(_FiniteLossCheck, _ResumableData, SimpleTrainer):
-    """SimpleTrainer that stops at a non-finite loss term and resumes its data stream."""
+class RNGCheckpointHook(HookBase):
+    """Keeps, for the checkpoint of the iterations where one is written (every ``period``
+    iterations and the last), the random state of every process; loading it restores this
+    process's state when the world size is the one that wrote it.
+
+    Register it on every process (it gathers from all of them), before the checkpointer's hook.
+    """
+
+    def __init__(self, period: int, max_iter: int):
+        self.period = int(period)
+        self.max_iter = int(max_iter)
+        self.per_rank = []
+
+    def after_step(self):
+        next_iter = self.trainer.iter + 1
+        if (self.period > 0 and next_iter % self.period == 0) or next_iter >= self.max_iter:
+            state = rng_state()
+            self.per_rank = comm.all_gather(state) if comm.get_world_size() > 1 else [state]
+
+    def state_dict(self):
+        return {"per_rank": self.per_rank}
+
+    def load_state_dict(self, state_dict):
+        per_rank = state_dict.get("per_rank", [])
+        if len(per_rank) == comm.get_world_size():
+            set_rng_state(per_rank[comm.get_rank()])
+        elif per_rank:
+            logger.warning(f"checkpoint was written by {len(per_rank)} processes, this run has "
+                           f"{comm.get_world_size()}: random states not restored, the resumed run "
+                           f"will not repeat the uninterrupted one exactly")
 
 
-class AMPTrainLoop(_FiniteLossCheck, _ResumableData, AMPTrainer):
-    """AMPTrainer that stops at a non-finite loss term and resumes its data stream."""
+class ResumableTrainer:
+    """Mixin for a ``TrainerBase`` subclass holding ``self._trainer`` (a :class:`TrainLoop`),
+    ``self.checkpointer`` (a :class:`nst_det.engine.checkpointer.AtomicCheckpointer` with the
+    trainer among its checkpointables) and ``self.start_iter``."""
 
+    def run_step(self):
+        self._trainer.iter = self.iter
+        self._trainer.run_step()
 
-def as_train_loop(trainer: SimpleTrainer) -> SimpleTrainer:
-    """The same model, data loader and optimizer (and grad scaler) in a TrainLoop/AMPTrainLoop;
-    ``trainer`` itself when it is one."""
-    if isinstance(trainer, (TrainLoop, AMPTrainLoop)):
-        return trainer
-    if isinstance(trainer, AMPTrainer):
-        return AMPTrainLoop(trainer.model, trainer.data_loader, trainer.optimizer,
-                            grad_scaler=trainer.grad_scaler)
-    return TrainLoop(trainer.model, trainer.data_loader, trainer.optimizer)
+    def state_dict(self):
+        # Detectron2 v0.6's DefaultTrainer saves only the iteration and the hooks: the optimizer
+        # (its momentum and the current lr) would start afresh on --resume. Save it as later
+        # Detectron2 versions do.
+        ret = super().state_dict()
+        ret["_trainer"] = self._trainer.state_dict()
+        return ret
+
+    def load_state_dict(self, state_dict):
+        super().load_state_dict(state_dict)
+        if "_trainer" in state_dict:  # (later Detectron2 versions load it already: harmless)
+            self._trainer.load_state_dict(state_dict["_trainer"])
+
+    def resume_or_load_weights(self, weights: str, resume: bool = True):
+        """Load ``weights`` or, with ``resume``, the newest readable checkpoint of the checkpointer's
+        folder, then continue its data stream; returns what the checkpoint held besides the
+        checkpointables."""
+        checkpoint = self.checkpointer.resume_or_load(weights, resume=resume)
+        if resume and self.checkpointer.has_checkpoint():
+            # The checkpoint stores the iteration that just finished: start at the next one.
+            self.start_iter = self.iter + 1
+            start_at = getattr(self._trainer.data_loader, "start_at", None)
+            if start_at is not None:
+                start_at(self.start_iter)
+        return checkpoint

@@ -1,8 +1,12 @@
 """Input checks shared by the feature-map and logit losses: shapes of a student/teacher pair, and
 naming the input that makes a loss non-finite."""
+import logging
+
 import torch
 
-__all__ = ["check_feature_pair", "check_loss_finite", "NonFiniteInputError"]
+__all__ = ["check_feature_pair", "check_loss_finite", "loss_or_nan", "NonFiniteInputError"]
+
+logger = logging.getLogger(__name__)
 
 
 class NonFiniteInputError(ValueError):
@@ -49,3 +53,18 @@ def check_loss_finite(loss_name, loss, **inputs):
         f"{loss_name}: the loss is {loss.item()} although its inputs are finite "
         f"(values too large for {loss.dtype}?)"
     )
+
+
+def loss_or_nan(compute, like: torch.Tensor, context: str = "") -> torch.Tensor:
+    """``compute()``; when a loss finds a NaN/inf input (:class:`NonFiniteInputError`), the error is
+    logged (with ``context``) and a NaN on ``like``'s graph is returned instead of raising.
+
+    Not raised here: under DistributedDataParallel the other processes would wait for this one in
+    the backward pass. A NaN term lets every process finish the step; the training loop's check
+    (nst_det.engine.train_loop.check_losses_finite) then stops all of them, naming the term and
+    the rank."""
+    try:
+        return compute()
+    except NonFiniteInputError as e:
+        logger.error(f"{e}{context}")
+        return like.sum() * float("nan")

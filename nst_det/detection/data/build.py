@@ -11,6 +11,7 @@ from detectron2.data import (
     get_detection_dataset_dicts,
 )
 from detectron2.data.build import _train_loader_from_config
+import torch
 from detectron2.utils import comm
 from torch.utils.data import Sampler
 
@@ -45,7 +46,17 @@ class ResumableTrainLoader:
         self.images_per_process = images_per_process
 
     def __iter__(self):
-        return iter(self.loader)
+        # A generator: nothing happens until the first batch is asked for, so start_at() called
+        # after the trainer took iter(self) still applies.
+        torch_state = torch.get_rng_state()
+        batches = iter(self.loader)
+        first = next(batches)
+        # Making the loader's worker iterator (inside the first next()) draws one number from
+        # torch's generator. Put it back: the stream's start then leaves the random state alone,
+        # in an uninterrupted run (at iteration 0) as after --resume (at the checkpoint's).
+        torch.set_rng_state(torch_state)
+        yield first
+        yield from batches
 
     def start_at(self, iteration: int) -> None:
         """Begin the next ``iter(self)`` at ``iteration``."""
