@@ -9,6 +9,5 @@ from .models import (  # noqa: E402,F401
     available_classifiers,
     build_classifier,
     load_classifier_state_dict,
-    load_classifier_weights,
 )
 from .taps import FeatureTaps, default_tap, tappable_layers  # noqa: E402,F401

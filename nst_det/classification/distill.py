@@ -14,20 +14,18 @@ already multiplied by its config weight (and by the warm-up factor ``distill_sca
 """
 import logging
 import os
-import pickle
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from nst_det import losses as L
-from nst_det.engine.atomic import UnreadableCheckpointError
 from nst_det.classification.config import check_cls_config
+from nst_det.engine.checkpointer import load_weights_strictly, weights_checksum
 from nst_det.engine.config_paths import missing_path_message
 
 __all__ = [
     "DistillationStudent",
-    "NonFiniteLossError",
     "FrozenTeacher",
     "build_distillation",
     "distillation_losses",
@@ -64,14 +62,6 @@ def _check_spatial(student_layers, teacher_layers, s_feats, t_feats):
                 f"student layer '{sl}' gives {tuple(s.shape)} but teacher layer '{tl}' gives "
                 f"{tuple(t.shape)}: NST/AT/FitNet need the same spatial size H x W "
                 f"(choose other MODEL.STUDENT.TAP / MODEL.TEACHER.TAP or input size)")
-
-
-class NonFiniteLossError(FloatingPointError):
-    """A loss term is NaN or infinite; the message and ``.term`` name it (e.g. ``loss_nst``)."""
-
-    def __init__(self, message: str, term: str = ""):
-        super().__init__(message)
-        self.term = term
 
 
 class FrozenTeacher(nn.Module):
@@ -142,9 +132,8 @@ class DistillationStudent(nn.Module):
             _check_spatial(self.student_layers, self.teacher_layers, feats, t_feats)
         pairs = [(feats[s], t_feats[t]) for s, t in zip(self.student_layers, self.teacher_layers)]
         for term in self.terms:
-            inputs = (logits, t_logits) if term == "kd" else tuple(x for p in pairs for x in p)
-            value = _named_term(f"loss_{term}",
-                                lambda: self._term(term, logits, t_logits, pairs), inputs)
+            value = L.loss_or_nan(lambda: self._term(term, logits, t_logits, pairs), logits,
+                                  f" (loss_{term})")
             out[f"loss_{term}"] = self.weights[term] * distill_scale * value
         return out
 
@@ -157,17 +146,6 @@ class DistillationStudent(nn.Module):
         if term == "at":
             return sum(L.at_loss(s, t, p=self.at_p) for s, t in pairs)
         return sum(head(s, t) for head, (s, t) in zip(self.heads["fitnet"], pairs))  # fitnet
-
-
-def _named_term(name, fn, inputs):
-    """``fn()``; an error of the loss is re-raised naming the term ``name`` -- as
-    :class:`NonFiniteLossError` when its inputs hold NaN/inf."""
-    try:
-        return fn()
-    except ValueError as e:
-        if not all(bool(torch.isfinite(x).all()) for x in inputs):
-            raise NonFiniteLossError(f"{name} is not finite: {e}", term=name) from e
-        raise ValueError(f"{name}: {e}") from e
 
 
 def distillation_losses(student, teacher, images, targets, distill_scale: float = 1.0):
@@ -188,21 +166,15 @@ def _build_taps(net, layers, which):
 
 def _build_net(cfg, which):
     from nst_det.classification.models import build_classifier
-    from nst_det.detection.teacher import weights_checksum
 
     node = cfg.MODEL[which]
     weights = node.WEIGHTS
     if weights and not os.path.isfile(weights):
         raise FileNotFoundError(missing_path_message(f"MODEL.{which}.WEIGHTS", weights,
                                                      what=f"{which.lower()} weights file"))
-    try:
-        net = build_classifier(node.NAME, cfg.MODEL.NUM_CLASSES, weights=weights)
-    except (RuntimeError, EOFError, pickle.UnpicklingError) as e:  # torch.load of a broken file
-        raise UnreadableCheckpointError(
-            f"MODEL.{which}.WEIGHTS file '{weights}' is truncated or unreadable "
-            f"({type(e).__name__}: {e})") from e
-    except ValueError as e:  # keys or shapes that do not fit
-        raise ValueError(f"MODEL.{which}.WEIGHTS: {e}") from e
+    net = build_classifier(node.NAME, cfg.MODEL.NUM_CLASSES)
+    if weights:
+        load_weights_strictly(net, weights, f"MODEL.{which}.WEIGHTS")
     if weights:
         logger.info(f"{which.lower()} {node.NAME}: weights {weights} "
                     f"(sha256 {weights_checksum(weights)})")

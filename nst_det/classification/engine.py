@@ -1,74 +1,102 @@
-"""The training loop of the classification stage (``tools/train_cls.py``).
+"""The trainer of the classification stage (``tools/train_cls.py``): Detectron2's engine
+(``TrainerBase`` and its hooks) with nst_det's shared training loop (nst_det.engine.train_loop).
 
 ``ClsTrainer(cfg)`` trains the student of :mod:`nst_det.classification.distill` with SGD (momentum,
-optional Nesterov, weight decay) and a step schedule: ``torch.optim.lr_scheduler.MultiStepLR``
-stepped once per EPOCH at ``SOLVER.STEPS``. Distillation weights warm up linearly over
-``DISTILL.WARMUP_ITERS`` iterations. Everything runs on ``MODEL.DEVICE`` (CUDA asked for on a
-machine without one is an error, never a silent fall-back to the CPU). On CUDA, ``SOLVER.AMP``
-turns on autocast + ``GradScaler``. Under torch.distributed the student is wrapped by
-``DistributedDataParallel``; the frozen teacher is not. Only rank 0 writes files.
+optional Nesterov, weight decay). The config keeps epoch semantics -- SOLVER.EPOCHS, SOLVER.STEPS
+and SOLVER.CHECKPOINT_PERIOD count epochs -- converted to iterations once, by
+:func:`epoch_schedule`. Everything runs on ``MODEL.DEVICE`` (CUDA asked for on a machine without
+one is an error, never a silent fall-back to the CPU). On CUDA, ``SOLVER.AMP`` turns on autocast +
+``GradScaler``. Under torch.distributed the student is wrapped by ``DistributedDataParallel``; the
+frozen teacher is not. Only rank 0 writes files.
 
-Each epoch ends with top-1/top-5 on the validation set and, every ``SOLVER.CHECKPOINT_PERIOD``
-epochs and after the last, an atomic checkpoint with everything ``--resume`` needs to continue
-exactly: epoch, iteration, student, optimizer, scheduler, scaler and the RNG states of python,
-numpy and torch of every process (the shuffling order depends only on seed and epoch).
-
-Logs: every ``LOG_PERIOD`` iterations each loss term, lr, images/s and ETA go to the console,
-``OUTPUT_DIR/metrics.json`` (JSON lines) and TensorBoard (Detectron2's event writers).
+Hooks (Detectron2's): ``IterationTimer``, ``LRScheduler`` (the step schedule),
+``PeriodicCheckpointer`` (atomic checkpoints every SOLVER.CHECKPOINT_PERIOD epochs and after the
+last, with everything ``--resume`` needs to continue exactly), ``EvalHook`` (top-1/top-5 on the
+validation set after each epoch) and ``PeriodicWriter`` (console with ETA, ``metrics.json``,
+TensorBoard, every LOG_PERIOD iterations).
 """
-import datetime
 import logging
-import math
 import os
-import random
-import time
-from collections import deque
+import weakref
+from typing import Iterator
 
-import numpy as np
 import torch
+from detectron2.engine import TrainerBase, hooks
+from detectron2.engine.defaults import default_writers
+from detectron2.solver import LRMultiplier
 from detectron2.utils import comm
-from detectron2.utils.events import EventStorage, JSONWriter, TensorboardXWriter
+from detectron2.utils.env import seed_all_rng
+from fvcore.common.param_scheduler import MultiStepParamScheduler
+from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from nst_det.classification.checkpointer import ClsCheckpointer, checkpoint_name
 from nst_det.classification.data import build_cls_dataset, build_train_loader, build_val_loader
-from nst_det.classification.distill import (
-    NonFiniteLossError,
-    build_distillation,
-    distillation_losses,
-)
+from nst_det.classification.distill import build_distillation, distillation_losses
+from nst_det.engine.checkpointer import AtomicCheckpointer
 from nst_det.engine.device import check_device
+from nst_det.engine.train_loop import RNGCheckpointHook, ResumableTrainer, TrainLoop, preserved_rng
+from nst_det.engine.warmup import current_iteration, warmup_factor
 
-__all__ = ["ClsTrainer", "default_cls_setup", "NonFiniteLossError", "accuracy_counts", "seed_all",
-           "rng_state", "set_rng_state", "trainer_device"]
+__all__ = ["ClsTrainer", "default_cls_setup", "accuracy_counts", "epoch_schedule",
+           "trainer_device", "EpochStream", "DistillStep"]
 
 logger = logging.getLogger(__name__)
 
 
-def seed_all(seed: int) -> None:
-    """Seed python's, numpy's and torch's global RNGs."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+def epoch_schedule(cfg, iters_per_epoch: int) -> dict:
+    """The config's epochs in iterations: ``max_iter`` (SOLVER.EPOCHS), ``steps`` (the learning-rate
+    steps of SOLVER.STEPS that fall inside training) and ``checkpoint_period``
+    (SOLVER.CHECKPOINT_PERIOD); the one place where epochs become iterations."""
+    max_iter = cfg.SOLVER.EPOCHS * iters_per_epoch
+    return {"max_iter": max_iter,
+            "steps": [e * iters_per_epoch for e in cfg.SOLVER.STEPS
+                      if 0 < e * iters_per_epoch < max_iter],
+            "checkpoint_period": cfg.SOLVER.CHECKPOINT_PERIOD * iters_per_epoch}
 
 
-def rng_state() -> dict:
-    """This process's RNG states (python, numpy, torch CPU and CUDA)."""
-    return {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-    }
+class EpochStream:
+    """The training batches as one stream, epoch after epoch (the sampler's shuffle depends only on
+    the seed and the epoch), that ``start_at(iteration)`` begins at any iteration."""
+
+    def __init__(self, loader, start_iter: int = 0):
+        self.loader = loader
+        self.iters_per_epoch = len(loader)
+        self.start_iter = start_iter
+
+    def start_at(self, iteration: int) -> None:
+        """Begin the next ``iter(self)`` at ``iteration``."""
+        self.start_iter = iteration
+
+    def __iter__(self) -> Iterator:
+        epoch, skip = divmod(self.start_iter, self.iters_per_epoch)
+        while True:
+            self.loader.sampler.set_epoch(epoch)
+            for i, batch in enumerate(self.loader):
+                if i >= skip:
+                    yield batch
+            epoch, skip = epoch + 1, 0
 
 
-def set_rng_state(state: dict) -> None:
-    """Inverse of :func:`rng_state`."""
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if torch.cuda.is_available() and state.get("cuda"):
-        torch.cuda.set_rng_state_all(state["cuda"])
+class DistillStep(nn.Module):
+    """What the training loop calls on each batch: ``(images, targets)`` -> the loss dict of the
+    student (bare or in DDP) and the frozen teacher, the distillation weights scaled by the warm-up
+    of DISTILL.WARMUP_ITERS. The teacher is held outside the module tree (never trained, never
+    saved)."""
+
+    def __init__(self, student: nn.Module, teacher, device: torch.device, warmup_iters: int):
+        super().__init__()
+        self.student = student
+        self._teacher = [teacher] if teacher is not None else []
+        self.device = device
+        self.warmup_iters = int(warmup_iters)
+
+    def forward(self, batch):
+        images, targets = batch
+        images = images.to(self.device, non_blocking=True)
+        targets = targets.to(self.device, non_blocking=True)
+        teacher = self._teacher[0] if self._teacher else None
+        scale = warmup_factor(current_iteration(), self.warmup_iters)
+        return distillation_losses(self.student, teacher, images, targets, scale)
 
 
 def accuracy_counts(logits, targets, topk=(1, 5)):
@@ -88,23 +116,23 @@ def trainer_device(cfg) -> torch.device:
     return device
 
 
-class ClsTrainer:
+class ClsTrainer(ResumableTrainer, TrainerBase):
     """Trains and evaluates the classification student (see the module docstring).
 
     ``train_set``/``val_set`` replace the data sets of ``cfg.DATA`` (tests pass tiny ones); subclass
     and override :meth:`build_model` to train other modules. The device is MODEL.DEVICE (see
     :func:`trainer_device`). ``eval_only`` builds no training set; it also builds no teacher (and
-    needs no MODEL.TEACHER.WEIGHTS) unless ``eval_teacher``.
+    needs no teacher weights) unless ``eval_teacher``.
     """
 
     def __init__(self, cfg, train_set=None, val_set=None, eval_only: bool = False,
                  eval_teacher: bool = False):
+        super().__init__()
         self.cfg = cfg
         self.device = trainer_device(cfg)
         self.rank, self.world_size = comm.get_rank(), comm.get_world_size()
         self.eval_only = eval_only
-        seed = cfg.SEED if cfg.SEED >= 0 else random.SystemRandom().randrange(2**31)
-        seed_all(seed + self.rank)
+        seed_all_rng(None if cfg.SEED < 0 else cfg.SEED + self.rank)
         batch = cfg.SOLVER.BATCH_SIZE
         if batch % self.world_size:
             raise ValueError(f"SOLVER.BATCH_SIZE {batch} is not divisible by the world size "
@@ -119,39 +147,46 @@ class ClsTrainer:
         self.student, self.teacher = self.build_model(
             cfg, input_shape, with_teacher=not eval_only or eval_teacher)
         self.student.to(self.device)
-        self.loss_names = ["loss_cls"] + [f"loss_{t}" for t in self.student.terms]
         if self.teacher is not None:
             self.teacher.to(self.device)
-
         self.amp = bool(cfg.SOLVER.AMP) and self.device.type == "cuda"
         if cfg.SOLVER.AMP and not self.amp:
             logger.warning(f"SOLVER.AMP is on but MODEL.DEVICE is '{cfg.MODEL.DEVICE}': "
                            f"mixed precision is used on CUDA only, running in float32")
+        self._last_eval_results = {}
+        if eval_only:
+            self.checkpointer = AtomicCheckpointer(self.student.classifier, cfg.OUTPUT_DIR)
+            return
+
+        train = train_set if train_set is not None else build_cls_dataset(cfg, train=True)
+        stream = EpochStream(build_train_loader(train, self.batch_per_process,
+                                                cfg.DATA.NUM_WORKERS, seed=max(cfg.SEED, 0),
+                                                pin_memory=pin_memory))
+        self.iters_per_epoch = stream.iters_per_epoch
+        schedule = epoch_schedule(cfg, self.iters_per_epoch)
+        self.max_iter = schedule["max_iter"]
         params = [p for p in self.student.parameters() if p.requires_grad]
         self.optimizer = torch.optim.SGD(
             params, lr=cfg.SOLVER.BASE_LR, momentum=cfg.SOLVER.MOMENTUM,
             nesterov=bool(cfg.SOLVER.NESTEROV) and cfg.SOLVER.MOMENTUM > 0,
             weight_decay=cfg.SOLVER.WEIGHT_DECAY)
-        self.scheduler = torch.optim.lr_scheduler.MultiStepLR(
-            self.optimizer, milestones=list(cfg.SOLVER.STEPS), gamma=cfg.SOLVER.GAMMA)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
-
-        self.model = self.student
+        steps = schedule["steps"]
+        self.scheduler = LRMultiplier(
+            self.optimizer,
+            MultiStepParamScheduler([cfg.SOLVER.GAMMA ** k for k in range(len(steps) + 1)],
+                                    milestones=steps, num_updates=self.max_iter),
+            self.max_iter)
+        model = self.student
         if self.world_size > 1:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
-            self.model = DistributedDataParallel(self.student, device_ids=device_ids)
-
-        self.train_loader = None
-        if not eval_only:
-            train = train_set if train_set is not None else build_cls_dataset(cfg, train=True)
-            self.train_loader = build_train_loader(train, self.batch_per_process,
-                                                   cfg.DATA.NUM_WORKERS, seed=max(cfg.SEED, 0),
-                                                   pin_memory=pin_memory)
-        self.iters_per_epoch = len(self.train_loader) if self.train_loader is not None else 0
-        self.max_iter = cfg.SOLVER.EPOCHS * self.iters_per_epoch
-        self.start_epoch, self.iter = 0, 0
-        self.checkpointer = ClsCheckpointer(cfg.OUTPUT_DIR, save_to_disk=comm.is_main_process())
-        self.last_checkpoint = None
+            model = DistributedDataParallel(self.student, device_ids=device_ids)
+        self._trainer = TrainLoop(
+            DistillStep(model, self.teacher, self.device, cfg.DISTILL.WARMUP_ITERS), stream,
+            self.optimizer, amp=self.amp, device_type=self.device.type)
+        self.checkpointer = AtomicCheckpointer(self.student.classifier, cfg.OUTPUT_DIR,
+                                               heads=self.student.heads,
+                                               trainer=weakref.proxy(self))
+        self.register_hooks(self.build_hooks(schedule))
 
     @classmethod
     def build_model(cls, cfg, input_shape, with_teacher: bool = True):
@@ -159,180 +194,63 @@ class ClsTrainer:
         student only (evaluation). Override to train other modules."""
         return build_distillation(cfg, input_shape, with_teacher=with_teacher)
 
-    # ---------------------------------------------------------------- checkpoints
-    def state_dict(self, epoch: int) -> dict:
-        """Everything --resume needs after ``epoch`` finished epochs (RNG of every process)."""
-        rngs = comm.all_gather(rng_state()) if self.world_size > 1 else [rng_state()]
-        state = self.student.student_state_dict()
-        state.update({
-            "epoch": epoch,
-            "iteration": self.iter,
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "rng": rngs,
-            "world_size": self.world_size,
-            "cfg": self.cfg.dump(),
-        })
-        return state
+    def build_hooks(self, schedule: dict):
+        """Detectron2's hooks for the schedule of :func:`epoch_schedule`."""
+        ret = [RNGCheckpointHook(schedule["checkpoint_period"], self.max_iter),
+               hooks.IterationTimer(),
+               hooks.LRScheduler(self.optimizer, self.scheduler)]
+        if comm.is_main_process():
+            ret.append(hooks.PeriodicCheckpointer(self.checkpointer,
+                                                  schedule["checkpoint_period"],
+                                                  max_iter=self.max_iter))
+        ret.append(hooks.EvalHook(self.iters_per_epoch, self._evaluate_epoch))
+        if comm.is_main_process():
+            ret.append(hooks.PeriodicWriter(default_writers(self.cfg.OUTPUT_DIR, self.max_iter),
+                                            period=self.cfg.LOG_PERIOD))
+        return ret
 
-    def load_state_dict(self, ckpt: dict) -> None:
-        """Restore a checkpoint of :meth:`state_dict` into this trainer (an eval-only trainer
-        takes the student classifier only)."""
-        if self.eval_only:
-            self.student.classifier.load_state_dict(ckpt["model"])
-            self.start_epoch, self.iter = int(ckpt["epoch"]), int(ckpt["iteration"])
-            return
-        self.student.load_student_state_dict(ckpt)
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scheduler.load_state_dict(ckpt["scheduler"])
-        self.scaler.load_state_dict(ckpt["scaler"])
-        self.start_epoch, self.iter = int(ckpt["epoch"]), int(ckpt["iteration"])
-        rngs = ckpt.get("rng", [])
-        if len(rngs) == self.world_size:
-            set_rng_state(rngs[self.rank])
-        else:
-            logger.warning(f"checkpoint was written by {len(rngs)} processes, this run has "
-                           f"{self.world_size}: RNG states not restored, resume is not exact")
+    def _evaluate_epoch(self) -> dict:
+        epoch = (self.iter + 1) // self.iters_per_epoch
+        metrics = self.evaluate()
+        self._last_eval_results = metrics
+        self.storage.put_scalar("epoch", epoch, smoothing_hint=False)
+        logger.info(f"epoch {epoch}/{self.cfg.SOLVER.EPOCHS}: val top-1 {metrics['top1']:.2f}%  "
+                    f"top-5 {metrics['top5']:.2f}%")
+        return {"val": metrics}
 
     def resume_or_load(self, resume: bool = True) -> None:
-        """With ``resume``, continue from the newest complete checkpoint in OUTPUT_DIR (if any)."""
+        """With ``resume``, continue from the newest readable checkpoint in OUTPUT_DIR (if any);
+        the student's initial weights (MODEL.STUDENT.WEIGHTS) were loaded when it was built."""
         if not resume:
             return
-        path, ckpt = self.checkpointer.load_latest()
-        if ckpt is None:
+        if not self.checkpointer.has_checkpoint():
             logger.info(f"--resume: no checkpoint in {self.cfg.OUTPUT_DIR}, starting from scratch")
             return
-        self.load_state_dict(ckpt)
-        self.last_checkpoint = path
-        logger.info(f"Resumed from {path}: {self.start_epoch} epochs, iteration {self.iter} done")
-
-    def save(self, epoch: int, final: bool) -> None:
-        state = self.state_dict(epoch)
-        if comm.is_main_process():
-            self.last_checkpoint = self.checkpointer.save(checkpoint_name(epoch, final), state)
-        comm.synchronize()
-
-    # ---------------------------------------------------------------- training
-    def distill_scale(self, iteration: int) -> float:
-        """Warm-up factor of the distillation weights at ``iteration`` (1 when off)."""
-        warmup = self.cfg.DISTILL.WARMUP_ITERS
-        return 1.0 if warmup <= 0 else min(1.0, (iteration + 1) / warmup)
-
-    def _reduced(self, losses: dict) -> dict:
-        """Mean of every loss term over the processes (floats), for logging and NaN checks."""
-        names = sorted(losses)
-        values = torch.stack([torch.as_tensor(losses[k], device=self.device).detach().float()
-                              for k in names])
-        if self.world_size > 1:
-            torch.distributed.all_reduce(values)
-            values /= self.world_size
-        return dict(zip(names, values.tolist()))
-
-    def _check_finite(self, reduced: dict, epoch: int, detail: str = "") -> None:
-        bad = [k for k, v in reduced.items() if not math.isfinite(v)]
-        if bad:
-            # every process sees the reduced values: all of them gather the details and stop
-            details = comm.all_gather(detail) if self.world_size > 1 else [detail]
-            ranks = [r for r, d in enumerate(details) if d]
-            if ranks:
-                detail = "".join(f" (rank {r}{details[r]})" for r in ranks)
-            raise NonFiniteLossError(
-                f"loss term {', '.join(repr(k) for k in bad)} is "
-                f"{', '.join(str(reduced[k]) for k in bad)} at iteration {self.iter} "
-                f"(epoch {epoch + 1}){detail}; training stopped before the update. Last good "
-                f"checkpoint left untouched: {self.last_checkpoint or 'none yet'}")
-
-    def run_step(self, images, targets, epoch: int) -> dict:
-        """One SGD step on one batch; returns the process-averaged loss terms."""
-        images = images.to(self.device, non_blocking=True)
-        targets = targets.to(self.device, non_blocking=True)
-        detail = ""
-        with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.amp):
-            try:
-                losses = distillation_losses(self.model, self.teacher, images, targets,
-                                             self.distill_scale(self.iter))
-            except NonFiniteLossError as e:
-                # Every process joins the reduction below, so all of them stop together.
-                losses = {n: float("nan") if n == e.term else 0.0 for n in self.loss_names}
-                detail = f": {e}"
-        reduced = self._reduced(losses)
-        self._check_finite(reduced, epoch, detail)
-        total = sum(losses.values())
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(total).backward()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        reduced["total_loss"] = sum(v for k, v in reduced.items())
-        return reduced
+        if self.eval_only:
+            self.checkpointer.resume_or_load("", resume=True)
+            return
+        self.resume_or_load_weights("", resume=True)
+        logger.info(f"Resumed: iteration {self.start_iter} of {self.max_iter} "
+                    f"(epoch {self.start_iter // self.iters_per_epoch} of {self.cfg.SOLVER.EPOCHS} "
+                    f"done)")
 
     def train(self):
-        """Train from ``start_epoch`` to SOLVER.EPOCHS; returns the last validation metrics."""
-        cfg = self.cfg
-        writers = []
-        if comm.is_main_process():
-            os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
-            writers = [JSONWriter(os.path.join(cfg.OUTPUT_DIR, "metrics.json")),
-                       TensorboardXWriter(cfg.OUTPUT_DIR)]
-        if self.start_epoch >= cfg.SOLVER.EPOCHS:
-            logger.info(f"Training already finished ({self.start_epoch} epochs)")
-        logger.info(f"Training epochs {self.start_epoch + 1}..{cfg.SOLVER.EPOCHS}, "
-                    f"{self.iters_per_epoch} iterations each, batch {cfg.SOLVER.BATCH_SIZE} "
-                    f"({self.batch_per_process} x {self.world_size} processes)")
-        metrics = {}
-        times = deque(maxlen=20)
-        with EventStorage(self.iter) as storage:
-            try:
-                for epoch in range(self.start_epoch, cfg.SOLVER.EPOCHS):
-                    self.student.train()
-                    self.train_loader.sampler.set_epoch(epoch)
-                    start = time.perf_counter()
-                    for i, (images, targets) in enumerate(self.train_loader):
-                        storage.iter = self.iter
-                        lr = self.optimizer.param_groups[0]["lr"]
-                        reduced = self.run_step(images, targets, epoch)
-                        now = time.perf_counter()
-                        times.append(now - start)
-                        start = now
-                        step_time = float(np.median(times))
-                        storage.put_scalars(lr=lr, epoch=epoch + 1, **reduced,
-                                            images_per_sec=cfg.SOLVER.BATCH_SIZE / step_time,
-                                            smoothing_hint=False)
-                        self.iter += 1
-                        if self.iter % cfg.LOG_PERIOD == 0 or self.iter == self.max_iter:
-                            self._log(storage, reduced, lr, step_time, epoch)
-                            # The epoch's last iteration is written with its val metrics below
-                            # (writers skip iterations they already wrote).
-                            if i + 1 < self.iters_per_epoch:
-                                for w in writers:
-                                    w.write()
-                    self.scheduler.step()
-                    metrics = self.evaluate()
-                    storage.put_scalars(**{f"val/{k}": v for k, v in metrics.items()},
-                                        smoothing_hint=False)
-                    logger.info(f"epoch {epoch + 1}/{cfg.SOLVER.EPOCHS}: val top-1 "
-                                f"{metrics['top1']:.2f}%  top-5 {metrics['top5']:.2f}%")
-                    for w in writers:
-                        w.write()
-                    last = epoch + 1 == cfg.SOLVER.EPOCHS
-                    if last or (epoch + 1) % cfg.SOLVER.CHECKPOINT_PERIOD == 0:
-                        self.save(epoch + 1, final=last)
-                    self.start_epoch = epoch + 1
-            finally:
-                for w in writers:
-                    w.close()
-        return metrics
+        """Train from ``start_iter`` to the end of SOLVER.EPOCHS; returns the last validation
+        metrics {"top1", "top5"} (%)."""
+        logger.info(f"Training {self.cfg.SOLVER.EPOCHS} epochs of {self.iters_per_epoch} "
+                    f"iterations, batch {self.cfg.SOLVER.BATCH_SIZE} ({self.batch_per_process} x "
+                    f"{self.world_size} processes)")
+        super().train(self.start_iter, self.max_iter)
+        return self._last_eval_results
 
-    def _log(self, storage, reduced, lr, step_time, epoch):
-        eta = datetime.timedelta(seconds=int(step_time * (self.max_iter - self.iter)))
-        terms = "  ".join(f"{k}: {v:.4g}" for k, v in sorted(reduced.items()))
-        logger.info(f"eta: {eta}  epoch: {epoch + 1}  iter: {self.iter}/{self.max_iter}  {terms}  "
-                    f"lr: {lr:.4g}  images/s: {self.cfg.SOLVER.BATCH_SIZE / step_time:.1f}")
-
-    # ---------------------------------------------------------------- evaluation
     @torch.no_grad()
     def evaluate(self, teacher: bool = False) -> dict:
-        """Top-1 / top-5 accuracy (%) of the student (or the teacher) on the validation set."""
+        """Top-1 / top-5 accuracy (%) of the student (or the teacher) on the validation set; the
+        random state is left as it was."""
+        with preserved_rng():
+            return self._evaluate(teacher)
+
+    def _evaluate(self, teacher: bool) -> dict:
         if teacher and self.teacher is None:
             if self.student.terms:
                 raise ValueError("the teacher was not built: an eval-only trainer builds it with "

@@ -3,7 +3,6 @@
 Every classifier maps images [N, C, H, W] to logits [N, K]. Weights come only from local files;
 nothing is downloaded.
 """
-import difflib
 import os
 from collections import OrderedDict
 from typing import Dict
@@ -20,7 +19,6 @@ __all__ = [
     "build_classifier",
     "available_classifiers",
     "load_classifier_state_dict",
-    "load_classifier_weights",
 ]
 
 
@@ -111,17 +109,15 @@ def available_classifiers():
     return list(_BUILDERS)
 
 
-def build_classifier(name: str, num_classes: int, weights: str = "", in_channels: int = 3) -> nn.Module:
+def build_classifier(name: str, num_classes: int, in_channels: int = 3) -> nn.Module:
     """Classifier ``name`` with ``num_classes`` outputs (images [N, in_channels, H, W] -> logits
-    [N, num_classes]), loaded from the local file ``weights`` when given."""
+    [N, num_classes]), randomly initialised (weights are loaded by
+    nst_det.engine.checkpointer.load_weights_strictly)."""
     if name not in _BUILDERS:
         raise KeyError(f"unknown classifier '{name}'; available: {', '.join(_BUILDERS)}")
     if num_classes < 1:
         raise ValueError(f"classifier '{name}': num_classes must be >= 1, got {num_classes}")
-    model = _BUILDERS[name](num_classes, in_channels)
-    if weights:
-        load_classifier_weights(model, weights)
-    return model
+    return _BUILDERS[name](num_classes, in_channels)
 
 
 _WRAPPER_PREFIXES = ("module.", "model.", "student.")
@@ -155,37 +151,3 @@ def load_classifier_state_dict(path: str) -> Dict[str, torch.Tensor]:
                 state = {k[len(prefix):]: v for k, v in state.items()}
                 changed = True
     return state
-
-
-def load_classifier_weights(model: nn.Module, path: str) -> nn.Module:
-    """Load ``path`` (see :func:`load_classifier_state_dict`) into ``model``; every key and shape must match."""
-    state = load_classifier_state_dict(path)
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    if missing or unexpected:
-        raise ValueError(
-            f"weights {path} do not fit {type(model).__name__}: {len(missing)} missing keys "
-            f"{missing[:5]}, {len(unexpected)} unexpected keys {unexpected[:5]}"
-            + _close_hint(missing, unexpected)
-        )
-    wrong_shapes = [
-        f"{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}"
-        for k, v in expected.items()
-        if tuple(state[k].shape) != tuple(v.shape)
-    ]
-    if wrong_shapes:
-        raise ValueError(
-            f"weights {path} do not fit {type(model).__name__}: {len(wrong_shapes)} tensors differ in shape, "
-            f"e.g. {wrong_shapes[:3]} (num_classes or architecture differs)"
-        )
-    model.load_state_dict(state)
-    return model
-
-
-def _close_hint(missing, unexpected):
-    """' (e.g. file 'x' looks like model 'y')' when an unexpected key resembles a missing one."""
-    if not missing or not unexpected:
-        return ""
-    match = difflib.get_close_matches(unexpected[0], missing, n=1)
-    return f" (file key '{unexpected[0]}' looks like model key '{match[0]}')" if match else ""
