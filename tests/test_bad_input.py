@@ -29,7 +29,7 @@ from nst_det.detection.data import (
     generate_demo_data,
 )
 from nst_det.detection.trainer import DistillTrainer
-from nst_det.detection.teacher import TeacherWeightsError
+from nst_det.engine.checkpointer import WeightsMismatchError
 
 TRAIN_SET, EMPTY_SET = "nst_bad_input_train", "nst_bad_input_empty"
 
@@ -219,6 +219,7 @@ def test_truncated_teacher_weights_are_an_error_naming_the_file(cfg, tmp_path):
     broken = cfg.clone()
     broken.defrost()
     broken.MODEL.DISTILL.TEACHER_WEIGHTS = str(truncated)
-    with pytest.raises(TeacherWeightsError, match=r"cannot read teacher weights file "
-                                                  r"'.*teacher_truncated\.pth'"):
+    with pytest.raises(WeightsMismatchError, match=r"cannot read teacher weights file "
+                                                  r"'.*teacher_truncated\.pth' "
+                                                  r"\(MODEL\.DISTILL\.TEACHER_WEIGHTS\)"):
         build_model(broken)

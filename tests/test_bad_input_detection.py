@@ -31,8 +31,8 @@ from nst_det.detection.load_config import get_nst_cfg, load_nst_cfg, load_teache
 from nst_det.engine.config_paths import REPO_ROOT
 from nst_det.detection.data import generate_demo_data, register_demo_datasets
 from nst_det.detection.trainer import DistillTrainer
-from nst_det.detection import teacher as teacher_module
-from nst_det.detection.teacher import TeacherWeightsError, load_teacher_weights
+from nst_det.engine import checkpointer as checkpointer_module
+from nst_det.engine.checkpointer import WeightsMismatchError, load_weights_strictly
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN_NET = os.path.join(REPO, "tools", "train_net.py")
@@ -225,7 +225,8 @@ def test_missing_yaml_relative_teacher_files_list_every_candidate(tmp_path, monk
         ("MODEL.DISTILL.TEACHER_CONFIG", "teacher.yaml", "teacher config file",
          lambda path: load_teacher_cfg(path)),
         ("MODEL.DISTILL.TEACHER_WEIGHTS", "teacher.pth", "teacher weights file",
-         lambda path: load_teacher_weights(nn.Module(), path)),
+         lambda path: load_weights_strictly(nn.Module(), path, "MODEL.DISTILL.TEACHER_WEIGHTS",
+                                            what="teacher weights file")),
     ]:
         tried = [tmp_path / "yamls" / name, elsewhere / name, os.path.join(REPO_ROOT, name)]
         with pytest.raises(FileNotFoundError, match=re.escape(
@@ -362,23 +363,29 @@ def _occurrences(key, text):
     return len(re.findall(rf"(?<![\w.]){re.escape(key)}(?![\w.])", text))
 
 
+def load_teacher(model, path):
+    """The strict loader as the detection teacher calls it (nst_det.detection.teacher)."""
+    load_weights_strictly(model, path, "MODEL.DISTILL.TEACHER_WEIGHTS", what="teacher weights file",
+                          loaded_into="the teacher built from MODEL.DISTILL.TEACHER_CONFIG")
+
+
 def test_teacher_mismatch_names_each_wrongly_shaped_key_once(teacher_files, monkeypatch):
     """before: each wrongly shaped key was listed twice, also among the "missing keys"."""
     teacher, path = teacher_files["teacher"], teacher_files["narrow"]
     file_sd, model_sd = torch.load(path, weights_only=False)["model"], teacher.state_dict()
     wrong = [k for k in model_sd if k in file_sd and file_sd[k].shape != model_sd[k].shape]
     assert len(wrong) > 5
-    with pytest.raises(TeacherWeightsError, match=re.escape(
-            f"teacher weights file '{path}' does not match the teacher built from "
-            f"MODEL.DISTILL.TEACHER_CONFIG: wrongly shaped keys {len(wrong)}: ")
+    with pytest.raises(WeightsMismatchError, match=re.escape(
+            f"teacher weights file '{path}' (MODEL.DISTILL.TEACHER_WEIGHTS) does not match the "
+            f"teacher built from MODEL.DISTILL.TEACHER_CONFIG: wrongly shaped keys {len(wrong)}: ")
             + r".*, \.\.\. \(" + str(len(wrong) - 5) + r" more\)\. Check that the config and the "
-            r"weights belong to the same teacher\.$") as info:
-        load_teacher_weights(teacher, path)
+            r"weights belong to the same model\.$") as info:
+        load_teacher(teacher, path)
     assert "missing keys" not in str(info.value)
     # every key listed: each wrongly shaped one appears exactly once, with both shapes
-    monkeypatch.setattr(teacher_module, "_SHOWN_KEYS", 10_000)
-    with pytest.raises(TeacherWeightsError) as info:
-        load_teacher_weights(teacher, path)
+    monkeypatch.setattr(checkpointer_module, "_SHOWN_KEYS", 10_000)
+    with pytest.raises(WeightsMismatchError) as info:
+        load_teacher(teacher, path)
     message = str(info.value)
     assert "missing keys" not in message and "unexpected keys" not in message
     assert "num_batches_tracked" not in message
@@ -393,7 +400,7 @@ def test_bn_trained_teacher_loads_into_a_frozen_bn_teacher_without_complaint(tea
     file_sd = torch.load(teacher_files["bn"], weights_only=False)["model"]
     assert any(k.endswith("num_batches_tracked") for k in file_sd)
     assert not any(k.endswith("num_batches_tracked") for k in teacher_files["teacher"].state_dict())
-    load_teacher_weights(teacher_files["teacher"], teacher_files["bn"])  # no error
+    load_teacher(teacher_files["teacher"], teacher_files["bn"])  # no error
     key = "backbone.bottom_up.res2.0.conv1.norm.running_mean"
     assert torch.equal(teacher_files["teacher"].state_dict()[key], file_sd[key])
 

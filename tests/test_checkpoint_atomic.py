@@ -15,7 +15,7 @@ from nst_det.engine.atomic import (
     atomic_write_text,
     load_checkpoint,
 )
-from nst_det.engine.checkpointer import AtomicDetectionCheckpointer
+from nst_det.engine.checkpointer import AtomicCheckpointer
 
 
 class _Counter:
@@ -35,7 +35,7 @@ def _checkpointer(folder, seed=0):
     torch.manual_seed(seed)
     model = nn.Linear(3, 2)
     counter = _Counter()
-    return AtomicDetectionCheckpointer(model, str(folder), save_to_disk=True, counter=counter), \
+    return AtomicCheckpointer(model, str(folder), save_to_disk=True, counter=counter), \
         model, counter
 
 
@@ -157,5 +157,5 @@ def test_resume_candidates_are_newest_first(tmp_path):
 
 def test_not_rank_zero_writes_nothing(tmp_path):
     model = nn.Linear(3, 2)
-    AtomicDetectionCheckpointer(model, str(tmp_path), save_to_disk=False).save("model_final")
+    AtomicCheckpointer(model, str(tmp_path), save_to_disk=False).save("model_final")
     assert _files(tmp_path) == []

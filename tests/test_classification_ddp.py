@@ -9,7 +9,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from cls_testing import PatternDataset, tiny_cfg
 
-from nst_det.classification.checkpointer import load_checkpoint
+from nst_det.engine.atomic import load_checkpoint
 from nst_det.classification.distill import DistillationStudent, FrozenTeacher
 from nst_det.classification.engine import ClsTrainer
 from nst_det.engine.launch import launch
@@ -43,10 +43,10 @@ class PlainNetTrainer(ClsTrainer):
 def _run(cfg):
     trainer = PlainNetTrainer(cfg, PatternDataset(16), PatternDataset(6, seed=1))
     if trainer.world_size > 1:
-        if not isinstance(trainer.model, DistributedDataParallel):
+        if not isinstance(trainer._trainer.model.student, DistributedDataParallel):
             raise AssertionError("the student is not wrapped by DDP")
         if isinstance(trainer.teacher, DistributedDataParallel) or any(
-                p is q for p in trainer.model.parameters() for q in trainer.teacher.parameters()):
+                p is q for p in trainer._trainer.model.student.parameters() for q in trainer.teacher.parameters()):
             raise AssertionError("the teacher is inside DDP")
     trainer.train()
 
@@ -78,7 +78,8 @@ def test_two_process_ddp_equals_one_process(tmp_path):
     assert len(rows_one) == len(rows_two)  # no second writer appended lines
     final_one = load_checkpoint(os.path.join(one, "model_final.pth"))
     final_two = load_checkpoint(os.path.join(two, "model_final.pth"))
-    assert final_two["world_size"] == 2 and len(final_two["rng"]) == 2
+    # the random state of each process, for an exact --resume on two processes
+    assert len(final_two["trainer"]["hooks"]["RNGCheckpointHook"]["per_rank"]) == 2
     for k, v in final_one["model"].items():
         assert torch.allclose(v, final_two["model"][k], atol=1e-5), k
     # Only rank 0 wrote: the same files as the one-process run, no per-rank file.
@@ -86,4 +87,5 @@ def test_two_process_ddp_equals_one_process(tmp_path):
         return sorted("events" if f.startswith("events.") else f for f in os.listdir(out))
 
     assert files(two) == files(one) == ["events", "last_checkpoint", "metrics.json",
-                                        "model_epoch_0001.pth", "model_final.pth"]
+                                        "model_0000001.pth", "model_0000003.pth",
+                                        "model_final.pth"]

@@ -5,6 +5,7 @@ import torch
 import nst_det.detection  # noqa: F401  (first: makes Detectron2 usable here, registers nst_det's models)
 from nst_det.classification.models import available_classifiers, build_classifier
 from nst_det.classification.taps import FeatureTaps, default_tap
+from nst_det.engine.checkpointer import WeightsMismatchError, load_weights_strictly
 
 
 @pytest.mark.parametrize("name", available_classifiers())
@@ -46,31 +47,41 @@ def test_unknown_name_lists_available_names():
         build_classifier("resnet19", 10)
 
 
+def _loaded(name, num_classes, path):
+    model = build_classifier(name, num_classes)
+    load_weights_strictly(model, str(path), "MODEL.STUDENT.WEIGHTS", what="student weights file",
+                          loaded_into=f"the student {name}")
+    return model.eval()
+
+
 def test_weights_round_trip_from_torchvision_state_dict_and_nst_det_checkpoint(tmp_path):
     torch.manual_seed(0)
     source = build_classifier("demo_student", 4).eval()
     x = torch.randn(2, 3, 32, 32)
     expected = source(x)
     torch.save(source.state_dict(), tmp_path / "plain.pth")
-    # A DDP-wrapped FeatureTaps of a student inside a checkpoint, next to a teacher.
-    wrapped = {f"module.student.model.{k}": v for k, v in source.state_dict().items()}
-    wrapped.update({"module.teacher.fc.weight": torch.zeros(1)})
-    torch.save({"model": wrapped, "epoch": 3}, tmp_path / "ckpt.pth")
-    for path in ("plain.pth", "ckpt.pth"):
-        loaded = build_classifier("demo_student", 4, weights=str(tmp_path / path)).eval()
-        torch.testing.assert_close(loaded(x), expected)
+    # a checkpoint of tools/train_cls.py: the classifier under "model", beside the rest
+    torch.save({"model": source.state_dict(), "heads": {}, "iteration": 3}, tmp_path / "ckpt.pth")
+    # the same weights saved from a DDP-wrapped classifier
+    torch.save({"model": {f"module.{k}": v for k, v in source.state_dict().items()}},
+               tmp_path / "ddp.pth")
+    for path in ("plain.pth", "ckpt.pth", "ddp.pth"):
+        torch.testing.assert_close(_loaded("demo_student", 4, tmp_path / path)(x), expected)
 
 
 def test_missing_weights_file_is_named(tmp_path):
     path = tmp_path / "nope.pth"
-    with pytest.raises(FileNotFoundError, match="nope.pth"):
-        build_classifier("resnet18", 10, weights=str(path))
+    with pytest.raises(FileNotFoundError, match=r"student weights file '.*nope.pth' "
+                                                r"\(MODEL.STUDENT.WEIGHTS\) does not exist"):
+        _loaded("resnet18", 10, path)
 
 
 def test_wrong_keys_are_named_with_counts(tmp_path):
     torch.save(build_classifier("demo_student", 10).state_dict(), tmp_path / "student.pth")
-    with pytest.raises(ValueError, match=r"missing keys .*unexpected keys") as err:
-        build_classifier("demo_teacher", 10, weights=str(tmp_path / "student.pth"))
+    with pytest.raises(WeightsMismatchError, match=r"does not match the student demo_teacher: "
+                                                   r"missing keys \d+: .*wrongly shaped keys") as err:
+        _loaded("demo_teacher", 10, tmp_path / "student.pth")
     assert "block1.conv2.weight" in str(err.value)
-    with pytest.raises(ValueError, match=r"fc.weight: file \(10, 32\) vs model \(3, 32\)"):
-        build_classifier("demo_student", 3, weights=str(tmp_path / "student.pth"))
+    with pytest.raises(WeightsMismatchError,
+                       match=r"fc.weight \(file \(10, 32\), model \(3, 32\)\)"):
+        _loaded("demo_student", 3, tmp_path / "student.pth")

@@ -15,7 +15,7 @@ from detectron2.utils.events import EventStorage
 from nst_det.detection.load_config import get_nst_cfg, load_nst_cfg, load_teacher_cfg, student_cfg
 from nst_det.detection.data import generate_demo_data, register_demo_datasets
 from nst_det.detection.meta_arch import DistillGeneralizedRCNN
-from nst_det.detection.teacher import TeacherWeightsError
+from nst_det.engine.checkpointer import WeightsMismatchError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STUDENT_NST = os.path.join(REPO, "configs", "demo", "det_student_nst.yaml")
@@ -148,12 +148,13 @@ def test_warmup_scales_the_distillation_weight(batch, teacher_weights):
     model = build(teacher_weights, "MODEL.DISTILL.WARMUP_ITERS", 10)
     values = {}
     with torch.no_grad():
-        for it in (0, 5, 10, 30):
+        for it in (0, 4, 9, 30):
             with EventStorage(start_iter=it):
                 values[it] = model(batch)["loss_nst"].item()
-    assert values[0] == 0.0
-    assert values[5] == pytest.approx(0.5 * values[10], rel=1e-5)
-    assert values[30] == pytest.approx(values[10], rel=1e-5)
+    # min(1, (iteration + 1) / WARMUP_ITERS), the formula of both stages (nst_det.engine.warmup)
+    assert values[0] == pytest.approx(0.1 * values[9], rel=1e-5)
+    assert values[4] == pytest.approx(0.5 * values[9], rel=1e-5)
+    assert values[30] == pytest.approx(values[9], rel=1e-5)
 
 
 def test_kd_on_roi_logits_runs_the_teacher_box_head_on_student_proposals(batch, teacher_weights):
@@ -274,7 +275,7 @@ def test_teacher_weights_of_another_architecture_are_refused(tmp_path):
     student = build_model(student_cfg(tiny_cfg()))  # narrower than the teacher
     DetectionCheckpointer(student, str(tmp_path)).save("student")
     path = str(tmp_path / "student.pth")
-    with pytest.raises(TeacherWeightsError) as info:
+    with pytest.raises(WeightsMismatchError) as info:
         build(path)
     message = str(info.value)
     assert "student.pth" in message
@@ -287,7 +288,7 @@ def test_teacher_weights_with_missing_keys_are_refused(teacher_weights, tmp_path
     checkpoint["model"]["extra.weight"] = torch.zeros(1)
     path = str(tmp_path / "partial.pth")
     torch.save(checkpoint, path)
-    with pytest.raises(TeacherWeightsError, match=r"partial\.pth.*missing keys \d+: roi_heads.*"
+    with pytest.raises(WeightsMismatchError, match=r"partial\.pth.*missing keys \d+: roi_heads.*"
                                                   r"unexpected keys 1: extra\.weight"):
         build(path)
 

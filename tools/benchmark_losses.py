@@ -22,7 +22,6 @@ requires_grad, teacher) are allocated before the run; the student's gradient cou
         [--scales classification detection-P2 detection-P3 cifar]
 """
 import argparse
-import gc
 import os
 import platform
 import sys
@@ -30,7 +29,9 @@ import time
 
 import torch
 
+from nst_det.engine.measure import seconds, seconds_and_peak_mib
 from nst_det.losses import nst_loss
+from nst_det.losses.nst import normalise_maps
 
 MMAP_THRESHOLD_ENV = "MALLOC_MMAP_THRESHOLD_"
 SLOW_SECONDS = 2.0
@@ -46,15 +47,9 @@ SCALES = {
 KERNELS = ("linear", "poly", "gaussian")
 
 
-def normalise(maps):
-    """[N, C, H, W] -> [N, C, HW] channel maps divided by sqrt(||f||^2 + 1e-10) (autograd)."""
-    flat = maps.flatten(2)
-    return flat / (flat.square().sum(-1, keepdim=True) + 1e-10).sqrt()
-
-
 def broadcast_mmd2(student, teacher, kernel):
     """The public KD collections' form: every pair through an [N, C, C, HW] tensor; -> scalar."""
-    s, t = normalise(student), normalise(teacher.detach())
+    s, t = normalise_maps(student), normalise_maps(teacher.detach())
 
     def pairs(a, b):  # [N, C_a, HW], [N, C_b, HW] -> [N, C_b, C_a]
         if kernel == "gaussian":
@@ -76,7 +71,7 @@ def broadcast_mmd2(student, teacher, kernel):
 
 def gram_autograd_poly_mmd2(student, teacher):
     """Degree-2 polynomial MMD^2 from C x C Gram matrices with autograd's default backward; -> scalar."""
-    s, t = normalise(student), normalise(teacher.detach())
+    s, t = normalise_maps(student), normalise_maps(teacher.detach())
     terms = [torch.bmm(a, b.transpose(1, 2)).pow(2).mean((1, 2)) for a, b in ((t, t), (s, s), (s, t))]
     return (terms[0] + terms[1] - 2 * terms[2]).mean()
 
@@ -96,31 +91,12 @@ class Meter:
     def __init__(self, device):
         self.device = device
 
-    def sync(self):
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-
     def seconds(self, fn):
-        self.sync()
-        start = time.perf_counter()
-        fn()
-        self.sync()
-        return time.perf_counter() - start
+        return seconds(fn, self.device)
 
     def seconds_and_peak_extra_bytes(self, fn):
-        gc.collect()
-        self.sync()
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
-            before = torch.cuda.memory_allocated(self.device)
-        else:
-            before = _status_kib("VmRSS:") * 1024
-            with open("/proc/self/clear_refs", "w") as clear_refs:
-                clear_refs.write("5")
-        took = self.seconds(fn)
-        if self.device.type == "cuda":
-            return took, torch.cuda.max_memory_allocated(self.device) - before
-        return took, _status_kib("VmHWM:") * 1024 - before
+        took, peak_mib = seconds_and_peak_mib(fn, self.device)
+        return took, peak_mib * 2**20
 
 
 def _cpu_name():
@@ -129,11 +105,6 @@ def _cpu_name():
             return next(line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name"))
     except (OSError, StopIteration):
         return platform.processor() or platform.machine()
-
-
-def _status_kib(key):
-    with open("/proc/self/status") as status:
-        return next(int(line.split()[1]) for line in status if line.startswith(key))
 
 
 def measure(meter, step, reference, repeats):

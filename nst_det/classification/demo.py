@@ -15,12 +15,12 @@ import numpy as np
 from nst_det.classification.config import load_cls_config
 from nst_det.classification.data import DigitsDataset
 from nst_det.classification.engine import ClsTrainer
+from nst_det.engine.config_paths import REPO_ROOT
 
 __all__ = ["DEMO_METHODS", "run_demo", "format_table", "plot_curves", "val_curve"]
 
 logger = logging.getLogger(__name__)
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEMO_CONFIGS = os.path.join(REPO_ROOT, "configs", "demo")
 # method name -> config file in configs/demo
 DEMO_METHODS = {

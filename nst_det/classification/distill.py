@@ -13,7 +13,6 @@
 already multiplied by its config weight (and by the warm-up factor ``distill_scale``).
 """
 import logging
-import os
 
 import torch
 import torch.nn as nn
@@ -22,7 +21,6 @@ import torch.nn.functional as F
 from nst_det import losses as L
 from nst_det.classification.config import check_cls_config
 from nst_det.engine.checkpointer import load_weights_strictly, weights_checksum
-from nst_det.engine.config_paths import missing_path_message
 
 __all__ = [
     "DistillationStudent",
@@ -169,12 +167,11 @@ def _build_net(cfg, which):
 
     node = cfg.MODEL[which]
     weights = node.WEIGHTS
-    if weights and not os.path.isfile(weights):
-        raise FileNotFoundError(missing_path_message(f"MODEL.{which}.WEIGHTS", weights,
-                                                     what=f"{which.lower()} weights file"))
     net = build_classifier(node.NAME, cfg.MODEL.NUM_CLASSES)
     if weights:
-        load_weights_strictly(net, weights, f"MODEL.{which}.WEIGHTS")
+        load_weights_strictly(net, weights, f"MODEL.{which}.WEIGHTS",
+                              what=f"{which.lower()} weights file",
+                              loaded_into=f"the {which.lower()} {node.NAME}")
     if weights:
         logger.info(f"{which.lower()} {node.NAME}: weights {weights} "
                     f"(sha256 {weights_checksum(weights)})")

@@ -11,16 +11,15 @@ import os
 
 import torch
 
-from nst_det.losses.nst import NORM_EPS
+from nst_det.engine.checkpointer import load_weights_strictly
+from nst_det.losses.nst import normalise_maps
 
 __all__ = ["normalised_maps", "selective_channels", "selectivity_rows", "save_selectivity_figure"]
 
 
 def normalised_maps(features: torch.Tensor) -> torch.Tensor:
     """features [C, H, W] -> each channel's map divided by its spatial L2 norm, [C, H, W]."""
-    flat = features.flatten(1).float()
-    flat = flat / (flat.pow(2).sum(dim=1, keepdim=True) + NORM_EPS).sqrt()
-    return flat.view_as(features)
+    return normalise_maps(features.float()[None])[0].view_as(features)
 
 
 def selective_channels(maps: torch.Tensor, k: int) -> torch.Tensor:
@@ -35,16 +34,16 @@ def _tapped(cfg, which, weights, image):
     from nst_det.classification.models import build_classifier
     from nst_det.classification.taps import FeatureTaps
 
-    from nst_det.engine.config_paths import missing_path_message
-
     node = cfg.MODEL[which]
-    if weights and not os.path.isfile(weights):
-        if which == "TEACHER":  # from the config; the student's come as arguments
-            raise FileNotFoundError(missing_path_message("MODEL.TEACHER.WEIGHTS", weights,
-                                                         what="teacher weights file"))
+    if which != "TEACHER" and weights and not os.path.isfile(weights):
+        # the student's come as arguments; the teacher's key is named by the loader
         raise FileNotFoundError(f"{which.lower()} weights file '{weights}' does not exist")
     torch.manual_seed(0)  # "init": the same random initialisation every time
-    net = build_classifier(node.NAME, cfg.MODEL.NUM_CLASSES, weights=weights).eval()
+    net = build_classifier(node.NAME, cfg.MODEL.NUM_CLASSES).eval()
+    if weights:
+        key = "MODEL.TEACHER.WEIGHTS" if which == "TEACHER" else f"{which.lower()} checkpoint"
+        load_weights_strictly(net, weights, key, what=f"{which.lower()} weights file",
+                              loaded_into=f"the {which.lower()} {node.NAME}")
     layer = tap_layers(cfg, which)[0]
     with torch.no_grad():
         _, feats = FeatureTaps(net, [layer])(image[None])

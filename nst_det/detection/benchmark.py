@@ -13,8 +13,6 @@ load on a shared machine); each round runs the four measurements back to back. P
 largest rise over the start of one run of each (peak_memory_mib: torch's allocated memory on
 CUDA, the process's resident set on the CPU), in a separate round after the timed ones.
 """
-import ctypes
-import gc
 import logging
 import os
 import tempfile
@@ -30,9 +28,10 @@ from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
 from nst_det.detection.load_config import load_teacher_cfg, student_cfg
+from nst_det.engine.measure import peak_memory_mib, seconds
 
 __all__ = ["StepCost", "DistillBenchmark", "benchmark_distillation", "format_benchmark",
-           "peak_memory_mib", "synthetic_batch"]
+           "synthetic_batch"]
 
 logger = logging.getLogger(__name__)
 
@@ -98,60 +97,6 @@ def synthetic_batch(cfg, size: Optional[int] = None, seed: int = 0) -> List[dict
             rng.integers(0, cfg.MODEL.ROI_HEADS.NUM_CLASSES, _BOXES_PER_IMAGE)).long()
         batch.append({"image": image, "height": height, "width": width, "instances": instances})
     return batch
-
-
-def _sync(device: torch.device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _timed(fn: Callable, device: torch.device) -> float:
-    _sync(device)
-    start = time.perf_counter()
-    fn()
-    _sync(device)
-    return (time.perf_counter() - start) * 1000.0
-
-
-def _release_free_memory() -> None:
-    """Give the memory glibc keeps for freed blocks back to the system (malloc_trim), so the
-    resident set before a run holds only live data and the run's rise is all its own."""
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise KeyError(field)
-
-
-def peak_memory_mib(fn: Callable, device: torch.device) -> float:
-    """Largest rise of memory while ``fn`` runs, in MiB: on CUDA of the memory allocated by
-    torch; on the CPU of the resident set (its high-water mark VmHWM, reset through
-    /proc/self/clear_refs, minus the resident set before, free memory first returned to the
-    system); NaN where neither is available."""
-    if device.type == "cuda":
-        _sync(device)
-        start = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        fn()
-        _sync(device)
-        return (torch.cuda.max_memory_allocated(device) - start) / 2**20
-    if not os.access("/proc/self/clear_refs", os.W_OK):
-        fn()
-        return float("nan")
-    _release_free_memory()
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # resets VmHWM to the current resident set
-    before = _status_kib("VmRSS")
-    fn()
-    return (_status_kib("VmHWM") - before) / 1024
 
 
 def _frozen_optimizer(cfg, model):
@@ -252,7 +197,7 @@ def benchmark_distillation(cfg, iters: int = 10, size: Optional[int] = None,
         times: Dict[str, List[float]] = {k: [] for k in measured}
         for _ in range(iters):
             for name, fn in measured.items():
-                times[name].append(_timed(fn, dev))
+                times[name].append(1000.0 * seconds(fn, dev))
         peaks = {name: peak_memory_mib(fn, dev) for name, fn in measured.items()}
 
     def cost(name, label):

@@ -12,6 +12,7 @@ from detectron2.utils.env import seed_all_rng
 
 from nst_det.detection.load_config import load_nst_cfg
 from nst_det.detection.data import demo_data_exists, demo_root, generate_demo_data, register_demo_datasets
+from nst_det.engine.config_paths import REPO_ROOT
 
 from .trainer import DistillTrainer
 
@@ -19,7 +20,6 @@ __all__ = ["DEMO_STAGES", "run_demo", "format_table", "loss_magnitudes"]
 
 logger = logging.getLogger(__name__)
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEMO_CONFIGS = os.path.join(REPO_ROOT, "configs", "demo")
 # stage -> config file in configs/demo; trained in this order (the NST student needs the teacher)
 DEMO_STAGES = OrderedDict([

@@ -25,7 +25,9 @@ def build_teacher(cfg) -> nn.Module:
             "(e.g. GeneralizedRCNN)."
         )
     teacher = build_model(teacher_cfg)
-    load_weights_strictly(teacher, weights_file, "MODEL.DISTILL.TEACHER_WEIGHTS")
+    load_weights_strictly(teacher, weights_file, "MODEL.DISTILL.TEACHER_WEIGHTS",
+                          what="teacher weights file",
+                          loaded_into="the teacher built from MODEL.DISTILL.TEACHER_CONFIG")
     teacher.eval()
     teacher.requires_grad_(False)
     logger.info(

@@ -69,7 +69,8 @@ class AtomicCheckpointer(DetectionCheckpointer):
     tensors loaded: training from a backbone's weights), ``"complete"`` (every tensor loaded:
     evaluation) or ``"strict"`` (every tensor, nothing left over, every shape right: a teacher).
     ``weights_key`` names the config key of those weights in the messages. ``foreign_file_hint(path,
-    checkpoint)`` may return a sentence saying the file is of another kind (then an error).
+    checkpoint)`` may return a sentence saying the file is of another kind (then an error);
+    ``weights_what`` and ``loaded_into`` word the "strict" mismatch message.
 
     The checks extend fvcore's ``_load_file`` / ``_load_model``, the two methods fvcore's Checkpointer
     documents for subclasses (Detectron2's DetectionCheckpointer extends the same two).
@@ -79,13 +80,16 @@ class AtomicCheckpointer(DetectionCheckpointer):
 
     def __init__(self, model, save_dir: str = "", *, weights_check: str = "partial",
                  weights_key: str = "MODEL.WEIGHTS",
-                 foreign_file_hint: Optional[Callable[[str, object], str]] = None, **kwargs):
+                 foreign_file_hint: Optional[Callable[[str, object], str]] = None,
+                 weights_what: str = "weights file", loaded_into: str = "", **kwargs):
         super().__init__(model, save_dir, **kwargs)
         if weights_check not in self._WEIGHTS_CHECKS:
             raise ValueError(f"weights_check must be one of {self._WEIGHTS_CHECKS}")
         self.weights_check = weights_check
         self.weights_key = weights_key
         self.foreign_file_hint = foreign_file_hint
+        self.weights_what = weights_what  # what the file is, in "strict" messages
+        self.loaded_into = loaded_into or f"the model it is loaded into ({type(model).__name__})"
         self._checking = None  # the initial-weights file being loaded under weights_check
 
     def save(self, name: str, **kwargs) -> None:
@@ -169,9 +173,9 @@ class AtomicCheckpointer(DetectionCheckpointer):
             problems.append(f"wrongly shaped keys {_describe(shapes)}")
         if problems:
             raise WeightsMismatchError(
-                f"{self.weights_key} file '{path}' does not match the model it is loaded into "
-                f"({type(self.model).__name__}): " + "; ".join(problems) + ". Check that the "
-                f"config and the weights belong to the same model.")
+                f"{self.weights_what} '{path}' ({self.weights_key}) does not match "
+                f"{self.loaded_into}: " + "; ".join(problems) + ". Check that the config and the "
+                f"weights belong to the same model.")
 
     def load(self, path: str, *args, **kwargs):
         """Same as DetectionCheckpointer.load; a local ``path`` that does not exist is a
@@ -221,17 +225,20 @@ class AtomicCheckpointer(DetectionCheckpointer):
             self._checking = None
 
 
-def load_weights_strictly(model, path: str, key: str) -> None:
-    """Load the weights file ``path`` (named by the config key ``key``) into ``model``, strictly:
-    every tensor loaded, nothing left over, every shape right (a model-zoo ``.pkl``, a checkpoint of
-    either stage's tool or a plain state dict); otherwise an error naming the key and the file."""
+def load_weights_strictly(model, path: str, key: str, what: str = "weights file",
+                          loaded_into: str = "") -> None:
+    """Load the weights file ``path`` (named by the config key ``key``; ``what`` it is) into
+    ``model``, strictly: every tensor loaded, nothing left over, every shape right (a model-zoo
+    ``.pkl``, a checkpoint of either stage's tool or a plain state dict); otherwise an error
+    naming the key and the file, and ``loaded_into`` (what the model was built from)."""
     if not path:
         raise ValueError(f"{key} is empty: a teacher with random weights teaches nothing. Train "
                          f"the teacher first and give the file of its weights.")
     if not os.path.isfile(path):
-        raise FileNotFoundError(missing_path_message(key, path, what="weights file"))
-    checkpointer = AtomicCheckpointer(model, weights_check="strict", weights_key=key)
+        raise FileNotFoundError(missing_path_message(key, path, what=what))
+    checkpointer = AtomicCheckpointer(model, weights_check="strict", weights_key=key,
+                                      weights_what=what, loaded_into=loaded_into)
     try:
         checkpointer.resume_or_load(path, resume=False)
     except UnreadableCheckpointError as e:
-        raise WeightsMismatchError(f"cannot read {key} file '{path}': {e}") from e
+        raise WeightsMismatchError(f"cannot read {what} '{path}' ({key}): {e}") from e

@@ -12,6 +12,7 @@ written out (public API only), and the pieces both stages add to Detectron2's en
 - :func:`preserved_rng` -- evaluation that leaves the training's random state where it was.
 """
 import contextlib
+import inspect
 import logging
 import math
 import random
@@ -22,6 +23,7 @@ import numpy as np
 import torch
 from detectron2.engine import HookBase, SimpleTrainer
 from detectron2.utils import comm
+from detectron2.utils.events import get_event_storage
 
 __all__ = ["NonFiniteLossError", "check_losses_finite", "rng_state", "set_rng_state",
            "preserved_rng", "TrainLoop", "RNGCheckpointHook", "ResumableTrainer"]
@@ -94,6 +96,11 @@ def preserved_rng():
         set_rng_state(state)
 
 
+# Detectron2 after v0.6 asks write_metrics for the iteration (``cur_iter``); v0.6 has no such
+# argument (its third one is ``prefix``).
+_WRITE_METRICS_TAKES_ITER = "cur_iter" in inspect.signature(SimpleTrainer.write_metrics).parameters
+
+
 class TrainLoop(SimpleTrainer):
     """SimpleTrainer (or, with ``amp``, the AMPTrainer step on any device type) whose step stops at a
     non-finite loss term before the optimizer step, naming the term, the iteration and the rank.
@@ -132,7 +139,16 @@ class TrainLoop(SimpleTrainer):
         else:
             losses.backward()
         check_losses_finite(loss_dict, self.iter)
-        SimpleTrainer.write_metrics(loss_dict, data_time)
+        if _WRITE_METRICS_TAKES_ITER:
+            SimpleTrainer.write_metrics(loss_dict, data_time, cur_iter=self.iter)
+        else:
+            SimpleTrainer.write_metrics(loss_dict, data_time)
+        if len(loss_dict) == 1 and comm.is_main_process():
+            # Detectron2 writes a single term only as total_loss: write it by its name too.
+            ((name, _),) = loss_dict.items()
+            if name != "total_loss":
+                storage = get_event_storage()
+                storage.put_scalar(name, storage.history("total_loss").latest())
         if self.grad_scaler is not None:
             self.grad_scaler.step(self.optimizer)
             self.grad_scaler.update()

@@ -12,7 +12,7 @@ from torch.autograd.function import once_differentiable
 
 from nst_det.losses.feature_pair import check_feature_pair, check_loss_finite
 
-__all__ = ["KERNELS", "RESIZE_MODES", "NORM_EPS", "nst_loss", "NSTLoss"]
+__all__ = ["KERNELS", "RESIZE_MODES", "NORM_EPS", "normalise_maps", "nst_loss", "NSTLoss"]
 
 KERNELS = ("linear", "poly", "gaussian")
 # resize=None: spatial sizes must match; "to_teacher": the student map is resized (bilinear) to the
@@ -31,6 +31,13 @@ def _inv_norm(sq_norms):
 def _sq_norms(maps):
     """[N, C, HW] maps -> [N, C] squared L2 norms over the HW positions (no HW-sized temporary)."""
     return torch.linalg.vector_norm(maps, dim=-1).square()
+
+
+def normalise_maps(maps):
+    """[N, C, H, W] (or [N, C, HW]) -> [N, C, HW]: each channel's map divided by
+    sqrt(||f||^2 + NORM_EPS), its spatial L2 norm (the samples NST compares)."""
+    flat = maps.flatten(2)
+    return flat * _inv_norm(_sq_norms(flat))[:, :, None]
 
 
 def _self_gram(x):
@@ -218,8 +225,7 @@ class _MeanMapMMD(torch.autograd.Function):
 def _spatial_gram_poly2_mmd2(student, teacher, coef):
     """[N, C_S, HW], [N, C_T, HW] raw maps -> [N] MMD^2 of k(x, y) = (x^T y + c)^2 from HW x HW Grams:
     ||S^T S / C_S - T^T T / C_T||_F^2 + 2c ||mu_S - mu_T||^2 (exact; cheap when HW << C)."""
-    s = student * _inv_norm(_sq_norms(student))[:, :, None]
-    t = teacher * _inv_norm(_sq_norms(teacher))[:, :, None]
+    s, t = normalise_maps(student), normalise_maps(teacher)
     h = torch.bmm(s.transpose(1, 2), s) / s.shape[1] - torch.bmm(t.transpose(1, 2), t) / t.shape[1]
     mmd2 = h.square().sum((-2, -1))
     if coef != 0:

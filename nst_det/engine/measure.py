@@ -1,0 +1,70 @@
+"""Time and peak memory of one call, on CUDA or the CPU: the measurements of both benchmarks
+(``tools/benchmark_distill.py``, ``tools/benchmark_losses.py``)."""
+import ctypes
+import gc
+import os
+import time
+from typing import Callable, Tuple
+
+import torch
+
+__all__ = ["sync", "seconds", "peak_memory_mib", "seconds_and_peak_mib"]
+
+
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA); nothing on the CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def seconds(fn: Callable, device: torch.device) -> float:
+    """Wall time of ``fn()`` in seconds, the device's queue drained before and after."""
+    sync(device)
+    start = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - start
+
+
+def _release_free_memory() -> None:
+    """Give the memory glibc keeps for freed blocks back to the system (malloc_trim), so the
+    resident set before a run holds only live data and the run's rise is all its own."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise KeyError(field)
+
+
+def seconds_and_peak_mib(fn: Callable, device: torch.device) -> Tuple[float, float]:
+    """Wall time (s) of one ``fn()`` and the largest rise of memory while it runs (MiB): on CUDA
+    of the memory allocated by torch; on the CPU of the resident set (its high-water mark VmHWM,
+    reset through /proc/self/clear_refs, minus the resident set before, free memory first
+    returned to the system); NaN where neither is available."""
+    if device.type == "cuda":
+        sync(device)
+        start = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        took = seconds(fn, device)
+        return took, (torch.cuda.max_memory_allocated(device) - start) / 2**20
+    if not os.access("/proc/self/clear_refs", os.W_OK):
+        return seconds(fn, device), float("nan")
+    _release_free_memory()
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # resets VmHWM to the current resident set
+    before = _status_kib("VmRSS")
+    took = seconds(fn, device)
+    return took, (_status_kib("VmHWM") - before) / 1024
+
+
+def peak_memory_mib(fn: Callable, device: torch.device) -> float:
+    """The memory part of :func:`seconds_and_peak_mib`."""
+    return seconds_and_peak_mib(fn, device)[1]
