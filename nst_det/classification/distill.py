@@ -172,7 +172,6 @@ def _build_net(cfg, which):
         load_weights_strictly(net, weights, f"MODEL.{which}.WEIGHTS",
                               what=f"{which.lower()} weights file",
                               loaded_into=f"the {which.lower()} {node.NAME}")
-    if weights:
         logger.info(f"{which.lower()} {node.NAME}: weights {weights} "
                     f"(sha256 {weights_checksum(weights)})")
     else:

@@ -32,11 +32,7 @@ logger = logging.getLogger(__name__)
 
 
 class NonFiniteLossError(FloatingPointError):
-    """A loss term is NaN or infinite; ``terms`` maps each bad term to its value per rank."""
-
-    def __init__(self, message: str, terms: Optional[Dict[int, Dict[str, float]]] = None):
-        super().__init__(message)
-        self.terms = terms or {}
+    """A loss term is NaN or infinite; the message names it, the iteration and the rank."""
 
 
 def check_losses_finite(loss_dict: Dict[str, torch.Tensor], iteration: int) -> None:
@@ -58,8 +54,7 @@ def check_losses_finite(loss_dict: Dict[str, torch.Tensor], iteration: int) -> N
     raise NonFiniteLossError(
         f"non-finite loss at iteration {iteration}: {terms}. Training stopped before the "
         f"optimizer step: the last checkpoint holds the last good weights. All terms on this "
-        f"process: {dict(zip(names, values))}",
-        terms={rank: b for rank, b in enumerate(per_rank) if b})
+        f"process: {dict(zip(names, values))}")
 
 
 def rng_state() -> dict:
@@ -223,13 +218,11 @@ class ResumableTrainer:
 
     def resume_or_load_weights(self, weights: str, resume: bool = True):
         """Load ``weights`` or, with ``resume``, the newest readable checkpoint of the checkpointer's
-        folder, then continue its data stream; returns what the checkpoint held besides the
-        checkpointables."""
-        checkpoint = self.checkpointer.resume_or_load(weights, resume=resume)
+        folder, then continue its data stream."""
+        self.checkpointer.resume_or_load(weights, resume=resume)
         if resume and self.checkpointer.has_checkpoint():
             # The checkpoint stores the iteration that just finished: start at the next one.
             self.start_iter = self.iter + 1
             start_at = getattr(self._trainer.data_loader, "start_at", None)
             if start_at is not None:
                 start_at(self.start_iter)
-        return checkpoint
