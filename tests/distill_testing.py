@@ -1,11 +1,13 @@
 """Helpers of the detection-distillation tests: a tiny teacher/student config pair on the demo
 base config, a randomly initialised teacher saved as its weights file, tiny demo data."""
+import contextlib
 import os
 
 import torch
 
 import nst_det.detection  # noqa: F401  (first: makes Detectron2 usable here, registers nst_det's models)
 from detectron2.modeling import build_model
+from nst_det.detection.data import generate_demo_data, register_demo_datasets
 from nst_det.detection.load_config import load_nst_cfg, load_teacher_cfg
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -45,7 +47,21 @@ def tiny_distill_cfg(folder, opts=(), teacher_extra: str = ""):
     teacher_weights = save_random_teacher(teacher_config, os.path.join(str(folder), "teacher.pth"))
     return load_nst_cfg(DEMO_BASE, TINY + [
         "MODEL.META_ARCHITECTURE", "DistillGeneralizedRCNN",
-        "MODEL.DISTILL.TEACHER_CONFIG", teacher_config,
-        "MODEL.DISTILL.TEACHER_WEIGHTS", teacher_weights,
+        "DISTILL.TEACHER.CONFIG", teacher_config,
+        "DISTILL.TEACHER.WEIGHTS", teacher_weights,
+        "DISTILL.NST.WEIGHT", 8.0,
         "OUTPUT_DIR", os.path.join(str(folder), "out"),
     ] + list(opts))
+
+
+@contextlib.contextmanager
+def registered_demo_data(root, num_train: int, num_test: int, seed: int):
+    """The demo set generated small (64 x 80 images) under ``root``/demo_det and registered in
+    Detectron2's catalogs while the block runs; the default registration is restored after."""
+    generate_demo_data(os.path.join(str(root), "demo_det"), num_train=num_train, num_val=0,
+                       num_test=num_test, seed=seed, height=64, width=80)
+    register_demo_datasets(str(root))
+    try:
+        yield root
+    finally:
+        register_demo_datasets()

@@ -174,7 +174,7 @@ def test_non_finite_loss_stops_before_the_step_naming_the_term_and_keeps_the_che
     trainer.register_hooks([snapshot])  # after the others: runs last in before_step
     model = trainer.model
 
-    class _ExplodingWeight(HookBase):  # MODEL.DISTILL.WEIGHT blows up at iteration 2
+    class _ExplodingWeight(HookBase):  # DISTILL.NST.WEIGHT blows up at iteration 2
         def before_step(self):
             if self.trainer.iter == 2:
                 model.nst_weight = float("inf")
@@ -213,13 +213,13 @@ def test_nan_features_give_a_nan_term_and_an_error_naming_the_tensor(cfg, data, 
 
 
 def test_truncated_teacher_weights_are_an_error_naming_the_file(cfg, tmp_path):
-    data = open(cfg.MODEL.DISTILL.TEACHER_WEIGHTS, "rb").read()
+    data = open(cfg.DISTILL.TEACHER.WEIGHTS, "rb").read()
     truncated = tmp_path / "teacher_truncated.pth"
     truncated.write_bytes(data[: len(data) // 2])
     broken = cfg.clone()
     broken.defrost()
-    broken.MODEL.DISTILL.TEACHER_WEIGHTS = str(truncated)
+    broken.DISTILL.TEACHER.WEIGHTS = str(truncated)
     with pytest.raises(WeightsMismatchError, match=r"cannot read teacher weights file "
                                                   r"'.*teacher_truncated\.pth' "
-                                                  r"\(MODEL\.DISTILL\.TEACHER_WEIGHTS\)"):
+                                                  r"\(DISTILL\.TEACHER\.WEIGHTS\)"):
         build_model(broken)

@@ -45,7 +45,7 @@ TEACHER = os.path.join(DEMO, "det_teacher.yaml")
 TINY = ["INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", "80", "INPUT.MIN_SIZE_TEST", "64",
         "INPUT.MAX_SIZE_TEST", "80", "SOLVER.IMS_PER_BATCH", "2", "SOLVER.MAX_ITER", "1",
         "DATALOADER.NUM_WORKERS", "0", "MODEL.DEVICE", "cpu"]
-WEIGHT_RULE = r"a distillation weight must be finite and >= 0 \(0 turns the term off\)"
+WEIGHT_RULE = r"a distillation weight must be a finite number >= 0 \(0 turns the term off\)"
 
 
 def _tool(script, *args, cwd, env=None, timeout=180):
@@ -115,13 +115,13 @@ def test_cuda_device_without_a_gpu_stops_before_anything_is_built(tmp_path):
 # 2. Negative or non-finite distillation weights
 # ------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("key, value, message", [
-    ("MODEL.DISTILL.WEIGHT", "-1.0", rf"MODEL\.DISTILL\.WEIGHT is -1\.0: {WEIGHT_RULE}"),
-    ("MODEL.DISTILL.WEIGHT", "1e999", rf"MODEL\.DISTILL\.WEIGHT is inf: {WEIGHT_RULE}"),
-    ("MODEL.DISTILL.LEVEL_WEIGHTS", "[1,1,-1,1,1]",
-     rf"MODEL\.DISTILL\.LEVEL_WEIGHTS\[2\] is -1: {WEIGHT_RULE}"),
-    ("MODEL.DISTILL.KD.WEIGHT", "-2.0", rf"MODEL\.DISTILL\.KD\.WEIGHT is -2\.0: {WEIGHT_RULE}"),
-    ("MODEL.DISTILL.LOSS.SIGMA2", "-1.0",
-     r"MODEL\.DISTILL\.LOSS\.SIGMA2 is -1\.0: the Gaussian kernel's bandwidth must be > 0, or 0 "
+    ("DISTILL.NST.WEIGHT", "-1.0", rf"DISTILL\.NST\.WEIGHT is -1\.0: {WEIGHT_RULE}"),
+    ("DISTILL.NST.WEIGHT", "1e999", rf"DISTILL\.NST\.WEIGHT is inf: {WEIGHT_RULE}"),
+    ("DISTILL.LEVEL_WEIGHTS", "[1,1,-1,1,1]",
+     rf"DISTILL\.LEVEL_WEIGHTS\[2\] is -1: {WEIGHT_RULE}"),
+    ("DISTILL.KD.WEIGHT", "-2.0", rf"DISTILL\.KD\.WEIGHT is -2\.0: {WEIGHT_RULE}"),
+    ("DISTILL.NST.SIGMA2", "-1.0",
+     r"DISTILL\.NST\.SIGMA2 is -1\.0: the Gaussian bandwidth must be a finite number > 0, or 0 "
      r"for the data-driven rule"),
 ])
 def test_negative_or_infinite_distillation_weight_is_refused_naming_the_key(key, value, message):
@@ -133,12 +133,12 @@ def test_negative_or_infinite_distillation_weight_is_refused_naming_the_key(key,
 def test_nan_weights_in_a_yaml_are_refused_naming_the_key(tmp_path):
     """before: a NaN weight made every loss NaN from the first iteration on."""
     for body, message in [
-        ("  DISTILL:\n    WEIGHT: .nan\n", rf"MODEL\.DISTILL\.WEIGHT is nan: {WEIGHT_RULE}"),
-        ("  DISTILL:\n    LEVEL_WEIGHTS: [1.0, .nan, 1.0, 1.0, 1.0]\n",
-         rf"MODEL\.DISTILL\.LEVEL_WEIGHTS\[1\] is nan: {WEIGHT_RULE}"),
+        ("  NST:\n    WEIGHT: .nan\n", rf"DISTILL\.NST\.WEIGHT is nan: {WEIGHT_RULE}"),
+        ("  LEVEL_WEIGHTS: [1.0, .nan, 1.0, 1.0, 1.0]\n",
+         rf"DISTILL\.LEVEL_WEIGHTS\[1\] is nan: {WEIGHT_RULE}"),
     ]:
         child = tmp_path / "nan.yaml"
-        child.write_text(f'_BASE_: "{STUDENT_NST}"\nMODEL:\n{body}')
+        child.write_text(f'_BASE_: "{STUDENT_NST}"\nDISTILL:\n{body}')
         with pytest.raises(ValueError, match=message):
             load_nst_cfg(str(child))
 
@@ -151,16 +151,16 @@ def test_nan_or_integer_weight_on_the_command_line_is_refused_naming_the_key(val
     # literal_eval cannot make a float NaN: "nan" stays a string; an integer is not a float.
     with pytest.raises(ValueError, match=(
             rf"Type mismatch \(<class 'float'> vs\. <class '{type_name}'>\) with values "
-            rf"\(8\.0 vs\. {shown}\) for config key: MODEL\.DISTILL\.WEIGHT")):
-        load_nst_cfg(STUDENT_NST, ["MODEL.DISTILL.WEIGHT", value])
+            rf"\(8\.0 vs\. {shown}\) for config key: DISTILL\.NST\.WEIGHT")):
+        load_nst_cfg(STUDENT_NST, ["DISTILL.NST.WEIGHT", value])
 
 
 def test_negative_weight_through_train_net_exits_nonzero_naming_the_key(tmp_path):
     """before: tools/train_net.py trained with a negative NST weight and pushed the student away."""
     rc, out = _tool(TRAIN_NET, "--config-file", STUDENT_NST, "MODEL.DEVICE", "cpu",
-                    "MODEL.DISTILL.WEIGHT", "-1.0", cwd=tmp_path)
+                    "DISTILL.NST.WEIGHT", "-1.0", cwd=tmp_path)
     assert rc != 0, out
-    assert re.search(rf"ValueError: MODEL\.DISTILL\.WEIGHT is -1\.0: {WEIGHT_RULE}", out), out
+    assert re.search(rf"ValueError: DISTILL\.NST\.WEIGHT is -1\.0: {WEIGHT_RULE}", out), out
     assert list(tmp_path.iterdir()) == []
 
 
@@ -169,12 +169,12 @@ def test_negative_weight_through_train_net_exits_nonzero_naming_the_key(tmp_path
 # ------------------------------------------------------------------------------------------------
 def test_zero_weight_trains_without_the_teacher_file_and_warns(tmp_path, demo_env):
     """before: NST weight 0 still built the teacher and died on its missing weights file."""
-    rc, out = _tool(TRAIN_NET, "--config-file", STUDENT_NST, *TINY, "MODEL.DISTILL.WEIGHT", "0.0",
-                    "MODEL.DISTILL.TEACHER_WEIGHTS", "no_such_teacher.pth", "OUTPUT_DIR", "out",
+    rc, out = _tool(TRAIN_NET, "--config-file", STUDENT_NST, *TINY, "DISTILL.NST.WEIGHT", "0.0",
+                    "DISTILL.TEACHER.WEIGHTS", "no_such_teacher.pth", "OUTPUT_DIR", "out",
                     "DATASETS.TEST", "()", cwd=tmp_path, env=demo_env)
     assert rc == 0, out
-    warning = (r"MODEL\.DISTILL\.WEIGHT is 0 and KD is off: nothing is distilled, no teacher is "
-               r"built, the student trains alone\.")
+    warning = (r"DISTILL\.NST\.WEIGHT and DISTILL\.KD\.WEIGHT are 0: nothing is distilled, no "
+               r"teacher is built, the student trains alone\.")
     assert re.search(r"WARNING .*nst_det\.detection\.meta_arch\]: " + warning, out), out
     assert re.search(warning, (tmp_path / "out" / "log.txt").read_text())
     assert (tmp_path / "out" / "model_final.pth").is_file()
@@ -183,9 +183,9 @@ def test_zero_weight_trains_without_the_teacher_file_and_warns(tmp_path, demo_en
 def test_missing_teacher_file_with_weight_above_zero_lists_the_paths_tried(tmp_path, monkeypatch):
     """before: a bare "No such file" for a relative path, without saying where it was looked for."""
     monkeypatch.chdir(tmp_path)
-    cfg = load_nst_cfg(STUDENT_NST, ["MODEL.DISTILL.TEACHER_WEIGHTS", "no_such_teacher.pth"])
+    cfg = load_nst_cfg(STUDENT_NST, ["DISTILL.TEACHER.WEIGHTS", "no_such_teacher.pth"])
     with pytest.raises(FileNotFoundError, match=re.escape(
-            "teacher weights file 'no_such_teacher.pth' (MODEL.DISTILL.TEACHER_WEIGHTS) does not "
+            "teacher weights file 'no_such_teacher.pth' (DISTILL.TEACHER.WEIGHTS) does not "
             f"exist; tried: {tmp_path / 'no_such_teacher.pth'}, "
             f"{os.path.join(REPO_ROOT, 'no_such_teacher.pth')}")):
         build_model(cfg)
@@ -197,8 +197,8 @@ def test_missing_teacher_file_with_weight_above_zero_lists_the_paths_tried(tmp_p
 def _child_yaml(folder):
     folder.mkdir(parents=True, exist_ok=True)
     child = folder / "child.yaml"
-    child.write_text(f'_BASE_: "{STUDENT_NST}"\nMODEL:\n  DISTILL:\n'
-                     f'    TEACHER_CONFIG: "teacher.yaml"\n    TEACHER_WEIGHTS: "teacher.pth"\n')
+    child.write_text(f'_BASE_: "{STUDENT_NST}"\nDISTILL:\n  TEACHER:\n'
+                     f'    CONFIG: "teacher.yaml"\n    WEIGHTS: "teacher.pth"\n')
     return child
 
 
@@ -210,8 +210,8 @@ def test_teacher_paths_are_read_next_to_the_yaml_from_any_cwd(tmp_path, monkeypa
     (tmp_path / "elsewhere").mkdir()
     monkeypatch.chdir(tmp_path / "elsewhere")
     cfg = load_nst_cfg(str(child))
-    assert cfg.MODEL.DISTILL.TEACHER_CONFIG == str(tmp_path / "yamls" / "teacher.yaml")
-    assert cfg.MODEL.DISTILL.TEACHER_WEIGHTS == str(tmp_path / "yamls" / "teacher.pth")
+    assert cfg.DISTILL.TEACHER.CONFIG == str(tmp_path / "yamls" / "teacher.yaml")
+    assert cfg.DISTILL.TEACHER.WEIGHTS == str(tmp_path / "yamls" / "teacher.pth")
 
 
 def test_missing_yaml_relative_teacher_files_list_every_candidate(tmp_path, monkeypatch):
@@ -222,17 +222,17 @@ def test_missing_yaml_relative_teacher_files_list_every_candidate(tmp_path, monk
     monkeypatch.chdir(elsewhere)
     cfg = load_nst_cfg(str(child))
     for key, name, what, load in [
-        ("MODEL.DISTILL.TEACHER_CONFIG", "teacher.yaml", "teacher config file",
+        ("DISTILL.TEACHER.CONFIG", "teacher.yaml", "teacher config file",
          lambda path: load_teacher_cfg(path)),
-        ("MODEL.DISTILL.TEACHER_WEIGHTS", "teacher.pth", "teacher weights file",
-         lambda path: load_weights_strictly(nn.Module(), path, "MODEL.DISTILL.TEACHER_WEIGHTS",
+        ("DISTILL.TEACHER.WEIGHTS", "teacher.pth", "teacher weights file",
+         lambda path: load_weights_strictly(nn.Module(), path, "DISTILL.TEACHER.WEIGHTS",
                                             what="teacher weights file")),
     ]:
         tried = [tmp_path / "yamls" / name, elsewhere / name, os.path.join(REPO_ROOT, name)]
         with pytest.raises(FileNotFoundError, match=re.escape(
                 f"{what} '{name}' ({key}) does not exist; tried: "
                 + ", ".join(str(p) for p in tried))):
-            load(cfg.MODEL.DISTILL.get(key.split(".")[-1]))
+            load(cfg.DISTILL.TEACHER.get(key.split(".")[-1]))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -365,8 +365,8 @@ def _occurrences(key, text):
 
 def load_teacher(model, path):
     """The strict loader as the detection teacher calls it (nst_det.detection.teacher)."""
-    load_weights_strictly(model, path, "MODEL.DISTILL.TEACHER_WEIGHTS", what="teacher weights file",
-                          loaded_into="the teacher built from MODEL.DISTILL.TEACHER_CONFIG")
+    load_weights_strictly(model, path, "DISTILL.TEACHER.WEIGHTS", what="teacher weights file",
+                          loaded_into="the teacher built from DISTILL.TEACHER.CONFIG")
 
 
 def test_teacher_mismatch_names_each_wrongly_shaped_key_once(teacher_files, monkeypatch):
@@ -376,8 +376,8 @@ def test_teacher_mismatch_names_each_wrongly_shaped_key_once(teacher_files, monk
     wrong = [k for k in model_sd if k in file_sd and file_sd[k].shape != model_sd[k].shape]
     assert len(wrong) > 5
     with pytest.raises(WeightsMismatchError, match=re.escape(
-            f"teacher weights file '{path}' (MODEL.DISTILL.TEACHER_WEIGHTS) does not match the "
-            f"teacher built from MODEL.DISTILL.TEACHER_CONFIG: wrongly shaped keys {len(wrong)}: ")
+            f"teacher weights file '{path}' (DISTILL.TEACHER.WEIGHTS) does not match the "
+            f"teacher built from DISTILL.TEACHER.CONFIG: wrongly shaped keys {len(wrong)}: ")
             + r".*, \.\.\. \(" + str(len(wrong) - 5) + r" more\)\. Check that the config and the "
             r"weights belong to the same model\.$") as info:
         load_teacher(teacher, path)
@@ -518,11 +518,11 @@ def test_two_configs_naming_the_same_missing_file_each_list_their_own_folder(tmp
         folder = tmp_path / name
         folder.mkdir()
         (folder / "child.yaml").write_text(
-            f'_BASE_: "{base}"\nMODEL:\n  DISTILL:\n    TEACHER_WEIGHTS: "teacher.pth"\n')
+            f'_BASE_: "{base}"\nDISTILL:\n  TEACHER:\n    WEIGHTS: "teacher.pth"\n')
         cfgs[name] = load_nst_cfg(str(folder / "child.yaml"))
     for name, cfg in cfgs.items():
-        key = "MODEL.DISTILL.TEACHER_WEIGHTS"
-        message = missing_path_message(key, cfg.MODEL.DISTILL.TEACHER_WEIGHTS)
+        key = "DISTILL.TEACHER.WEIGHTS"
+        message = missing_path_message(key, cfg.DISTILL.TEACHER.WEIGHTS)
         assert f"'teacher.pth' ({key}) does not exist; tried: {tmp_path / name / 'teacher.pth'}, " \
             in message
         other = "b" if name == "a" else "a"

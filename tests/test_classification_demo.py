@@ -55,9 +55,9 @@ def test_selectivity_figure_for_two_student_checkpoints(tmp_path):
     teacher = save_teacher(tmp_path, "demo_teacher", num_classes=10)
     after = save_teacher(tmp_path, "demo_student", num_classes=10, seed=3)
     config = os.path.join(DEMO_CONFIGS, "cls_student_nst.yaml")
-    path = save_selectivity_figure(config, ["MODEL.TEACHER.WEIGHTS", teacher], "init", after,
+    path = save_selectivity_figure(config, ["DISTILL.TEACHER.WEIGHTS", teacher], "init", after,
                                    str(tmp_path / "sel.png"), image_index=3, top_k=4)
     assert os.path.getsize(path) > 1000
     with pytest.raises(FileNotFoundError, match="student weights file '.*missing.pth'"):
-        save_selectivity_figure(config, ["MODEL.TEACHER.WEIGHTS", teacher], "init",
+        save_selectivity_figure(config, ["DISTILL.TEACHER.WEIGHTS", teacher], "init",
                                 str(tmp_path / "missing.pth"), str(tmp_path / "x.png"))

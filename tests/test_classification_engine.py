@@ -222,14 +222,14 @@ def test_nan_features_are_reported_by_the_term_they_break(tmp_path, teacher_file
 
 def test_wrong_layer_name_is_named(tmp_path, teacher_file):
     cfg = tiny_cfg(tmp_path, teacher_file, nst_weight=50.0)
-    cfg.MODEL.STUDENT.TAP = ["block9"]
-    with pytest.raises(ValueError, match=r"MODEL.STUDENT.TAP \['block9'\].*no layer 'block9'"):
+    cfg.DISTILL.STUDENT_FEATURES = ["block9"]
+    with pytest.raises(ValueError, match=r"DISTILL.STUDENT_FEATURES \['block9'\].*no layer 'block9'"):
         _trainer(cfg)
 
 
 def test_spatial_mismatch_names_both_layers(tmp_path, teacher_file):
     cfg = tiny_cfg(tmp_path, teacher_file, at_weight=1.0)
-    cfg.MODEL.STUDENT.TAP = ["block2"]
+    cfg.DISTILL.STUDENT_FEATURES = ["block2"]
     with pytest.raises(ValueError, match=r"student layer 'block2' gives \(1, 32, 8, 8\) but teacher "
                                          r"layer 'block3' gives \(1, 128, 4, 4\)"):
         _trainer(cfg)
@@ -238,9 +238,9 @@ def test_spatial_mismatch_names_both_layers(tmp_path, teacher_file):
 def test_missing_weights_file_is_named(tmp_path, teacher_file):
     cfg = tiny_cfg(tmp_path, str(tmp_path / "no_teacher.pth"), kd_weight=1.0)
     with pytest.raises(FileNotFoundError, match=r"teacher weights file '.*no_teacher.pth' "
-                                                r"\(MODEL.TEACHER.WEIGHTS\) does not exist"):
+                                                r"\(DISTILL.TEACHER.WEIGHTS\) does not exist"):
         _trainer(cfg)
-    with pytest.raises(ValueError, match="MODEL.TEACHER.WEIGHTS is empty"):
+    with pytest.raises(ValueError, match="DISTILL.TEACHER.WEIGHTS is empty"):
         _trainer(tiny_cfg(tmp_path, "", kd_weight=1.0))
 
 
@@ -249,12 +249,12 @@ def test_missing_relative_weights_file_lists_where_it_was_looked_for(tmp_path, m
     runs.mkdir()
     config = runs / "run.yaml"
     config.write_text(f'_BASE_: "{os.path.join(ROOT, "configs/demo/cls_student_kd.yaml")}"\n'
-                      'MODEL:\n  TEACHER:\n    WEIGHTS: "teacher.pth"\n')
+                      'DISTILL:\n  TEACHER:\n    WEIGHTS: "teacher.pth"\n')
     monkeypatch.chdir(tmp_path)
     cfg = load_cls_config(str(config))
     tried = [runs / "teacher.pth", tmp_path / "teacher.pth", os.path.join(ROOT, "teacher.pth")]
     with pytest.raises(FileNotFoundError, match=re.escape(
-            f"teacher weights file 'teacher.pth' (MODEL.TEACHER.WEIGHTS) does not exist; tried: "
+            f"teacher weights file 'teacher.pth' (DISTILL.TEACHER.WEIGHTS) does not exist; tried: "
             f"{', '.join(str(p) for p in tried)}")):
         build_distillation(cfg, (3, 24, 24))
 
@@ -289,7 +289,7 @@ def test_eval_only_builds_the_student_alone(tmp_path, teacher_file):
     cfg.SOLVER.EPOCHS = 1
     trained = _trainer(cfg)
     metrics = trained.train()
-    cfg.MODEL.TEACHER.WEIGHTS = str(tmp_path / "gone.pth")
+    cfg.DISTILL.TEACHER.WEIGHTS = str(tmp_path / "gone.pth")
     trainer = ClsTrainer(cfg, val_set=PatternDataset(8, seed=1), eval_only=True)
     assert trainer.teacher is None and not hasattr(trainer, "_trainer")
     trainer.resume_or_load(resume=True)
@@ -303,7 +303,7 @@ def test_eval_only_builds_the_student_alone(tmp_path, teacher_file):
 def test_teacher_weights_of_another_architecture_are_refused(tmp_path):
     wrong = save_teacher(tmp_path, name="demo_student")
     with pytest.raises(WeightsMismatchError, match=r"teacher weights file '.*demo_student\.pth' "
-                                                   r"\(MODEL.TEACHER.WEIGHTS\) does not match the "
+                                                   r"\(DISTILL.TEACHER.WEIGHTS\) does not match the "
                                                    r"teacher demo_teacher: .*wrongly shaped keys"):
         _trainer(tiny_cfg(tmp_path, wrong, kd_weight=1.0))
 

@@ -66,7 +66,7 @@ def test_non_finite_term_on_one_rank_stops_every_rank_naming_term_iteration_and_
     proc = subprocess.run(
         [sys.executable, os.path.join(REPO, "tools", "train_net.py"), "--num-gpus", "2",
          "--config-file", os.path.join(REPO, "configs", "demo", "det_student_nst.yaml"), *TINY,
-         "MODEL.DISTILL.TEACHER_CONFIG", config, "MODEL.DISTILL.TEACHER_WEIGHTS", weights,
+         "DISTILL.TEACHER.CONFIG", config, "DISTILL.TEACHER.WEIGHTS", weights,
          "OUTPUT_DIR", "out"],
         cwd=str(work), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         timeout=300)  # a hang would end here, as a failure

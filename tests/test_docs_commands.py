@@ -291,7 +291,7 @@ def imagenet(workspace, env, cmd, official_datasets):
     classes = str(len(official_datasets.imagenet_classes))
     proc = run(workspace, env, cmd(
         "python tools/train_cls.py --config-file configs/imagenet/nst_poly_kd.yaml --num-gpus 8 "
-        "MODEL.TEACHER.WEIGHTS /path/to/resnet101.pth"), *CLS_CPU, "MODEL.NUM_CLASSES", classes)
+        "DISTILL.TEACHER.WEIGHTS /path/to/resnet101.pth"), *CLS_CPU, "MODEL.NUM_CLASSES", classes)
     return {"train": proc.stdout, "classes": ["MODEL.NUM_CLASSES", classes]}
 
 
@@ -300,7 +300,7 @@ def test_imagenet_stage_trains_resumes_and_evaluates(imagenet, workspace, env, c
     assert "top-1" in imagenet["train"]
     resumed = run(workspace, env, cmd(
         "python tools/train_cls.py --config-file configs/imagenet/nst_poly_kd.yaml --num-gpus 8 "
-        "--resume MODEL.TEACHER.WEIGHTS /path/to/resnet101.pth"),
+        "--resume DISTILL.TEACHER.WEIGHTS /path/to/resnet101.pth"),
         *CLS_CPU, *imagenet["classes"], "SOLVER.EPOCHS", "2")
     assert "top-1" in resumed.stdout
     student = run(workspace, env, cmd(
@@ -310,11 +310,11 @@ def test_imagenet_stage_trains_resumes_and_evaluates(imagenet, workspace, env, c
     assert re.search(r"student on imagenet val: top-1 [\d.]+%", student.stdout)
     teacher = run(workspace, env, cmd(
         "python tools/train_cls.py --config-file configs/imagenet/nst_poly_kd.yaml --eval-only "
-        "--eval-teacher MODEL.TEACHER.WEIGHTS /path/to/resnet101.pth"), *CLS_CPU, *imagenet["classes"])
+        "--eval-teacher DISTILL.TEACHER.WEIGHTS /path/to/resnet101.pth"), *CLS_CPU, *imagenet["classes"])
     assert re.search(r"teacher on imagenet val: top-1 [\d.]+%", teacher.stdout)
     run(workspace, env, cmd(
         "python tools/train_cls.py --config-file configs/imagenet/nst_poly_kd.yaml --num-gpus 8 "
-        "MODEL.TEACHER.WEIGHTS /path/to/resnet101.pth DATA.ROOT /path/to/imagenet", num_gpus="1"),
+        "DISTILL.TEACHER.WEIGHTS /path/to/resnet101.pth DATA.ROOT /path/to/imagenet", num_gpus="1"),
         *CLS_CPU, *imagenet["classes"], "OUTPUT_DIR", "output/imagenet_root")
     assert (workspace / "output" / "imagenet_root" / "model_final.pth").is_file()
 
@@ -322,7 +322,7 @@ def test_imagenet_stage_trains_resumes_and_evaluates(imagenet, workspace, env, c
 def test_imagenet_stage_under_torchrun_and_on_two_machines(imagenet, workspace, env, cmd):
     run(workspace, env, cmd(
         "torchrun --nproc_per_node 8 tools/train_cls.py --config-file configs/imagenet/nst_poly_kd.yaml "
-        "MODEL.TEACHER.WEIGHTS /path/to/resnet101.pth"),
+        "DISTILL.TEACHER.WEIGHTS /path/to/resnet101.pth"),
         *CLS_CPU, *imagenet["classes"], "OUTPUT_DIR", "output/torchrun")
     assert (workspace / "output" / "torchrun" / "model_final.pth").is_file()
     # two "machines" on this one: machine ranks 0 and 1, one process each
@@ -333,7 +333,7 @@ def test_imagenet_stage_under_torchrun_and_on_two_machines(imagenet, workspace, 
     for rank in ("0", "1"):
         tokens = cmd("python tools/train_cls.py --config-file configs/imagenet/nst_poly_kd.yaml "
                      "--num-gpus 8 --num-machines 2 --machine-rank 0 --dist-url tcp://HOST:PORT "
-                     "MODEL.TEACHER.WEIGHTS /path/to/resnet101.pth",
+                     "DISTILL.TEACHER.WEIGHTS /path/to/resnet101.pth",
                      num_gpus="1", **{"tcp://HOST:PORT": url})
         tokens[tokens.index("--machine-rank") + 1] = rank
         procs.append(subprocess.Popen(

@@ -13,7 +13,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import Boxes, BoxMode, Instances
 from nst_det import _d2_compat
 from nst_det.detection.load_config import get_nst_cfg
-from nst_det.detection.data import CLASS_NAMES, generate_demo_data, register_demo_datasets
+from nst_det.detection.data import CLASS_NAMES
 from nst_det.detection.evaluation import (
     COCO_STAT_NAMES,
     COCODetectionEvaluator,
@@ -22,15 +22,13 @@ from nst_det.detection.evaluation import (
     evaluate_predictions_file,
 )
 
+from distill_testing import registered_demo_data
+
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
-    root = tmp_path_factory.mktemp("datasets")
-    generate_demo_data(str(root / "demo_det"), num_train=2, num_val=0, num_test=12, seed=11,
-                       height=64, width=80)
-    register_demo_datasets(str(root))
-    yield root
-    register_demo_datasets()
+    with registered_demo_data(tmp_path_factory.mktemp("datasets"), 2, 12, seed=11) as root:
+        yield root
 
 
 def _ground_truth_as_outputs(dataset_name, keep=lambda cls, k: True):

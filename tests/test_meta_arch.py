@@ -13,9 +13,10 @@ from detectron2.data import DatasetCatalog, DatasetMapper
 from detectron2.modeling import GeneralizedRCNN, build_model
 from detectron2.utils.events import EventStorage
 from nst_det.detection.load_config import get_nst_cfg, load_nst_cfg, load_teacher_cfg, student_cfg
-from nst_det.detection.data import generate_demo_data, register_demo_datasets
 from nst_det.detection.meta_arch import DistillGeneralizedRCNN
 from nst_det.engine.checkpointer import WeightsMismatchError
+
+from distill_testing import registered_demo_data
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STUDENT_NST = os.path.join(REPO, "configs", "demo", "det_student_nst.yaml")
@@ -27,16 +28,10 @@ TINY = ["INPUT.MIN_SIZE_TRAIN", (64,), "INPUT.MAX_SIZE_TRAIN", 80, "INPUT.MIN_SI
 @pytest.fixture(scope="module")
 def batch(tmp_path_factory):
     """A fixed training batch of two generated 64 x 80 images with their boxes."""
-    root = tmp_path_factory.mktemp("datasets")
-    generate_demo_data(str(root / "demo_det"), num_train=2, num_val=0, num_test=1, seed=5,
-                       height=64, width=80)
-    register_demo_datasets(str(root))
-    try:
+    with registered_demo_data(tmp_path_factory.mktemp("datasets"), 2, 1, seed=5):
         cfg = tiny_cfg()
         mapper = DatasetMapper(cfg, is_train=True)
         yield [mapper(d) for d in DatasetCatalog.get("nst_demo_voc_train")]
-    finally:
-        register_demo_datasets()
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +45,8 @@ def teacher_weights(tmp_path_factory):
 
 
 def tiny_cfg(*opts, config=STUDENT_NST, weights=""):
-    return load_nst_cfg(config, TINY + ["MODEL.DISTILL.TEACHER_CONFIG", TEACHER,
-                                        "MODEL.DISTILL.TEACHER_WEIGHTS", weights] + list(opts))
+    return load_nst_cfg(config, TINY + ["DISTILL.TEACHER.CONFIG", TEACHER,
+                                        "DISTILL.TEACHER.WEIGHTS", weights] + list(opts))
 
 
 def build(teacher_weights, *opts):
@@ -120,8 +115,8 @@ def test_each_level_is_logged_in_the_event_storage(trained):
 
 
 def test_loss_nst_is_the_weighted_sum_of_naive_mmd2_per_level(batch, teacher_weights):
-    model = build(teacher_weights, "MODEL.DISTILL.LEVEL_WEIGHTS", [1.0, 0.5, 2.0, 0.0, 1.0],
-                  "MODEL.DISTILL.WEIGHT", 3.0)
+    model = build(teacher_weights, "DISTILL.LEVEL_WEIGHTS", [1.0, 0.5, 2.0, 0.0, 1.0],
+                  "DISTILL.NST.WEIGHT", 3.0)
     images = model.preprocess_image(batch)
     with torch.no_grad():
         student = model.backbone(images.tensor)
@@ -134,9 +129,9 @@ def test_loss_nst_is_the_weighted_sum_of_naive_mmd2_per_level(batch, teacher_wei
 
 
 def test_bottom_up_stages_can_be_matched(batch, teacher_weights):
-    model = build(teacher_weights, "MODEL.DISTILL.STUDENT_FEATURES", ["res3", "res5"],
-                  "MODEL.DISTILL.TEACHER_FEATURES", ["res3", "res5"],
-                  "MODEL.DISTILL.LEVEL_WEIGHTS", [1.0, 1.0])
+    model = build(teacher_weights, "DISTILL.STUDENT_FEATURES", ["res3", "res5"],
+                  "DISTILL.TEACHER_FEATURES", ["res3", "res5"],
+                  "DISTILL.LEVEL_WEIGHTS", [1.0, 1.0])
     calls = _count_calls(model.teacher, ["proposal_generator", "roi_heads", "backbone"])
     with EventStorage():
         losses = model(batch)
@@ -145,7 +140,7 @@ def test_bottom_up_stages_can_be_matched(batch, teacher_weights):
 
 
 def test_warmup_scales_the_distillation_weight(batch, teacher_weights):
-    model = build(teacher_weights, "MODEL.DISTILL.WARMUP_ITERS", 10)
+    model = build(teacher_weights, "DISTILL.WARMUP_ITERS", 10)
     values = {}
     with torch.no_grad():
         for it in (0, 4, 9, 30):
@@ -158,7 +153,7 @@ def test_warmup_scales_the_distillation_weight(batch, teacher_weights):
 
 
 def test_kd_on_roi_logits_runs_the_teacher_box_head_on_student_proposals(batch, teacher_weights):
-    model = build(teacher_weights, "MODEL.DISTILL.KD.ENABLED", True)
+    model = build(teacher_weights, "DISTILL.KD.WEIGHT", 1.0)
     calls = _count_calls(model.teacher, ["proposal_generator", "roi_heads.box_head"])
     seen = []
     model.teacher.roi_heads.box_pooler.register_forward_pre_hook(
@@ -238,7 +233,7 @@ def test_same_normalisation_gives_the_teacher_the_student_batch(batch, teacher_w
 def test_other_pixel_mean_and_std_renormalise_the_raw_images(batch, teacher_weights, tmp_path):
     variant = _teacher_variant(tmp_path, "MODEL:\n  PIXEL_MEAN: [100.0, 110.0, 120.0]\n"
                                          "  PIXEL_STD: [1.0, 2.0, 4.0]\n")
-    model = build(teacher_weights, "MODEL.DISTILL.TEACHER_CONFIG", variant)
+    model = build(teacher_weights, "DISTILL.TEACHER.CONFIG", variant)
     images = model.preprocess_image(batch).tensor
     got = model.teacher_images(batch, images)
     assert got.shape == images.shape
@@ -252,7 +247,7 @@ def test_other_pixel_mean_and_std_renormalise_the_raw_images(batch, teacher_weig
 
 def test_other_input_format_swaps_the_channels(batch, teacher_weights, tmp_path):
     variant = _teacher_variant(tmp_path, "INPUT:\n  FORMAT: 'RGB'\n")
-    model = build(teacher_weights, "MODEL.DISTILL.TEACHER_CONFIG", variant)
+    model = build(teacher_weights, "DISTILL.TEACHER.CONFIG", variant)
     got = model.teacher_images(batch, model.preprocess_image(batch).tensor)
     x = batch[0]["image"].float().flip(0)  # BGR -> RGB
     h, w = x.shape[1:]
@@ -265,9 +260,9 @@ def test_other_input_format_swaps_the_channels(batch, teacher_weights, tmp_path)
 # ------------------------------------------------------------------------------------------------
 def test_missing_teacher_weights_name_the_file(tmp_path):
     missing = str(tmp_path / "no_teacher.pth")
-    with pytest.raises(FileNotFoundError, match=r"no_teacher\.pth.*MODEL\.DISTILL\.TEACHER_WEIGHTS"):
+    with pytest.raises(FileNotFoundError, match=r"no_teacher\.pth.*DISTILL\.TEACHER\.WEIGHTS"):
         build(missing)
-    with pytest.raises(ValueError, match="TEACHER_WEIGHTS is empty"):
+    with pytest.raises(ValueError, match=r"DISTILL\.TEACHER\.WEIGHTS is empty"):
         build("")
 
 
@@ -295,17 +290,29 @@ def test_teacher_weights_with_missing_keys_are_refused(teacher_weights, tmp_path
 
 def test_unknown_feature_name_lists_the_available_ones(teacher_weights):
     with pytest.raises(ValueError, match=r"STUDENT_FEATURES.*\['p7'\].*available: \[.*'p2'.*'res5'"):
-        build(teacher_weights, "MODEL.DISTILL.STUDENT_FEATURES", ["p2", "p7"],
-              "MODEL.DISTILL.TEACHER_FEATURES", ["p2", "p3"], "MODEL.DISTILL.LEVEL_WEIGHTS", [1.0, 1.0])
+        build(teacher_weights, "DISTILL.STUDENT_FEATURES", ["p2", "p7"],
+              "DISTILL.TEACHER_FEATURES", ["p2", "p3"], "DISTILL.LEVEL_WEIGHTS", [1.0, 1.0])
     with pytest.raises(ValueError, match=r"TEACHER_FEATURES.*\['c4'\]"):
-        build(teacher_weights, "MODEL.DISTILL.STUDENT_FEATURES", ["p2"],
-              "MODEL.DISTILL.TEACHER_FEATURES", ["c4"], "MODEL.DISTILL.LEVEL_WEIGHTS", [1.0])
+        build(teacher_weights, "DISTILL.STUDENT_FEATURES", ["p2"],
+              "DISTILL.TEACHER_FEATURES", ["c4"], "DISTILL.LEVEL_WEIGHTS", [1.0])
+
+
+def test_empty_feature_lists_match_every_output_both_backbones_have(batch, teacher_weights):
+    """DISTILL.STUDENT_FEATURES [] = every backbone output the teacher also has (here p2-p6),
+    TEACHER_FEATURES [] = the same names, LEVEL_WEIGHTS [] = 1.0 each."""
+    model = build(teacher_weights, "DISTILL.STUDENT_FEATURES", [], "DISTILL.TEACHER_FEATURES", [],
+                  "DISTILL.LEVEL_WEIGHTS", [])
+    assert model.student_features == model.teacher_features == ["p2", "p3", "p4", "p5", "p6"]
+    assert model.level_weights == [1.0] * 5
+    with EventStorage():
+        losses = model(batch)
+    assert torch.isfinite(losses["loss_nst"]) and losses["loss_nst"] > 0
 
 
 def test_levels_of_different_stride_are_refused_at_build(teacher_weights):
     with pytest.raises(ValueError, match=r"student feature 'p3' has stride 8 but teacher feature 'p4' has stride 16"):
-        build(teacher_weights, "MODEL.DISTILL.STUDENT_FEATURES", ["p3"],
-              "MODEL.DISTILL.TEACHER_FEATURES", ["p4"], "MODEL.DISTILL.LEVEL_WEIGHTS", [1.0])
+        build(teacher_weights, "DISTILL.STUDENT_FEATURES", ["p3"],
+              "DISTILL.TEACHER_FEATURES", ["p4"], "DISTILL.LEVEL_WEIGHTS", [1.0])
 
 
 def test_levels_of_different_size_are_refused_in_forward(teacher_weights):
@@ -319,17 +326,17 @@ def test_levels_of_different_size_are_refused_in_forward(teacher_weights):
 
 
 def test_inconsistent_distill_lists_and_kernels_are_refused(teacher_weights):
-    with pytest.raises(ValueError, match="same length"):
-        build(teacher_weights, "MODEL.DISTILL.TEACHER_FEATURES", ["p2"])
+    with pytest.raises(ValueError, match="must name the same number of features"):
+        build(teacher_weights, "DISTILL.TEACHER_FEATURES", ["p2"])
     with pytest.raises(ValueError, match="LEVEL_WEIGHTS"):
-        build(teacher_weights, "MODEL.DISTILL.LEVEL_WEIGHTS", [1.0])
-    with pytest.raises(ValueError, match="MODEL.DISTILL.LOSS.*kernel"):
-        build(teacher_weights, "MODEL.DISTILL.LOSS.KERNEL", "cubic")
+        build(teacher_weights, "DISTILL.LEVEL_WEIGHTS", [1.0])
+    with pytest.raises(ValueError, match="DISTILL.NST.*kernel"):
+        build(teacher_weights, "DISTILL.NST.KERNEL", "cubic")
 
 
 def test_a_distillation_config_cannot_be_a_teacher(teacher_weights):
     with pytest.raises(ValueError, match="plain detector"):
-        build(teacher_weights, "MODEL.DISTILL.TEACHER_CONFIG", STUDENT_NST)
+        build(teacher_weights, "DISTILL.TEACHER.CONFIG", STUDENT_NST)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -338,12 +345,12 @@ def test_a_distillation_config_cannot_be_a_teacher(teacher_weights):
 @pytest.mark.parametrize("name", ["voc_frcnn_nst.yaml", "voc_frcnn_R18_nst.yaml"])
 def test_voc_student_and_r101_teacher_match(name):
     cfg = load_nst_cfg(os.path.join(REPO, "configs", name), ["MODEL.DEVICE", "cpu"])
-    teacher = build_model(load_teacher_cfg(cfg.MODEL.DISTILL.TEACHER_CONFIG, device="cpu"))
+    teacher = build_model(load_teacher_cfg(cfg.DISTILL.TEACHER.CONFIG, device="cpu"))
     student_args = GeneralizedRCNN.from_config(student_cfg(cfg))
-    d = cfg.MODEL.DISTILL
+    d = cfg.DISTILL
     model = DistillGeneralizedRCNN(
         teacher=teacher, student_features=d.STUDENT_FEATURES, teacher_features=d.TEACHER_FEATURES,
-        level_weights=d.LEVEL_WEIGHTS, nst_weight=d.WEIGHT, **student_args)
+        level_weights=d.LEVEL_WEIGHTS, nst_weight=d.NST.WEIGHT, **student_args)
     assert model.input_format == "RGB" and model.teacher.input_format == "BGR"
     image = torch.randint(0, 255, (3, 64, 96), dtype=torch.uint8)
     batch = [{"image": image}]

@@ -100,7 +100,7 @@ def runs(tmp_path_factory):
                        height=64, width=80)
     # the demo teacher's architecture with random weights (the demo trains it first)
     teacher_weights = save_random_teacher(TEACHER_CONFIG, str(folder / "teacher.pth"))
-    opts = OPTS + ["MODEL.DISTILL.TEACHER_WEIGHTS", teacher_weights]
+    opts = OPTS + ["DISTILL.TEACHER.WEIGHTS", teacher_weights]
     env = dict(os.environ, DETECTRON2_DATASETS=str(folder), OMP_NUM_THREADS="1",
                MKL_NUM_THREADS="1")
     full, cut, lost = folder / "full", folder / "cut", folder / "lost"

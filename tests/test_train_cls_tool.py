@@ -78,7 +78,7 @@ def test_training_skips_a_truncated_jpeg_and_zero_weights_need_no_teacher(tmp_pa
     _cut_in_half(bad)
     code, out = _train_cls(tmp_path, _config("nst_poly_kd.yaml"), *CPU,
                            "DISTILL.NST.WEIGHT", "0.0", "DISTILL.KD.WEIGHT", "0.0",
-                           "MODEL.TEACHER.WEIGHTS", "teacher.pth")
+                           "DISTILL.TEACHER.WEIGHTS", "teacher.pth")
     assert code == 0, out
     assert f"training image '{bad}' is truncated or unreadable (OSError: " in out, out
     assert "skipped, the next image is used in its place" in out
@@ -95,7 +95,7 @@ def test_distillation_with_a_teacher_file_next_to_its_yaml(tmp_path, imagenet):
     torch.save(build_classifier("resnet18", NUM_CLASSES).state_dict(), runs / "teacher.pth")
     config = runs / "nst_poly_kd_r18.yaml"
     config.write_text(f'_BASE_: "{_config("nst_poly_kd.yaml")}"\n'
-                      'MODEL:\n  TEACHER:\n    NAME: "resnet18"\n    WEIGHTS: "teacher.pth"\n')
+                      'DISTILL:\n  TEACHER:\n    NAME: "resnet18"\n    WEIGHTS: "teacher.pth"\n')
     code, out = _train_cls(tmp_path, str(config), *CPU)
     assert code == 0, out
     assert f"teacher resnet18: weights {runs / 'teacher.pth'}" in out

@@ -49,7 +49,7 @@ def runs(tmp_path_factory):
         teacher_results = run("det_teacher.yaml", "SOLVER.MAX_ITER", 3, "OUTPUT_DIR", teacher_dir)
         teacher_weights = os.path.join(teacher_dir, "model_final.pth")
         run("det_student_nst.yaml", "SOLVER.MAX_ITER", 4, "SOLVER.CHECKPOINT_PERIOD", 2,
-            "MODEL.DISTILL.TEACHER_WEIGHTS", teacher_weights, "OUTPUT_DIR", student_dir)
+            "DISTILL.TEACHER.WEIGHTS", teacher_weights, "OUTPUT_DIR", student_dir)
         yield dict(root=root, teacher_dir=teacher_dir, student_dir=student_dir,
                    teacher_weights=teacher_weights, teacher_results=teacher_results)
     finally:
@@ -81,14 +81,14 @@ def test_final_evaluation_reports_voc_and_coco_metrics(runs):
 def test_eval_only_loads_the_student_alone(runs):
     results = run("det_student_nst.yaml", "MODEL.WEIGHTS",
                   os.path.join(runs["student_dir"], "model_final.pth"),
-                  "MODEL.DISTILL.TEACHER_WEIGHTS", str(runs["root"] / "no_such_teacher.pth"),
+                  "DISTILL.TEACHER.WEIGHTS", str(runs["root"] / "no_such_teacher.pth"),
                   "OUTPUT_DIR", str(runs["root"] / "eval_student"), flags=["--eval-only"])
     assert "AP50" in results["nst_demo_voc_test"]["bbox"]
 
 
 def test_eval_teacher_evaluates_the_teacher_alone(runs):
     as_teacher_dir, as_model_dir = runs["root"] / "eval_teacher", runs["root"] / "eval_teacher_plain"
-    as_teacher = run("det_student_nst.yaml", "MODEL.DISTILL.TEACHER_WEIGHTS", runs["teacher_weights"],
+    as_teacher = run("det_student_nst.yaml", "DISTILL.TEACHER.WEIGHTS", runs["teacher_weights"],
                      "OUTPUT_DIR", str(as_teacher_dir), flags=["--eval-only", "--eval-teacher"])
     as_model = run("det_teacher.yaml", "MODEL.WEIGHTS", runs["teacher_weights"],
                    "OUTPUT_DIR", str(as_model_dir), flags=["--eval-only"])

@@ -50,7 +50,7 @@ def main():
     if nst and alone:
         picture = save_selectivity_figure(
             os.path.join(nst_det.classification.demo.DEMO_CONFIGS, "cls_student_nst.yaml"),
-            ["MODEL.TEACHER.WEIGHTS", results["teacher_weights"]],
+            ["DISTILL.TEACHER.WEIGHTS", results["teacher_weights"]],
             before=os.path.join(alone[0]["output_dir"], "model_final.pth"),
             after=os.path.join(nst[0]["output_dir"], "model_final.pth"),
             path=os.path.join(args.output_dir, "selectivity.png"))

@@ -42,7 +42,7 @@ def main(args):
 def argument_parser():
     parser = default_argument_parser()
     parser.add_argument("--eval-teacher", action="store_true",
-                        help="with --eval-only: evaluate the teacher of MODEL.DISTILL alone")
+                        help="with --eval-only: evaluate the teacher of DISTILL alone")
     return parser
 
 

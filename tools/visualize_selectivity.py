@@ -5,9 +5,9 @@ for one validation image, before and after distillation, as a PNG.
     python tools/visualize_selectivity.py --config-file configs/demo/cls_student_nst.yaml \
         --before output/demo_cls/cls_student_seed0/model_final.pth \
         --after output/demo_cls/cls_student_nst_seed0/model_final.pth \
-        --output output/demo_cls/selectivity.png MODEL.TEACHER.WEIGHTS output/demo_cls/teacher/model_final.pth
+        --output output/demo_cls/selectivity.png DISTILL.TEACHER.WEIGHTS output/demo_cls/teacher/model_final.pth
 
-The teacher comes from the config (MODEL.TEACHER.NAME/WEIGHTS/TAP); --before may be "init".
+The teacher comes from the config (DISTILL.TEACHER.NAME / WEIGHTS, DISTILL.TEACHER_FEATURES); --before may be "init".
 """
 import argparse
 

@@ -3,22 +3,22 @@
 Yaml files in ``configs/imagenet`` and ``configs/demo`` inherit with ``_BASE_`` and list only what
 they change; a key that is not defined here is an error (``KeyError: 'Non-existent config key: ...'``).
 A relative path in :data:`PATH_KEYS` is read next to the yaml that sets it (nst_det.engine.config_paths);
-distillation settings out of range are refused at load time (:func:`check_cls_config`).
+the distillation keys (``DISTILL``) are those of both stages (nst_det.engine.distill_config), plus
+the teacher's network name, AT and FitNet; settings out of range are refused at load time.
 """
-import math
 import os
 
 from fvcore.common.config import CfgNode as CN
 
 from nst_det.engine.config_paths import resolve_config_paths
+from nst_det.engine.distill_config import (add_distill_config, check_distill_config,
+                                           check_renamed_keys)
 
-__all__ = ["get_cls_config", "load_cls_config", "check_cls_config", "PATH_KEYS"]
+__all__ = ["get_cls_config", "load_cls_config", "PATH_KEYS"]
 
 # Keys holding file or folder paths: a relative one is read relative to the yaml that sets it
 # (then the current directory, then the repository root), see nst_det.engine.config_paths.
-PATH_KEYS = ["MODEL.STUDENT.WEIGHTS", "MODEL.TEACHER.WEIGHTS", "DATA.ROOT"]
-# Distillation weights: 0 turns a term off, a negative or non-finite one is an error.
-_WEIGHT_KEYS = ("NST", "KD", "AT", "FITNET")
+PATH_KEYS = ["MODEL.STUDENT.WEIGHTS", "DISTILL.TEACHER.WEIGHTS", "DATA.ROOT"]
 
 
 def get_cls_config() -> CN:
@@ -38,43 +38,12 @@ def get_cls_config() -> CN:
     _C.MODEL.STUDENT.NAME = "inception_bn"
     # Local file the student starts from ("" = random init). Nothing is ever downloaded.
     _C.MODEL.STUDENT.WEIGHTS = ""
-    # Student layers whose feature maps are transferred ([] = the network's default tap, the last
-    # feature map before global pooling). Matched in order with MODEL.TEACHER.TAP.
-    _C.MODEL.STUDENT.TAP = []
 
-    _C.MODEL.TEACHER = CN()
+    add_distill_config(_C)
     # Teacher network by name; only built when a distillation weight is > 0 (and, with
-    # --eval-only, only for --eval-teacher).
-    _C.MODEL.TEACHER.NAME = "resnet101"
-    # Local file of the trained teacher (a torchvision .pth or a checkpoint of tools/train_cls.py).
-    # Required whenever a distillation term is on: a random teacher teaches nothing.
-    _C.MODEL.TEACHER.WEIGHTS = ""
-    # Teacher layers matched with MODEL.STUDENT.TAP ([] = the network's default tap).
-    _C.MODEL.TEACHER.TAP = []
-
-    _C.DISTILL = CN()
-    # Linear warm-up of every distillation weight from 0 to its value over this many iterations
-    # (0 = off). Helps when a distillation term is orders of magnitude above the task loss early on.
-    _C.DISTILL.WARMUP_ITERS = 0
-
-    _C.DISTILL.NST = CN()
-    # Weight of the NST (MMD) term; 0 turns it off. Official code: 50 for the polynomial kernel.
-    _C.DISTILL.NST.WEIGHT = 0.0
-    # MMD kernel: "linear", "poly" or "gaussian".
-    _C.DISTILL.NST.KERNEL = "poly"
-    # Degree d of the polynomial kernel (x^T y + c)^d (paper: 2).
-    _C.DISTILL.NST.DEGREE = 2
-    # Constant c of the polynomial kernel (paper: 0).
-    _C.DISTILL.NST.COEF = 0.0
-    # Bandwidth sigma^2 of the Gaussian kernel; 0 = the rule of nst_det.losses (data-driven).
-    _C.DISTILL.NST.SIGMA2 = 0.0
-
-    _C.DISTILL.KD = CN()
-    # Weight of the KD term (T^2 * KL of the softened outputs); 0 turns it off. The official code's
-    # grad_scale 16 at T=4 is T^2, which kd_loss already includes: it corresponds to weight 1 here.
-    _C.DISTILL.KD.WEIGHT = 0.0
-    # Softmax temperature of KD (official code: 4).
-    _C.DISTILL.KD.TEMPERATURE = 4.0
+    # --eval-only, only for --eval-teacher). Its weights: DISTILL.TEACHER.WEIGHTS (a torchvision
+    # .pth or a checkpoint of tools/train_cls.py).
+    _C.DISTILL.TEACHER.NAME = "resnet101"
 
     _C.DISTILL.AT = CN()
     # Weight of the attention-transfer term; 0 turns it off.
@@ -134,49 +103,18 @@ def get_cls_config() -> CN:
     return _C
 
 
-def _number(cfg, key):
-    node = cfg
-    for part in key.split("."):
-        node = node[part]
-    if isinstance(node, bool) or not isinstance(node, (int, float)):
-        raise ValueError(f"{key} is {node!r}: it must be a number")
-    return node
-
-
-def check_cls_config(cfg) -> None:
-    """ValueError naming the key and its value for a distillation setting that makes no sense: a
-    negative or non-finite DISTILL.*.WEIGHT (0 turns a term off), a negative or non-finite
-    DISTILL.NST.SIGMA2 (0 = the data-driven rule), a DISTILL.KD.TEMPERATURE that is not > 0 or a
-    negative DISTILL.WARMUP_ITERS."""
-    for term in _WEIGHT_KEYS:
-        key = f"DISTILL.{term}.WEIGHT"
-        value = _number(cfg, key)
-        if not math.isfinite(value) or value < 0:
-            raise ValueError(f"{key} is {value}: a distillation weight must be a finite number "
-                             f">= 0 (0 turns the term off)")
-    sigma2 = _number(cfg, "DISTILL.NST.SIGMA2")
-    if not math.isfinite(sigma2) or sigma2 < 0:
-        raise ValueError(f"DISTILL.NST.SIGMA2 is {sigma2}: the Gaussian bandwidth must be a finite "
-                         f"number > 0, or 0 for the data-driven rule")
-    temperature = _number(cfg, "DISTILL.KD.TEMPERATURE")
-    if not math.isfinite(temperature) or temperature <= 0:
-        raise ValueError(f"DISTILL.KD.TEMPERATURE is {temperature}: the KD temperature must be a "
-                         f"finite number > 0")
-    warmup = _number(cfg, "DISTILL.WARMUP_ITERS")
-    if warmup < 0:
-        raise ValueError(f"DISTILL.WARMUP_ITERS is {warmup}: it must be >= 0 (0 = no warm-up)")
-
-
 def load_cls_config(config_file: str = "", opts=None) -> CN:
     """Defaults, then ``config_file`` (with its ``_BASE_`` chain), then ``opts`` [KEY, VALUE, ...];
     relative paths of :data:`PATH_KEYS` made absolute (see nst_det.engine.config_paths), checked with
-    :func:`check_cls_config`, frozen. An unknown key in either is a ``KeyError`` naming it.
+    :func:`~nst_det.engine.distill_config.check_distill_config`, frozen. An unknown key in either is
+    a ``KeyError`` naming it; a key of an earlier version a ``KeyError`` naming its new name.
     MODEL.DEVICE is not checked here (see nst_det.engine.device.check_device): a config for a GPU loads
     on any machine."""
     cfg = get_cls_config()
+    if config_file and not os.path.isfile(config_file):
+        raise FileNotFoundError(f"config file '{config_file}' does not exist")
+    check_renamed_keys(config_file, opts)
     if config_file:
-        if not os.path.isfile(config_file):
-            raise FileNotFoundError(f"config file '{config_file}' does not exist")
         cfg.merge_from_file(config_file)
     if opts:
         if len(opts) % 2:
@@ -187,6 +125,6 @@ def load_cls_config(config_file: str = "", opts=None) -> CN:
         except AssertionError as e:  # yacs asserts on an unknown key given on the command line
             raise KeyError(f"{e} (config keys: nst_det/classification/config.py)") from e
     resolve_config_paths(cfg, config_file, opts, PATH_KEYS)
-    check_cls_config(cfg)
+    check_distill_config(cfg)
     cfg.freeze()
     return cfg

@@ -86,7 +86,7 @@ def run_demo(output_dir, methods=("student alone", "NST (poly)", "NST (poly) + K
             run_dir = os.path.join(output_dir, f"{slug}_seed{seed}")
             curve, seconds = _train(
                 os.path.join(config_dir, DEMO_METHODS[method]),
-                _overrides(run_dir, seed, epochs, ["MODEL.TEACHER.WEIGHTS", teacher_weights]),
+                _overrides(run_dir, seed, epochs, ["DISTILL.TEACHER.WEIGHTS", teacher_weights]),
                 datasets)
             runs.append({"seed": seed, "top1": curve[-1], "curve": curve, "seconds": seconds,
                          "output_dir": run_dir})

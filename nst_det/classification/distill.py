@@ -19,8 +19,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from nst_det import losses as L
-from nst_det.classification.config import check_cls_config
 from nst_det.engine.checkpointer import load_weights_strictly, weights_checksum
+from nst_det.engine.distill_config import check_distill_config
 
 __all__ = [
     "DistillationStudent",
@@ -29,6 +29,7 @@ __all__ = [
     "distillation_losses",
     "distill_terms",
     "tap_layers",
+    "build_role_net",
 ]
 
 logger = logging.getLogger(__name__)
@@ -40,8 +41,8 @@ _FEATURE_TERMS = ("nst", "at", "fitnet")
 
 def distill_terms(cfg):
     """Names of the distillation terms whose weight is > 0, e.g. ``["nst", "kd"]``; a negative or
-    non-finite weight is a ValueError naming its key (see config.check_cls_config)."""
-    check_cls_config(cfg)
+    non-finite weight is a ValueError naming its key (see check_distill_config)."""
+    check_distill_config(cfg)
     return [t for t in _DISTILL_TERMS if cfg.DISTILL[t.upper()].WEIGHT > 0]
 
 
@@ -59,7 +60,7 @@ def _check_spatial(student_layers, teacher_layers, s_feats, t_feats):
             raise ValueError(
                 f"student layer '{sl}' gives {tuple(s.shape)} but teacher layer '{tl}' gives "
                 f"{tuple(t.shape)}: NST/AT/FitNet need the same spatial size H x W "
-                f"(choose other MODEL.STUDENT.TAP / MODEL.TEACHER.TAP or input size)")
+                f"(choose other DISTILL.STUDENT_FEATURES / DISTILL.TEACHER_FEATURES or input size)")
 
 
 class FrozenTeacher(nn.Module):
@@ -95,6 +96,9 @@ class DistillationStudent(nn.Module):
         self.taps = taps
         self.student_layers = list(student_layers)
         self.teacher_layers = list(teacher_layers)
+        # Weight of each tapped pair in the feature terms (DISTILL.LEVEL_WEIGHTS, [] = 1.0 each).
+        self.level_weights = [float(w) for w in cfg.DISTILL.LEVEL_WEIGHTS] or [1.0] * len(
+            self.student_layers)
         # Parameters that the distillation losses learn (FitNet regressors), saved with the student.
         self.heads = heads
         self.terms = distill_terms(cfg)
@@ -136,14 +140,17 @@ class DistillationStudent(nn.Module):
         return out
 
     def _term(self, term, logits, t_logits, pairs):
-        """Unweighted value of one distillation term, summed over the tapped layer pairs."""
+        """Value of one distillation term before its weight: for the feature terms, the sum over
+        the tapped layer pairs weighted by DISTILL.LEVEL_WEIGHTS."""
         if term == "kd":
             return L.kd_loss(logits, t_logits, temperature=self.kd_temperature)
         if term == "nst":
-            return sum(L.nst_loss(s, t, **self.nst_kwargs) for s, t in pairs)
-        if term == "at":
-            return sum(L.at_loss(s, t, p=self.at_p) for s, t in pairs)
-        return sum(head(s, t) for head, (s, t) in zip(self.heads["fitnet"], pairs))  # fitnet
+            values = [L.nst_loss(s, t, **self.nst_kwargs) for s, t in pairs]
+        elif term == "at":
+            values = [L.at_loss(s, t, p=self.at_p) for s, t in pairs]
+        else:  # fitnet
+            values = [head(s, t) for head, (s, t) in zip(self.heads["fitnet"], pairs)]
+        return sum(w * v for w, v in zip(self.level_weights, values))
 
 
 def distillation_losses(student, teacher, images, targets, distill_scale: float = 1.0):
@@ -153,38 +160,50 @@ def distillation_losses(student, teacher, images, targets, distill_scale: float 
     return student(images, targets, teacher_outputs, distill_scale)
 
 
-def _build_taps(net, layers, which):
+def _build_taps(net, layers, key):
     from nst_det.classification.taps import FeatureTaps
 
     try:
         return FeatureTaps(net, layers)
     except (KeyError, ValueError, AttributeError) as e:
-        raise type(e)(f"MODEL.{which}.TAP {layers}: {e}") from e
+        raise type(e)(f"{key} {layers}: {e}") from e
 
 
-def _build_net(cfg, which):
+def build_role_net(cfg, role: str, weights=None, weights_key: str = ""):
+    """The classifier of ``role``: "student" (MODEL.STUDENT) or "teacher" (DISTILL.TEACHER), with
+    ``weights`` loaded strictly (None: the config's MODEL.STUDENT.WEIGHTS / DISTILL.TEACHER.WEIGHTS;
+    "": random initialisation). ``weights_key`` names a file that does not come from the config
+    in error messages."""
     from nst_det.classification.models import build_classifier
 
-    node = cfg.MODEL[which]
-    weights = node.WEIGHTS
-    net = build_classifier(node.NAME, cfg.MODEL.NUM_CLASSES)
-    if weights:
-        load_weights_strictly(net, weights, f"MODEL.{which}.WEIGHTS",
-                              what=f"{which.lower()} weights file",
-                              loaded_into=f"the {which.lower()} {node.NAME}")
-        logger.info(f"{which.lower()} {node.NAME}: weights {weights} "
-                    f"(sha256 {weights_checksum(weights)})")
+    if role == "student":
+        name, key, configured = cfg.MODEL.STUDENT.NAME, "MODEL.STUDENT.WEIGHTS", cfg.MODEL.STUDENT.WEIGHTS
     else:
-        logger.info(f"{which.lower()} {node.NAME}: random initialisation")
+        name, key, configured = cfg.DISTILL.TEACHER.NAME, "DISTILL.TEACHER.WEIGHTS", cfg.DISTILL.TEACHER.WEIGHTS
+    if weights is None:
+        weights = configured
+    else:
+        key = weights_key or f"{role} checkpoint"
+    net = build_classifier(name, cfg.MODEL.NUM_CLASSES)
+    if weights:
+        load_weights_strictly(net, weights, key, what=f"{role} weights file",
+                              loaded_into=f"the {role} {name}")
+        logger.info(f"{role} {name}: weights {weights} (sha256 {weights_checksum(weights)})")
+    else:
+        logger.info(f"{role} {name}: random initialisation")
     return net
 
 
-def tap_layers(cfg, which: str):
-    """Layers tapped for ``which`` ("STUDENT" or "TEACHER"): MODEL.<which>.TAP or the default."""
+def tap_layers(cfg, role: str):
+    """Layers tapped for ``role`` ("student" or "teacher"): DISTILL.STUDENT_FEATURES /
+    DISTILL.TEACHER_FEATURES, or the network's default tap when that list is empty."""
     from nst_det.classification.taps import default_tap
 
-    node = cfg.MODEL[which]
-    return _as_layer_list(node.TAP) if len(node.TAP) else _as_layer_list(default_tap(node.NAME))
+    if role == "student":
+        layers, name = cfg.DISTILL.STUDENT_FEATURES, cfg.MODEL.STUDENT.NAME
+    else:
+        layers, name = cfg.DISTILL.TEACHER_FEATURES, cfg.DISTILL.TEACHER.NAME
+    return _as_layer_list(layers) if len(layers) else _as_layer_list(default_tap(name))
 
 
 def build_distillation(cfg, input_shape=(3, 224, 224), with_teacher: bool = True):
@@ -193,25 +212,28 @@ def build_distillation(cfg, input_shape=(3, 224, 224), with_teacher: bool = True
     tapped channel counts (for FitNet's regressors) and checks the spatial sizes early.
 
     ``with_teacher=False`` (evaluating the student alone) builds the student classifier only: no
-    teacher, no taps, no loss heads, and MODEL.TEACHER.WEIGHTS is not read; such a student can be
+    teacher, no taps, no loss heads, and DISTILL.TEACHER.WEIGHTS is not read; such a student can be
     evaluated but gives no distillation loss."""
     terms = distill_terms(cfg)
-    student_net = _build_net(cfg, "STUDENT")
+    student_net = build_role_net(cfg, "student")
     heads = nn.ModuleDict()
     if not terms or not with_teacher:
         return DistillationStudent(student_net, None, [], [], cfg, heads), None
 
-    if not cfg.MODEL.TEACHER.WEIGHTS:
+    if not cfg.DISTILL.TEACHER.WEIGHTS:
         raise ValueError(
-            f"distillation terms {terms} are on but MODEL.TEACHER.WEIGHTS is empty: give the file "
+            f"distillation terms {terms} are on but DISTILL.TEACHER.WEIGHTS is empty: give the file "
             f"of the trained teacher (a random teacher teaches nothing)")
-    teacher_net = _build_net(cfg, "TEACHER")
-    s_layers, t_layers = tap_layers(cfg, "STUDENT"), tap_layers(cfg, "TEACHER")
+    teacher_net = build_role_net(cfg, "teacher")
+    s_layers, t_layers = tap_layers(cfg, "student"), tap_layers(cfg, "teacher")
     if len(s_layers) != len(t_layers):
-        raise ValueError(f"MODEL.STUDENT.TAP {s_layers} and MODEL.TEACHER.TAP {t_layers} must "
-                         f"name the same number of layers")
-    s_taps = _build_taps(student_net, s_layers, "STUDENT")
-    teacher = FrozenTeacher(_build_taps(teacher_net, t_layers, "TEACHER"), t_layers)
+        raise ValueError(f"DISTILL.STUDENT_FEATURES {s_layers} and DISTILL.TEACHER_FEATURES "
+                         f"{t_layers} must name the same number of layers")
+    if cfg.DISTILL.LEVEL_WEIGHTS and len(cfg.DISTILL.LEVEL_WEIGHTS) != len(s_layers):
+        raise ValueError(f"DISTILL.LEVEL_WEIGHTS {list(cfg.DISTILL.LEVEL_WEIGHTS)} needs one weight "
+                         f"per tapped pair (student {s_layers}, teacher {t_layers})")
+    s_taps = _build_taps(student_net, s_layers, "DISTILL.STUDENT_FEATURES")
+    teacher = FrozenTeacher(_build_taps(teacher_net, t_layers, "DISTILL.TEACHER_FEATURES"), t_layers)
 
     # Dry run on one blank image: channel counts and early check of the spatial sizes.
     was_training = student_net.training
@@ -221,11 +243,11 @@ def build_distillation(cfg, input_shape=(3, 224, 224), with_teacher: bool = True
         _, s_feats = s_taps(x)
         _, t_feats = teacher(x)
     s_taps.train(was_training)
-    for layer, feats, which in ((s_layers, s_feats, "STUDENT"), (t_layers, t_feats, "TEACHER")):
+    for layer, feats, key in ((s_layers, s_feats, "DISTILL.STUDENT_FEATURES"),
+                              (t_layers, t_feats, "DISTILL.TEACHER_FEATURES")):
         missing = [n for n in layer if n not in feats]
         if missing:
-            raise KeyError(f"MODEL.{which}.TAP: layers {missing} gave no feature map "
-                           f"(got {sorted(feats)})")
+            raise KeyError(f"{key}: layers {missing} gave no feature map (got {sorted(feats)})")
     if any(t in _FEATURE_TERMS for t in terms):
         _check_spatial(s_layers, t_layers, s_feats, t_feats)
     if "fitnet" in terms:

@@ -11,7 +11,6 @@ import os
 
 import torch
 
-from nst_det.engine.checkpointer import load_weights_strictly
 from nst_det.losses.nst import normalise_maps
 
 __all__ = ["normalised_maps", "selective_channels", "selectivity_rows", "save_selectivity_figure"]
@@ -28,23 +27,18 @@ def selective_channels(maps: torch.Tensor, k: int) -> torch.Tensor:
     return peaks.topk(min(k, maps.shape[0])).indices
 
 
-def _tapped(cfg, which, weights, image):
-    """One feature map [C, H, W] of the network MODEL.<which> with ``weights`` for ``image``."""
-    from nst_det.classification.distill import tap_layers
-    from nst_det.classification.models import build_classifier
+def _tapped(cfg, role, weights, image):
+    """One feature map [C, H, W] of the ``role`` network ("student" or "teacher") with ``weights``
+    for ``image``."""
+    from nst_det.classification.distill import build_role_net, tap_layers
     from nst_det.classification.taps import FeatureTaps
 
-    node = cfg.MODEL[which]
-    if which != "TEACHER" and weights and not os.path.isfile(weights):
+    if role == "student" and weights and not os.path.isfile(weights):
         # the student's come as arguments; the teacher's key is named by the loader
-        raise FileNotFoundError(f"{which.lower()} weights file '{weights}' does not exist")
+        raise FileNotFoundError(f"student weights file '{weights}' does not exist")
     torch.manual_seed(0)  # "init": the same random initialisation every time
-    net = build_classifier(node.NAME, cfg.MODEL.NUM_CLASSES).eval()
-    if weights:
-        key = "MODEL.TEACHER.WEIGHTS" if which == "TEACHER" else f"{which.lower()} checkpoint"
-        load_weights_strictly(net, weights, key, what=f"{which.lower()} weights file",
-                              loaded_into=f"the {which.lower()} {node.NAME}")
-    layer = tap_layers(cfg, which)[0]
+    net = build_role_net(cfg, role, weights if role == "student" else None).eval()
+    layer = tap_layers(cfg, role)[0]
     with torch.no_grad():
         _, feats = FeatureTaps(net, [layer])(image[None])
     return feats[layer][0], layer
@@ -54,11 +48,12 @@ def selectivity_rows(cfg, before: str, after: str, image: torch.Tensor):
     """[(title, normalised maps [C, H, W], raw features [C, H, W])] for the teacher, the student
     ``before`` and ``after`` distillation (checkpoint paths; "" or "init" = random init)."""
     rows = []
-    for title, which, weights in (("teacher", "TEACHER", cfg.MODEL.TEACHER.WEIGHTS),
-                                  ("student before", "STUDENT", "" if before == "init" else before),
-                                  ("student after", "STUDENT", after)):
-        feats, layer = _tapped(cfg, which, weights, image)
-        rows.append((f"{title}\n{cfg.MODEL[which].NAME}:{layer}", normalised_maps(feats), feats))
+    for title, role, weights in (("teacher", "teacher", None),
+                                 ("student before", "student", "" if before == "init" else before),
+                                 ("student after", "student", after)):
+        feats, layer = _tapped(cfg, role, weights, image)
+        name = cfg.DISTILL.TEACHER.NAME if role == "teacher" else cfg.MODEL.STUDENT.NAME
+        rows.append((f"{title}\n{name}:{layer}", normalised_maps(feats), feats))
     return rows
 
 

@@ -137,18 +137,18 @@ class _Recorder:
 
 
 def _benchmark_teacher(cfg, tmpdir: str):
-    """``(cfg, description)``: ``cfg`` whose MODEL.DISTILL.TEACHER_WEIGHTS exists: the given file,
+    """``(cfg, description)``: ``cfg`` whose DISTILL.TEACHER.WEIGHTS exists: the given file,
     else the randomly initialised teacher saved in ``tmpdir`` (a forward costs the same)."""
-    weights = cfg.MODEL.DISTILL.TEACHER_WEIGHTS
+    weights = cfg.DISTILL.TEACHER.WEIGHTS
     if weights and os.path.isfile(weights):
         return cfg, weights
-    teacher_cfg = load_teacher_cfg(cfg.MODEL.DISTILL.TEACHER_CONFIG, device=cfg.MODEL.DEVICE)
+    teacher_cfg = load_teacher_cfg(cfg.DISTILL.TEACHER.CONFIG, device=cfg.MODEL.DEVICE)
     random_weights = os.path.join(tmpdir, "random_teacher.pth")
     torch.save({"model": build_model(teacher_cfg).state_dict()}, random_weights)
     logger.info(f"teacher weights '{weights}' not found: timing a randomly initialised teacher")
     cfg = cfg.clone()
     cfg.defrost()
-    cfg.MODEL.DISTILL.TEACHER_WEIGHTS = random_weights
+    cfg.DISTILL.TEACHER.WEIGHTS = random_weights
     cfg.freeze()
     return cfg, "random (file not found: the cost does not depend on the values)"
 

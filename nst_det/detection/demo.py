@@ -76,7 +76,7 @@ def run_demo(output_dir: str = "output/demo_det", student_iters: Optional[int] =
     stages = OrderedDict()
     for stage, config in DEMO_STAGES.items():
         stage_dir = os.path.join(output_dir, config[len("det_"):-len(".yaml")])
-        opts = ["MODEL.DISTILL.TEACHER_WEIGHTS", teacher_weights] if "NST" in stage else []
+        opts = ["DISTILL.TEACHER.WEIGHTS", teacher_weights] if "NST" in stage else []
         cfg = _stage_cfg(config, stage_dir, student_iters, opts)
         logger.info(f"Demo stage '{stage}': {config}, {cfg.SOLVER.MAX_ITER} iterations -> {stage_dir}")
         start = time.perf_counter()

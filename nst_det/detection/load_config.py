@@ -1,7 +1,6 @@
 """Reading detection configs: Detectron2's defaults + nst_det's keys + a yaml + command-line
 overrides, file paths relative to the yaml that names them, distillation settings checked; the
 teacher's config; the plain student's config."""
-import math
 import os
 from typing import Optional, Sequence
 
@@ -9,16 +8,17 @@ from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
 
 from nst_det.engine.config_paths import missing_path_message, resolve_config_paths
+from nst_det.engine.distill_config import check_distill_config, check_renamed_keys
 
 from .config import add_nst_config
 
-__all__ = ["get_nst_cfg", "load_nst_cfg", "load_teacher_cfg", "student_cfg", "check_distill_cfg",
-           "distills", "DISTILL_META_ARCHITECTURES", "PATH_KEYS"]
+__all__ = ["get_nst_cfg", "load_nst_cfg", "load_teacher_cfg", "student_cfg", "distills",
+           "DISTILL_META_ARCHITECTURES", "PATH_KEYS"]
 
 # Meta-architectures that hold a student GeneralizedRCNN and a teacher.
 DISTILL_META_ARCHITECTURES = ("DistillGeneralizedRCNN",)
 # Config keys that hold file paths: read relative to the yaml that names them.
-PATH_KEYS = ("MODEL.WEIGHTS", "MODEL.DISTILL.TEACHER_CONFIG", "MODEL.DISTILL.TEACHER_WEIGHTS")
+PATH_KEYS = ("MODEL.WEIGHTS", "DISTILL.TEACHER.CONFIG", "DISTILL.TEACHER.WEIGHTS")
 
 
 def get_nst_cfg() -> CN:
@@ -29,53 +29,32 @@ def get_nst_cfg() -> CN:
 def load_nst_cfg(config_file: str, opts: Optional[Sequence[str]] = None) -> CN:
     """Defaults + nst_det's keys, then ``config_file`` (with its ``_BASE_`` chain), then ``opts``
     [KEY, VALUE, ...]; file paths read relative to the yaml that names them (``PATH_KEYS``);
-    distillation settings checked (:func:`check_distill_cfg`); frozen."""
+    distillation settings checked (:func:`~nst_det.engine.distill_config.check_distill_config`);
+    frozen. A key of an earlier version is a KeyError naming its new name."""
     if not os.path.isfile(config_file):
         raise FileNotFoundError(f"config file '{config_file}' does not exist")
+    check_renamed_keys(config_file, opts)
     cfg = get_nst_cfg()
     cfg.merge_from_file(config_file)
     cfg.merge_from_list(list(opts or []))
     resolve_config_paths(cfg, config_file, opts, PATH_KEYS)
-    check_distill_cfg(cfg)
+    check_distill_config(cfg)
     cfg.freeze()
     return cfg
 
 
-def _check_weight(key: str, value: float) -> None:
-    if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-        raise ValueError(f"{key} is {value!r}: a distillation weight must be finite and >= 0 "
-                         "(0 turns the term off)")
-
-
-def check_distill_cfg(cfg: CN) -> None:
-    """Raise a ValueError naming the key when a MODEL.DISTILL value cannot be right (negative or
-    non-finite weights, negative SIGMA2, negative temperature or warm-up)."""
-    d = cfg.MODEL.DISTILL
-    _check_weight("MODEL.DISTILL.WEIGHT", d.WEIGHT)
-    _check_weight("MODEL.DISTILL.KD.WEIGHT", d.KD.WEIGHT)
-    for i, w in enumerate(d.LEVEL_WEIGHTS):
-        _check_weight(f"MODEL.DISTILL.LEVEL_WEIGHTS[{i}]", w)
-    if not (math.isfinite(d.LOSS.SIGMA2) and d.LOSS.SIGMA2 >= 0):
-        raise ValueError(f"MODEL.DISTILL.LOSS.SIGMA2 is {d.LOSS.SIGMA2!r}: the Gaussian kernel's "
-                         "bandwidth must be > 0, or 0 for the data-driven rule")
-    if not (math.isfinite(d.KD.TEMPERATURE) and d.KD.TEMPERATURE > 0):
-        raise ValueError(f"MODEL.DISTILL.KD.TEMPERATURE is {d.KD.TEMPERATURE!r}: it must be > 0")
-    if d.WARMUP_ITERS < 0:
-        raise ValueError(f"MODEL.DISTILL.WARMUP_ITERS is {d.WARMUP_ITERS}: it must be >= 0")
-
-
 def distills(cfg: CN) -> bool:
-    """True when ``cfg`` is a distillation config with a term on (NST weight > 0 or KD enabled
-    with weight > 0): only then is a teacher built and its files needed."""
-    d = cfg.MODEL.DISTILL
+    """True when ``cfg`` is a distillation config with a term on (DISTILL.NST.WEIGHT or
+    DISTILL.KD.WEIGHT > 0): only then is a teacher built and its files needed."""
+    d = cfg.DISTILL
     return cfg.MODEL.META_ARCHITECTURE in DISTILL_META_ARCHITECTURES and (
-        d.WEIGHT > 0 or (d.KD.ENABLED and d.KD.WEIGHT > 0))
+        d.NST.WEIGHT > 0 or d.KD.WEIGHT > 0)
 
 
 def load_teacher_cfg(config_file: str, device: Optional[str] = None) -> CN:
     """The frozen config of a teacher detector read from ``config_file``
-    (MODEL.DISTILL.TEACHER_CONFIG), on ``device`` (the student's MODEL.DEVICE) when given."""
-    key = "MODEL.DISTILL.TEACHER_CONFIG"
+    (DISTILL.TEACHER.CONFIG), on ``device`` (the student's MODEL.DEVICE) when given."""
+    key = "DISTILL.TEACHER.CONFIG"
     if not config_file:
         raise ValueError(
             f"{key} is empty: DistillGeneralizedRCNN needs the teacher detector's config file "
@@ -83,6 +62,7 @@ def load_teacher_cfg(config_file: str, device: Optional[str] = None) -> CN:
         )
     if not os.path.isfile(config_file):
         raise FileNotFoundError(missing_path_message(key, config_file, what="teacher config file"))
+    check_renamed_keys(config_file)
     cfg = get_nst_cfg()
     cfg.merge_from_file(config_file)
     if device is not None:

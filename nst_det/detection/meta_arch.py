@@ -92,8 +92,7 @@ class DistillGeneralizedRCNN(GeneralizedRCNN):
         nst_degree: int = 2,
         nst_coef: float = 0.0,
         nst_sigma2: Optional[float] = None,
-        kd_enabled: bool = False,
-        kd_weight: float = 1.0,
+        kd_weight: float = 0.0,
         kd_temperature: float = 4.0,
         warmup_iters: int = 0,
         **kwargs,
@@ -103,11 +102,13 @@ class DistillGeneralizedRCNN(GeneralizedRCNN):
             teacher: a trained, plain detector (e.g. GeneralizedRCNN); frozen and put in eval mode.
                 None when nothing is distilled (NST weight 0, KD off): the student trains alone.
             student_features, teacher_features: names matched in order by NST (see
-                MODEL.DISTILL.STUDENT_FEATURES); each pair must have the same stride.
-            level_weights: weight of each matched pair in loss_nst.
+                DISTILL.STUDENT_FEATURES); each pair must have the same stride. Empty: every
+                backbone output that student and teacher both have; teacher's empty: the
+                student's names.
+            level_weights: weight of each matched pair in loss_nst (empty: 1.0 each).
             nst_weight: overall weight of loss_nst (0 = NST off).
             nst_kernel, nst_degree, nst_coef, nst_sigma2: the MMD kernel (nst_det.losses.nst_loss).
-            kd_enabled, kd_weight, kd_temperature: KD on the ROI box head's class logits.
+            kd_weight, kd_temperature: KD on the ROI box head's class logits (0 = KD off).
             warmup_iters: distillation weights grow linearly over this many iterations (0 = off).
             kwargs: the arguments of GeneralizedRCNN (the student).
         """
@@ -117,16 +118,15 @@ class DistillGeneralizedRCNN(GeneralizedRCNN):
         self.level_weights = [float(w) for w in level_weights]
         self.nst_weight = float(nst_weight)
         self.nst_kwargs = dict(kernel=nst_kernel, degree=nst_degree, coef=nst_coef, sigma2=nst_sigma2)
-        self.kd_enabled = bool(kd_enabled)
         self.kd_weight = float(kd_weight)
         self.kd_temperature = float(kd_temperature)
         self.warmup_iters = int(warmup_iters)
 
         if teacher is None:
-            if self.nst_weight > 0 or (self.kd_enabled and self.kd_weight > 0):
+            if self.nst_weight > 0 or self.kd_on:
                 raise ValueError("a distillation weight is > 0 but no teacher was given")
-            logger.warning("MODEL.DISTILL.WEIGHT is 0 and KD is off: nothing is distilled, no "
-                           "teacher is built, the student trains alone.")
+            logger.warning("DISTILL.NST.WEIGHT and DISTILL.KD.WEIGHT are 0: nothing is distilled, "
+                           "no teacher is built, the student trains alone.")
             self._teacher_holder = []
             return
         teacher.eval()
@@ -134,29 +134,34 @@ class DistillGeneralizedRCNN(GeneralizedRCNN):
         # A plain attribute holding a list is not registered as a submodule: the teacher stays out
         # of state_dict(), parameters(), train()/eval() and DistributedDataParallel.
         self._teacher_holder = [teacher]
+        self._default_features()
         self._check_distillation()
         teacher.to(self.device)
 
     @classmethod
     def from_config(cls, cfg):
         ret = super().from_config(cfg)
-        d = cfg.MODEL.DISTILL
+        d = cfg.DISTILL
         ret.update(
             teacher=build_teacher(cfg) if distills(cfg) else None,
             student_features=d.STUDENT_FEATURES,
             teacher_features=d.TEACHER_FEATURES,
             level_weights=d.LEVEL_WEIGHTS,
-            nst_weight=d.WEIGHT,
-            nst_kernel=d.LOSS.KERNEL,
-            nst_degree=d.LOSS.DEGREE,
-            nst_coef=d.LOSS.COEF,
-            nst_sigma2=d.LOSS.SIGMA2 if d.LOSS.SIGMA2 > 0 else None,
-            kd_enabled=d.KD.ENABLED,
+            nst_weight=d.NST.WEIGHT,
+            nst_kernel=d.NST.KERNEL,
+            nst_degree=d.NST.DEGREE,
+            nst_coef=d.NST.COEF,
+            nst_sigma2=d.NST.SIGMA2 if d.NST.SIGMA2 > 0 else None,
             kd_weight=d.KD.WEIGHT,
             kd_temperature=d.KD.TEMPERATURE,
             warmup_iters=d.WARMUP_ITERS,
         )
         return ret
+
+    @property
+    def kd_on(self) -> bool:
+        """KD on the ROI class logits is on (DISTILL.KD.WEIGHT > 0)."""
+        return self.kd_weight > 0
 
     @property
     def teacher(self) -> Optional[nn.Module]:
@@ -173,30 +178,47 @@ class DistillGeneralizedRCNN(GeneralizedRCNN):
     # ----------------------------------------------------------------------------------------
     # build-time checks
     # ----------------------------------------------------------------------------------------
+    def _default_features(self):
+        """Fill what the config leaves empty: the student features (every backbone output the
+        teacher also gives, in the student's order), the teacher features (the same names), the
+        level weights (1.0 each)."""
+        if not self.student_features:
+            teacher_outputs = self.teacher.backbone.output_shape()
+            self.student_features = [n for n in self.backbone.output_shape() if n in teacher_outputs]
+            if not self.student_features:
+                raise ValueError(
+                    f"DISTILL.STUDENT_FEATURES is [] and the student's backbone outputs "
+                    f"{list(self.backbone.output_shape())} share no name with the teacher's "
+                    f"{list(teacher_outputs)}: name the matched features")
+        if not self.teacher_features:
+            self.teacher_features = list(self.student_features)
+        if not self.level_weights:
+            self.level_weights = [1.0] * len(self.student_features)
+
     def _check_distillation(self):
         """Raise a ValueError naming the key when the distillation settings cannot work."""
         n = len(self.student_features)
         if len(self.teacher_features) != n:
             raise ValueError(
-                f"MODEL.DISTILL.STUDENT_FEATURES {self.student_features} and "
-                f"MODEL.DISTILL.TEACHER_FEATURES {self.teacher_features} must have the same length"
+                f"DISTILL.STUDENT_FEATURES {self.student_features} and "
+                f"DISTILL.TEACHER_FEATURES {self.teacher_features} must have the same length"
             )
         if len(self.level_weights) != n:
             raise ValueError(
-                f"MODEL.DISTILL.LEVEL_WEIGHTS {self.level_weights} needs one weight per entry of "
-                f"MODEL.DISTILL.STUDENT_FEATURES {self.student_features}"
+                f"DISTILL.LEVEL_WEIGHTS {self.level_weights} needs one weight per entry of "
+                f"DISTILL.STUDENT_FEATURES {self.student_features}"
             )
         student_shapes = _check_features(
-            "student", "MODEL.DISTILL.STUDENT_FEATURES", self.student_features, self.backbone)
+            "student", "DISTILL.STUDENT_FEATURES", self.student_features, self.backbone)
         teacher_shapes = _check_features(
-            "teacher", "MODEL.DISTILL.TEACHER_FEATURES", self.teacher_features, self.teacher.backbone)
+            "teacher", "DISTILL.TEACHER_FEATURES", self.teacher_features, self.teacher.backbone)
         for s_name, t_name in zip(self.student_features, self.teacher_features):
             s_stride, t_stride = student_shapes[s_name].stride, teacher_shapes[t_name].stride
             if s_stride != t_stride:
                 raise ValueError(
                     f"student feature '{s_name}' has stride {s_stride} but teacher feature "
                     f"'{t_name}' has stride {t_stride}: NST needs matched levels of the same "
-                    "spatial size (MODEL.DISTILL.STUDENT_FEATURES / TEACHER_FEATURES)"
+                    "spatial size (DISTILL.STUDENT_FEATURES / TEACHER_FEATURES)"
                 )
         s_div, t_div = self.backbone.size_divisibility, self.teacher.backbone.size_divisibility
         if t_div > 1 and s_div % t_div != 0:
@@ -215,8 +237,8 @@ class DistillGeneralizedRCNN(GeneralizedRCNN):
         try:
             check_kernel_args(resize=None, **self.nst_kwargs)
         except ValueError as e:
-            raise ValueError(f"MODEL.DISTILL.LOSS: {e}") from e
-        if self.kd_enabled:
+            raise ValueError(f"DISTILL.NST: {e}") from e
+        if self.kd_on:
             self._check_kd()
 
     def _check_kd(self):
@@ -226,7 +248,7 @@ class DistillGeneralizedRCNN(GeneralizedRCNN):
                        and not isinstance(getattr(heads, a), nn.ModuleList)
                        for a in ("box_pooler", "box_head", "box_predictor")):
                 raise ValueError(
-                    f"MODEL.DISTILL.KD.ENABLED needs one box head with box_pooler, box_head and "
+                    f"DISTILL.KD.WEIGHT > 0 needs one box head with box_pooler, box_head and "
                     f"box_predictor (e.g. StandardROIHeads); the {role} has "
                     f"{type(heads).__name__}"
                 )
@@ -234,7 +256,7 @@ class DistillGeneralizedRCNN(GeneralizedRCNN):
         t_classes = self.teacher.roi_heads.box_predictor.num_classes
         if s_classes != t_classes:
             raise ValueError(
-                f"MODEL.DISTILL.KD.ENABLED: the student has {s_classes} classes but the teacher "
+                f"DISTILL.KD.WEIGHT > 0: the student has {s_classes} classes but the teacher "
                 f"{t_classes} (MODEL.ROI_HEADS.NUM_CLASSES must agree)"
             )
 
@@ -262,7 +284,7 @@ class DistillGeneralizedRCNN(GeneralizedRCNN):
         capture.output("features", self.backbone)
         if hasattr(self.backbone, "bottom_up"):
             capture.output("bottom_up", self.backbone.bottom_up)
-        if self.kd_enabled:
+        if self.kd_on:
             capture.input("proposal_boxes", self.roi_heads.box_pooler, 1)
             capture.output("box_predictions", self.roi_heads.box_predictor)
         return capture
@@ -298,7 +320,7 @@ class DistillGeneralizedRCNN(GeneralizedRCNN):
         out, features = {}, {}
         # no_grad, not inference_mode: the student's loss saves these tensors for its backward.
         with torch.no_grad():
-            if self.kd_enabled or names & fpn_names:
+            if self.kd_on or names & fpn_names:
                 capture = _ForwardCapture()
                 if names - fpn_names:  # bottom-up stages matched too
                     capture.output("bottom_up", backbone.bottom_up)
@@ -306,7 +328,7 @@ class DistillGeneralizedRCNN(GeneralizedRCNN):
                     features = dict(backbone(images))
                 finally:
                     capture.remove()
-                if self.kd_enabled:
+                if self.kd_on:
                     out["class_logits"] = self._teacher_class_logits(features, proposal_boxes)
                 features.update(capture.store.get("bottom_up", {}))
             elif names:  # only bottom-up stages matched: the teacher's FPN is not run
@@ -334,7 +356,7 @@ class DistillGeneralizedRCNN(GeneralizedRCNN):
             total = sum(w * t for w, t in zip(self.level_weights, terms))
             losses["loss_nst"] = factor * self.nst_weight * total
             self._log_levels(terms, factor)
-        if self.kd_enabled:
+        if self.kd_on:
             student_logits = student["box_predictions"][0]
             kd = loss_or_nan(
                 lambda: kd_loss(student_logits, teacher["class_logits"], self.kd_temperature),

@@ -13,10 +13,10 @@ logger = logging.getLogger(__name__)
 
 
 def build_teacher(cfg) -> nn.Module:
-    """The teacher of ``cfg`` (MODEL.DISTILL): built on the student's MODEL.DEVICE, strictly
+    """The teacher of ``cfg`` (DISTILL): built on the student's MODEL.DEVICE, strictly
     loaded, in eval mode, frozen."""
-    config_file = cfg.MODEL.DISTILL.TEACHER_CONFIG
-    weights_file = cfg.MODEL.DISTILL.TEACHER_WEIGHTS
+    config_file = cfg.DISTILL.TEACHER.CONFIG
+    weights_file = cfg.DISTILL.TEACHER.WEIGHTS
     teacher_cfg = load_teacher_cfg(config_file, device=cfg.MODEL.DEVICE)
     if teacher_cfg.MODEL.META_ARCHITECTURE in DISTILL_META_ARCHITECTURES:
         raise ValueError(
@@ -25,9 +25,9 @@ def build_teacher(cfg) -> nn.Module:
             "(e.g. GeneralizedRCNN)."
         )
     teacher = build_model(teacher_cfg)
-    load_weights_strictly(teacher, weights_file, "MODEL.DISTILL.TEACHER_WEIGHTS",
+    load_weights_strictly(teacher, weights_file, "DISTILL.TEACHER.WEIGHTS",
                           what="teacher weights file",
-                          loaded_into="the teacher built from MODEL.DISTILL.TEACHER_CONFIG")
+                          loaded_into="the teacher built from DISTILL.TEACHER.CONFIG")
     teacher.eval()
     teacher.requires_grad_(False)
     logger.info(

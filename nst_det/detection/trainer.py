@@ -142,7 +142,7 @@ class DistillTrainer(ResumableTrainer, DefaultTrainer):
 
     @classmethod
     def test_teacher(cls, cfg):
-        """Evaluate the teacher of MODEL.DISTILL alone on the student's DATASETS.TEST, at the
+        """Evaluate the teacher of DISTILL alone on the student's DATASETS.TEST, at the
         student's test size, with the same evaluators (``--eval-only --eval-teacher``); its
         inference files go to OUTPUT_DIR/inference_teacher, apart from the student's."""
         teacher = build_teacher(cfg)

@@ -1,7 +1,7 @@
 """File paths inside configs, read relative to the yaml file that names them.
 
 Detectron2 reads ``_BASE_`` relative to the yaml that names it; nst_det reads every file-path key
-(``MODEL.WEIGHTS``, ``MODEL.DISTILL.TEACHER_CONFIG``, ...) the same way, so a command works from any
+(``MODEL.WEIGHTS``, ``DISTILL.TEACHER.CONFIG``, ...) the same way, so a command works from any
 working directory. A relative path set in a yaml is looked for, in order, next to that yaml, in the
 current directory and in the repository root; one given on the command line (``KEY VALUE``) in the
 current directory and the repository root. The first that exists replaces the value by its absolute
@@ -14,7 +14,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import yaml
 
-__all__ = ["REPO_ROOT", "resolve_config_paths", "missing_path_message", "tried_paths"]
+__all__ = ["REPO_ROOT", "resolve_config_paths", "missing_path_message", "tried_paths", "yaml_chain"]
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _BASE_KEY = "_BASE_"
@@ -22,7 +22,7 @@ _BASE_KEY = "_BASE_"
 _TRIED: Dict[Tuple[str, str], Tuple[str, List[str]]] = {}
 
 
-def _yaml_chain(config_file: str) -> List[Tuple[str, dict]]:
+def yaml_chain(config_file: str) -> List[Tuple[str, dict]]:
     """[(file, its raw mapping)] from the deepest ``_BASE_`` to ``config_file``, in merge order."""
     with open(config_file) as f:
         raw = yaml.safe_load(f) or {}
@@ -32,7 +32,7 @@ def _yaml_chain(config_file: str) -> List[Tuple[str, dict]]:
         base = os.path.expanduser(base)
         if not os.path.isabs(base) and "://" not in base:
             base = os.path.join(os.path.dirname(config_file), base)
-        chain.extend(_yaml_chain(base))
+        chain.extend(yaml_chain(base))
     chain.append((config_file, raw))
     return chain
 
@@ -70,7 +70,7 @@ def resolve_config_paths(cfg, config_file: str, opts: Optional[Sequence[str]],
                          keys: Sequence[str]) -> None:
     """Replace each relative path of ``keys`` in ``cfg`` (merged from ``config_file`` and
     ``opts``, not frozen) by the absolute path of the first candidate that exists."""
-    chain = _yaml_chain(config_file) if config_file else []
+    chain = yaml_chain(config_file) if config_file else []
     from_command_line = set(list(opts or [])[0::2])
     for key in keys:
         value = _get(cfg, key)
