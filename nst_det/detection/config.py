@@ -7,6 +7,7 @@
 from detectron2.config import CfgNode as CN
 
 from .backbone.inception_bn import add_inception_bn_config
+from .data.custom import add_custom_datasets_config
 
 __all__ = ["add_nst_config"]
 
@@ -62,4 +63,5 @@ def add_nst_config(cfg: CN) -> CN:
     _C.MODEL.ALLOW_PARTIAL_WEIGHTS = False
 
     add_inception_bn_config(_C)
+    add_custom_datasets_config(_C)
     return _C
