@@ -104,6 +104,7 @@ def test_documented_config_trains_and_evaluates_both_sets(trained):
     assert {"my_coco_val/bbox/AP", "my_coco_val/bbox/AR100", "my_voc_test/bbox/AP50",
             "my_voc_test/bbox/AP50_11point", "my_voc_test/bbox/AP50-bird"} <= keys
     assert (out / "inference" / "my_coco_val" / "coco_instances_results.json").is_file()
+    assert (out / "log.txt.rank1").is_file()  # the second process ran (and found the sets)
 
 
 def test_documented_eval_and_visualize_commands_register_from_the_config(trained, capsys,
