@@ -40,6 +40,14 @@ NOT_RUN = {
         "installation step; tools/setup_env.sh does it in CI",
     ".venv/bin/pip install --no-build-isolation git+https://github.com/facebookresearch/detectron2.git":
         "installs the official Detectron2 from GitHub, which this machine cannot reach",
+    # docs/DETECTION.md, "Your own data set, no Python": run word for word, with the documented
+    # yaml, by tests/test_custom_datasets.py
+    "python tools/train_net.py --config-file my_data.yaml": "run by tests/test_custom_datasets.py",
+    "python tools/eval_predictions.py output/my_data/inference/my_coco_val/coco_instances_results.json "
+    "--dataset my_coco_val --config-file my_data.yaml": "run by tests/test_custom_datasets.py",
+    "python tools/visualize_predictions.py output/my_data/inference/my_coco_val/coco_instances_results.json "
+    "--dataset my_coco_val --config-file my_data.yaml --output output/my_data/pictures":
+        "run by tests/test_custom_datasets.py",
 }
 
 # What a CPU user adds to a detection command on tiny images.

@@ -12,6 +12,9 @@ r"""Evaluate a saved COCO-format predictions file against a data set, without a 
     python tools/eval_predictions.py predictions.json --voc-root $DETECTRON2_DATASETS/VOC2007 \
         --split test [--year 2007] [--classes a,b,c]
 
+    # a data set of a config's DATASETS.COCO_CUSTOM / DATASETS.VOC_CUSTOM (registered from it)
+    python tools/eval_predictions.py predictions.json --dataset my_coco_val --config-file my_data.yaml
+
 Give exactly one of --dataset, --gt, --voc-root. The predictions file is a JSON list of
 {"image_id", "category_id", "bbox": [x, y, w, h], "score"} as Detectron2's COCO evaluator writes
 it (coco_instances_results.json): image and category ids as in the data set's COCO form (VOC
@@ -34,6 +37,7 @@ import nst_det.detection  # noqa: F401  (first: makes Detectron2 usable here, re
 from tabulate import tabulate
 
 from nst_det.detection.evaluation import dataset_description, evaluate_predictions_file, predictions_dataset
+from nst_det.detection.load_config import add_config_file_arguments, config_from_arguments
 
 
 def metrics_table(results, pairs: int = 3) -> str:
@@ -61,7 +65,9 @@ def main(argv=None):
     parser.add_argument("--metric", choices=["auto", "voc", "coco"], default="auto",
                         help="auto: by the data set's evaluator_type")
     parser.add_argument("--output", help="also write the metrics to this JSON file")
-    args = parser.parse_args(argv)
+    add_config_file_arguments(parser)
+    args = parser.parse_intermixed_args(argv)
+    config_from_arguments(parser, args)
     dataset_name = predictions_dataset(args.dataset, args.gt, args.voc_root, args.image_root,
                                        args.split, args.year, args.classes)
     results = evaluate_predictions_file(args.predictions, dataset_name, args.metric)["bbox"]

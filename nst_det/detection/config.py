@@ -11,6 +11,7 @@ from detectron2.config import CfgNode as CN
 from nst_det.engine.distill_config import add_distill_config
 
 from .backbone.inception_bn import add_inception_bn_config
+from .data.custom import add_custom_datasets_config
 
 __all__ = ["add_nst_config"]
 
@@ -30,4 +31,5 @@ def add_nst_config(cfg: CN) -> CN:
     _C.MODEL.ALLOW_PARTIAL_WEIGHTS = False
 
     add_inception_bn_config(_C)
+    add_custom_datasets_config(_C)
     return _C

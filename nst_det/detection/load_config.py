@@ -1,6 +1,7 @@
 """Reading detection configs: Detectron2's defaults + nst_det's keys + a yaml + command-line
 overrides, file paths relative to the yaml that names them, distillation settings checked; the
 teacher's config; the plain student's config."""
+import argparse
 import os
 from typing import Optional, Sequence
 
@@ -11,8 +12,10 @@ from nst_det.engine.config_paths import missing_path_message, resolve_config_pat
 from nst_det.engine.distill_config import check_distill_config, check_renamed_keys
 
 from .config import add_nst_config
+from .data.custom import CUSTOM_PATH_ENTRIES, check_custom_datasets, register_custom_datasets
 
 __all__ = ["get_nst_cfg", "load_nst_cfg", "load_teacher_cfg", "student_cfg", "distills",
+           "add_config_file_arguments", "config_from_arguments",
            "DISTILL_META_ARCHITECTURES", "PATH_KEYS"]
 
 # Meta-architectures that hold a student GeneralizedRCNN and a teacher.
@@ -28,8 +31,10 @@ def get_nst_cfg() -> CN:
 
 def load_nst_cfg(config_file: str, opts: Optional[Sequence[str]] = None) -> CN:
     """Defaults + nst_det's keys, then ``config_file`` (with its ``_BASE_`` chain), then ``opts``
-    [KEY, VALUE, ...]; file paths read relative to the yaml that names them (``PATH_KEYS``);
-    distillation settings checked (:func:`~nst_det.engine.distill_config.check_distill_config`);
+    [KEY, VALUE, ...]; file paths read relative to the yaml that names them (``PATH_KEYS`` and
+    the paths of ``DATASETS.COCO_CUSTOM`` / ``DATASETS.VOC_CUSTOM``); distillation settings
+    checked (:func:`~nst_det.engine.distill_config.check_distill_config`); the data sets of those
+    two keys registered in Detectron2's catalogs (:func:`register_custom_datasets`, idempotent);
     frozen. A key of an earlier version is a KeyError naming its new name."""
     if not os.path.isfile(config_file):
         raise FileNotFoundError(f"config file '{config_file}' does not exist")
@@ -37,10 +42,31 @@ def load_nst_cfg(config_file: str, opts: Optional[Sequence[str]] = None) -> CN:
     cfg = get_nst_cfg()
     cfg.merge_from_file(config_file)
     cfg.merge_from_list(list(opts or []))
-    resolve_config_paths(cfg, config_file, opts, PATH_KEYS)
+    check_custom_datasets(cfg)
+    resolve_config_paths(cfg, config_file, opts, PATH_KEYS, CUSTOM_PATH_ENTRIES)
     check_distill_config(cfg)
     cfg.freeze()
+    register_custom_datasets(cfg)
     return cfg
+
+
+def add_config_file_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``--config-file FILE`` and trailing ``KEY VALUE`` overrides to the parser of a tool
+    that reads data sets (the config registers those of ``DATASETS.COCO_CUSTOM`` /
+    ``DATASETS.VOC_CUSTOM``); parse with ``parser.parse_intermixed_args``."""
+    parser.add_argument("--config-file", metavar="FILE",
+                        help="a detection config: registers its DATASETS.COCO_CUSTOM and "
+                             "DATASETS.VOC_CUSTOM data sets first")
+    parser.add_argument("opts", nargs="*", metavar="KEY VALUE",
+                        help="with --config-file: overrides of its keys, as in train_net.py")
+
+
+def config_from_arguments(parser: argparse.ArgumentParser, args) -> Optional[CN]:
+    """The config of ``--config-file`` and its overrides (:func:`load_nst_cfg`, which registers
+    its data sets), or None without ``--config-file``."""
+    if args.opts and not args.config_file:
+        parser.error(f"KEY VALUE overrides ({' '.join(args.opts)}) go with --config-file")
+    return load_nst_cfg(args.config_file, args.opts) if args.config_file else None
 
 
 def distills(cfg: CN) -> bool:

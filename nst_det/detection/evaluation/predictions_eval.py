@@ -154,11 +154,17 @@ def load_coco_predictions(path: str) -> List[dict]:
 
 
 def dataset_metadata(dataset_name: str):
-    """Metadata of a registered data set; KeyError listing the registered ones otherwise."""
+    """Metadata of a registered data set, with its ``thing_classes`` (a COCO JSON registered by
+    ``register_coco_instances`` knows them once loaded: it is loaded here then); KeyError listing
+    the registered ones otherwise."""
     if dataset_name not in DatasetCatalog.list():
         raise KeyError(f"data set '{dataset_name}' is not registered; registered: "
                        f"{sorted(DatasetCatalog.list())}")
-    return MetadataCatalog.get(dataset_name)
+    meta = MetadataCatalog.get(dataset_name)
+    if meta.get("thing_classes", None) is None:
+        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools' prints
+            DatasetCatalog.get(dataset_name)
+    return meta
 
 
 def dataset_description(dataset_name: str) -> str:
