@@ -22,8 +22,8 @@ def add_nst_config(cfg: CN) -> CN:
     _C = cfg
     add_distill_config(_C)
     # Teacher detector's config file (a Detectron2 yaml; its MODEL.META_ARCHITECTURE must be a plain
-    # detector such as GeneralizedRCNN), relative to the yaml that names it. Required by
-    # DistillGeneralizedRCNN when a distillation weight is > 0.
+    # detector such as GeneralizedRCNN), relative to the yaml that names it, or "zoo://" + a config
+    # of Detectron2's model zoo. Required by DistillGeneralizedRCNN when a distillation weight is > 0.
     _C.DISTILL.TEACHER.CONFIG = ""
 
     # Let MODEL.WEIGHTS leave most of the detector unloaded (a file of another architecture). By

@@ -16,10 +16,12 @@ from .data.custom import CUSTOM_PATH_ENTRIES, check_custom_datasets, register_cu
 
 __all__ = ["get_nst_cfg", "load_nst_cfg", "load_teacher_cfg", "student_cfg", "distills",
            "add_config_file_arguments", "config_from_arguments",
-           "DISTILL_META_ARCHITECTURES", "PATH_KEYS"]
+           "model_zoo_config_file", "DISTILL_META_ARCHITECTURES", "MODEL_ZOO_PREFIX", "PATH_KEYS"]
 
 # Meta-architectures that hold a student GeneralizedRCNN and a teacher.
 DISTILL_META_ARCHITECTURES = ("DistillGeneralizedRCNN",)
+# Marks a config of Detectron2's model zoo (DISTILL.TEACHER.CONFIG), never read as a local path.
+MODEL_ZOO_PREFIX = "zoo://"
 # Config keys that hold file paths: read relative to the yaml that names them.
 PATH_KEYS = ("MODEL.WEIGHTS", "DISTILL.TEACHER.CONFIG", "DISTILL.TEACHER.WEIGHTS")
 
@@ -77,15 +79,34 @@ def distills(cfg: CN) -> bool:
         d.NST.WEIGHT > 0 or d.KD.WEIGHT > 0)
 
 
+def model_zoo_config_file(config_file: str, key: str) -> str:
+    """The file of a config named ``zoo://<path in Detectron2's model zoo>`` (for example
+    ``zoo://COCO-Detection/faster_rcnn_R_101_FPN_3x.yaml``, resolved by
+    ``detectron2.model_zoo.get_config_file``, nothing downloaded); any other value unchanged. An
+    unknown name is a FileNotFoundError naming ``key`` and the value."""
+    if not config_file.startswith(MODEL_ZOO_PREFIX):
+        return config_file
+    from detectron2 import model_zoo
+
+    name = config_file[len(MODEL_ZOO_PREFIX):]
+    try:
+        return model_zoo.get_config_file(name)
+    except RuntimeError as e:
+        raise FileNotFoundError(f"{key} '{config_file}': Detectron2's model zoo has no config "
+                                f"'{name}' ({e})") from e
+
+
 def load_teacher_cfg(config_file: str, device: Optional[str] = None) -> CN:
     """The frozen config of a teacher detector read from ``config_file``
-    (DISTILL.TEACHER.CONFIG), on ``device`` (the student's MODEL.DEVICE) when given."""
+    (DISTILL.TEACHER.CONFIG: a local yaml, or ``zoo://`` + a yaml of Detectron2's model zoo), on
+    ``device`` (the student's MODEL.DEVICE) when given."""
     key = "DISTILL.TEACHER.CONFIG"
     if not config_file:
         raise ValueError(
             f"{key} is empty: DistillGeneralizedRCNN needs the teacher detector's config file "
             "(e.g. configs/voc_frcnn_R101_teacher.yaml) when a distillation weight is > 0."
         )
+    config_file = model_zoo_config_file(config_file, key)
     if not os.path.isfile(config_file):
         raise FileNotFoundError(missing_path_message(key, config_file, what="teacher config file"))
     check_renamed_keys(config_file)
