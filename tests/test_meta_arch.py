@@ -315,6 +315,50 @@ def test_levels_of_different_stride_are_refused_at_build(teacher_weights):
               "DISTILL.TEACHER_FEATURES", ["p4"], "DISTILL.LEVEL_WEIGHTS", [1.0])
 
 
+@pytest.mark.parametrize("resize", ["student_to_teacher", "teacher_to_student"])
+def test_levels_of_different_stride_train_with_an_explicit_resize(batch, teacher_weights, resize):
+    """DISTILL.RESIZE: the student's p3 (stride 8) against the teacher's p4 (stride 16) gives the
+    float64 MMD^2 of the pair after resizing one map to the other's size."""
+    import torch.nn.functional as F
+
+    model = build(teacher_weights, "DISTILL.STUDENT_FEATURES", ["p3"], "DISTILL.TEACHER_FEATURES",
+                  ["p4"], "DISTILL.LEVEL_WEIGHTS", [1.0], "DISTILL.RESIZE", resize)
+    store = {}
+    model.backbone.register_forward_hook(lambda m, a, out: store.__setitem__("s", out["p3"]))
+    model.teacher.backbone.register_forward_hook(lambda m, a, out: store.__setitem__("t", out["p4"]))
+    with EventStorage():
+        losses = model(batch)
+    s, t = store["s"].detach().double(), store["t"].double()
+    assert s.shape[-1] == 2 * t.shape[-1]  # really different sizes
+    if resize == "student_to_teacher":
+        s = F.interpolate(s, size=t.shape[-2:], mode="bilinear", align_corners=False)
+    else:
+        t = F.interpolate(t, size=s.shape[-2:], mode="bilinear", align_corners=False)
+    expected = model.nst_weight * naive_poly_mmd2(s, t)
+    assert losses["loss_nst"].item() == pytest.approx(float(expected), rel=1e-4)
+    losses["loss_nst"].backward()
+    assert model.backbone.fpn_output3.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in model.teacher.parameters())
+
+
+def test_student_fpn_narrower_than_the_teacher_needs_no_adapter(batch, teacher_weights):
+    """NST compares distributions of channel maps: 32 student channels against 96 teacher channels."""
+    model = build(teacher_weights, "MODEL.FPN.OUT_CHANNELS", 32)
+    assert model.backbone.output_shape()["p2"].channels == 32
+    assert model.teacher.backbone.output_shape()["p2"].channels == 96
+    assert not any("adapter" in k or "connector" in k for k in model.state_dict())
+    with EventStorage():
+        losses = model(batch)
+    assert torch.isfinite(losses["loss_nst"]) and losses["loss_nst"] > 0
+    losses["loss_nst"].backward()
+    assert model.backbone.fpn_output2.weight.grad.abs().sum() > 0
+
+
+def test_unknown_resize_choice_is_refused_naming_the_key(teacher_weights):
+    with pytest.raises(ValueError, match=r"DISTILL\.RESIZE is 'bilinear': it must be one of"):
+        build(teacher_weights, "DISTILL.RESIZE", "bilinear")
+
+
 def test_levels_of_different_size_are_refused_in_forward(teacher_weights):
     model = build(teacher_weights)
     student = {f: torch.rand(2, 64, 8, 10) for f in model.student_features}

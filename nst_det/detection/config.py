@@ -25,6 +25,9 @@ def add_nst_config(cfg: CN) -> CN:
     # detector such as GeneralizedRCNN), relative to the yaml that names it, or "zoo://" + a config
     # of Detectron2's model zoo. Required by DistillGeneralizedRCNN when a distillation weight is > 0.
     _C.DISTILL.TEACHER.CONFIG = ""
+    # Matched levels of different strides: "" = an error naming both levels; "student_to_teacher" or
+    # "teacher_to_student" = NST on the pair after a bilinear resize of one map to the other's size.
+    _C.DISTILL.RESIZE = ""
 
     # Let MODEL.WEIGHTS leave most of the detector unloaded (a file of another architecture). By
     # default that is an error: training from it, or evaluating it, gives meaningless numbers.

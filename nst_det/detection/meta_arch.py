@@ -31,6 +31,8 @@ __all__ = ["DistillGeneralizedRCNN"]
 logger = logging.getLogger(__name__)
 
 _SWAPPABLE_FORMATS = ("RGB", "BGR")
+# DISTILL.RESIZE -> the resize argument of nst_det.losses.nst_loss
+RESIZE_CHOICES = {"": None, "student_to_teacher": "to_teacher", "teacher_to_student": "to_student"}
 
 
 def _available_features(backbone: nn.Module) -> Dict[str, object]:
@@ -95,6 +97,7 @@ class DistillGeneralizedRCNN(GeneralizedRCNN):
         kd_weight: float = 0.0,
         kd_temperature: float = 4.0,
         warmup_iters: int = 0,
+        resize: str = "",
         **kwargs,
     ):
         """
@@ -110,6 +113,8 @@ class DistillGeneralizedRCNN(GeneralizedRCNN):
             nst_kernel, nst_degree, nst_coef, nst_sigma2: the MMD kernel (nst_det.losses.nst_loss).
             kd_weight, kd_temperature: KD on the ROI box head's class logits (0 = KD off).
             warmup_iters: distillation weights grow linearly over this many iterations (0 = off).
+            resize: "" (matched levels must have the same stride), "student_to_teacher" or
+                "teacher_to_student" (bilinear resize of one map of each pair to the other's size).
             kwargs: the arguments of GeneralizedRCNN (the student).
         """
         super().__init__(**kwargs)
@@ -121,6 +126,10 @@ class DistillGeneralizedRCNN(GeneralizedRCNN):
         self.kd_weight = float(kd_weight)
         self.kd_temperature = float(kd_temperature)
         self.warmup_iters = int(warmup_iters)
+        if resize not in RESIZE_CHOICES:
+            raise ValueError(f"DISTILL.RESIZE is {resize!r}: it must be one of "
+                             f"{sorted(RESIZE_CHOICES)}")
+        self.resize = resize
 
         if teacher is None:
             if self.nst_weight > 0 or self.kd_on:
@@ -155,6 +164,7 @@ class DistillGeneralizedRCNN(GeneralizedRCNN):
             kd_weight=d.KD.WEIGHT,
             kd_temperature=d.KD.TEMPERATURE,
             warmup_iters=d.WARMUP_ITERS,
+            resize=d.RESIZE,
         )
         return ret
 
@@ -214,11 +224,12 @@ class DistillGeneralizedRCNN(GeneralizedRCNN):
             "teacher", "DISTILL.TEACHER_FEATURES", self.teacher_features, self.teacher.backbone)
         for s_name, t_name in zip(self.student_features, self.teacher_features):
             s_stride, t_stride = student_shapes[s_name].stride, teacher_shapes[t_name].stride
-            if s_stride != t_stride:
+            if s_stride != t_stride and not self.resize:
                 raise ValueError(
                     f"student feature '{s_name}' has stride {s_stride} but teacher feature "
                     f"'{t_name}' has stride {t_stride}: NST needs matched levels of the same "
-                    "spatial size (DISTILL.STUDENT_FEATURES / TEACHER_FEATURES)"
+                    "spatial size (DISTILL.STUDENT_FEATURES / TEACHER_FEATURES), or "
+                    "DISTILL.RESIZE \"student_to_teacher\" / \"teacher_to_student\""
                 )
         s_div, t_div = self.backbone.size_divisibility, self.teacher.backbone.size_divisibility
         if t_div > 1 and s_div % t_div != 0:
@@ -370,14 +381,14 @@ class DistillGeneralizedRCNN(GeneralizedRCNN):
         terms = []
         for s_name, t_name in zip(self.student_features, self.teacher_features):
             s, t = student_features[s_name], teacher_features[t_name]
-            if s.shape[0] != t.shape[0] or s.shape[2:] != t.shape[2:]:
+            if s.shape[0] != t.shape[0] or (s.shape[2:] != t.shape[2:] and not self.resize):
                 raise ValueError(
                     f"student feature '{s_name}' is {tuple(s.shape)} but teacher feature "
                     f"'{t_name}' is {tuple(t.shape)}: matched levels need the same batch size "
                     "and spatial size"
                 )
             terms.append(loss_or_nan(
-                lambda: nst_loss(s, t, **self.nst_kwargs), s,
+                lambda: nst_loss(s, t, resize=RESIZE_CHOICES[self.resize], **self.nst_kwargs), s,
                 f" (student feature '{s_name}', teacher feature '{t_name}')"))
         return terms
 
