@@ -12,6 +12,7 @@ import torch
 
 import nst_det.detection  # noqa: F401  (first: makes Detectron2 usable here, registers nst_det's models)
 from detectron2.modeling import build_model
+from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 from nst_det.detection.data import generate_demo_data
 from nst_det.detection.load_config import load_nst_cfg, load_teacher_cfg
@@ -65,7 +66,6 @@ def test_zoo_teacher_loads_strictly_from_a_local_pkl_and_teaches_the_student(zoo
     assert model.teacher.backbone.bottom_up.stages[2][0].conv1.weight.shape[1] == 512  # R-101 res4
     assert not any(k.startswith("teacher") for k in model.state_dict())
     image = torch.randint(0, 255, (3, 64, 80), dtype=torch.uint8)
-    from detectron2.structures import Boxes, Instances
     instances = Instances((64, 80), gt_boxes=Boxes(torch.tensor([[10.0, 10.0, 40.0, 40.0]])),
                           gt_classes=torch.tensor([0]))
     model.train()

@@ -169,21 +169,19 @@ def _build_taps(net, layers, key):
         raise type(e)(f"{key} {layers}: {e}") from e
 
 
-def build_role_net(cfg, role: str, weights=None, weights_key: str = ""):
+def build_role_net(cfg, role: str, weights=None):
     """The classifier of ``role``: "student" (MODEL.STUDENT) or "teacher" (DISTILL.TEACHER), with
     ``weights`` loaded strictly (None: the config's MODEL.STUDENT.WEIGHTS / DISTILL.TEACHER.WEIGHTS;
-    "": random initialisation). ``weights_key`` names a file that does not come from the config
-    in error messages."""
+    "": random initialisation; a file given here is named "<role> checkpoint" in errors)."""
     from nst_det.classification.models import build_classifier
 
-    if role == "student":
-        name, key, configured = cfg.MODEL.STUDENT.NAME, "MODEL.STUDENT.WEIGHTS", cfg.MODEL.STUDENT.WEIGHTS
-    else:
-        name, key, configured = cfg.DISTILL.TEACHER.NAME, "DISTILL.TEACHER.WEIGHTS", cfg.DISTILL.TEACHER.WEIGHTS
+    node, key = ((cfg.MODEL.STUDENT, "MODEL.STUDENT.WEIGHTS") if role == "student"
+                 else (cfg.DISTILL.TEACHER, "DISTILL.TEACHER.WEIGHTS"))
+    name = node.NAME
     if weights is None:
-        weights = configured
+        weights = node.WEIGHTS
     else:
-        key = weights_key or f"{role} checkpoint"
+        key = f"{role} checkpoint"
     net = build_classifier(name, cfg.MODEL.NUM_CLASSES)
     if weights:
         load_weights_strictly(net, weights, key, what=f"{role} weights file",

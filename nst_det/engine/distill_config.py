@@ -98,20 +98,15 @@ def add_distill_config(cfg):
 def distill_weight_keys(cfg) -> list:
     """``["DISTILL.NST.WEIGHT", "DISTILL.KD.WEIGHT", ...]``: every term's weight key in ``cfg``."""
     return [f"DISTILL.{name}.WEIGHT" for name, node in cfg.DISTILL.items()
-            if hasattr(node, "keys") and "WEIGHT" in node and name != "TEACHER"]
+            if hasattr(node, "keys") and "WEIGHT" in node]
 
 
-def _value(cfg, key: str):
-    node = cfg
-    for part in key.split("."):
-        node = node[part]
-    return node
-
-
-def _number(key: str, value, rule: str):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+def _check_number(key: str, value, valid, rule: str) -> None:
+    """ValueError ``"<key> is <value>: <rule>"`` unless ``value`` is a finite number for which
+    ``valid(value)`` holds."""
+    if (isinstance(value, bool) or not isinstance(value, (int, float))
+            or not math.isfinite(value) or not valid(value)):
         raise ValueError(f"{key} is {value!r}: {rule}")
-    return value
 
 
 def check_distill_config(cfg) -> None:
@@ -121,13 +116,11 @@ def check_distill_config(cfg) -> None:
     DISTILL.NST.KERNEL or a bad DEGREE, a negative DISTILL.NST.SIGMA2, a DISTILL.KD.TEMPERATURE
     that is not > 0 or a negative DISTILL.WARMUP_ITERS."""
     d = cfg.DISTILL
-    rule = "a distillation weight must be a finite number >= 0 (0 turns the term off)"
+    weight_rule = "a distillation weight must be a finite number >= 0 (0 turns the term off)"
     for key in distill_weight_keys(cfg):
-        if _number(key, _value(cfg, key), rule) < 0:
-            raise ValueError(f"{key} is {_value(cfg, key)!r}: {rule}")
+        _check_number(key, d[key.split(".")[1]].WEIGHT, lambda w: w >= 0, weight_rule)
     for i, w in enumerate(d.LEVEL_WEIGHTS):
-        if _number(f"DISTILL.LEVEL_WEIGHTS[{i}]", w, rule) < 0:
-            raise ValueError(f"DISTILL.LEVEL_WEIGHTS[{i}] is {w!r}: {rule}")
+        _check_number(f"DISTILL.LEVEL_WEIGHTS[{i}]", w, lambda w: w >= 0, weight_rule)
     student, teacher = list(d.STUDENT_FEATURES), list(d.TEACHER_FEATURES)
     if teacher and len(teacher) != len(student):
         raise ValueError(f"DISTILL.STUDENT_FEATURES {student} and DISTILL.TEACHER_FEATURES "
@@ -135,24 +128,18 @@ def check_distill_config(cfg) -> None:
     if student and d.LEVEL_WEIGHTS and len(d.LEVEL_WEIGHTS) != len(student):
         raise ValueError(f"DISTILL.LEVEL_WEIGHTS {list(d.LEVEL_WEIGHTS)} needs one weight per "
                          f"entry of DISTILL.STUDENT_FEATURES {student} ([] = 1.0 each)")
-    sigma2 = _number("DISTILL.NST.SIGMA2", d.NST.SIGMA2,
-                     "the Gaussian bandwidth must be a finite number > 0, or 0 for the data-driven "
-                     "rule")
-    if sigma2 < 0:
-        raise ValueError(f"DISTILL.NST.SIGMA2 is {sigma2!r}: the Gaussian bandwidth must be a "
-                         f"finite number > 0, or 0 for the data-driven rule")
+    _check_number("DISTILL.NST.SIGMA2", d.NST.SIGMA2, lambda s: s >= 0,
+                  "the Gaussian bandwidth must be a finite number > 0, or 0 for the data-driven "
+                  "rule")
     try:
-        check_kernel_args(d.NST.KERNEL, d.NST.DEGREE, d.NST.COEF, sigma2 or None, resize=None)
+        check_kernel_args(d.NST.KERNEL, d.NST.DEGREE, d.NST.COEF, d.NST.SIGMA2 or None,
+                          resize=None)
     except ValueError as e:
         raise ValueError(f"DISTILL.NST: {e}") from e
-    temperature = _number("DISTILL.KD.TEMPERATURE", d.KD.TEMPERATURE,
-                          "the KD temperature must be a finite number > 0")
-    if temperature <= 0:
-        raise ValueError(f"DISTILL.KD.TEMPERATURE is {temperature!r}: the KD temperature must be "
-                         f"a finite number > 0")
-    if _number("DISTILL.WARMUP_ITERS", d.WARMUP_ITERS, "it must be an integer >= 0") < 0:
-        raise ValueError(f"DISTILL.WARMUP_ITERS is {d.WARMUP_ITERS}: it must be >= 0 "
-                         f"(0 = no warm-up)")
+    _check_number("DISTILL.KD.TEMPERATURE", d.KD.TEMPERATURE, lambda t: t > 0,
+                  "the KD temperature must be a finite number > 0")
+    _check_number("DISTILL.WARMUP_ITERS", d.WARMUP_ITERS, lambda n: n >= 0,
+                  "it must be >= 0 (0 = no warm-up)")
 
 
 def _flat_keys(mapping, prefix=""):
