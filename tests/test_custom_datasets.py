@@ -5,7 +5,6 @@ The documented yaml and commands are run word for word from a working directory 
 repository, on tiny sets in COCO and VOC layout written where the yaml says (only the CPU
 overrides are added, and ``--num-gpus 2``: each of the two processes registers the sets itself).
 """
-import importlib.util
 import json
 import os
 import re
@@ -62,13 +61,6 @@ def write_user_data(dirname):
     write_voc(data, 2007, {"trainval": 4, "test": 2}, seed=1)
 
 
-def load_tool(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "tools", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def run_tool(work, tokens, *extra):
     """A documented ``python tools/...`` command from ``work`` (the venv's python, the repo's
     tool), stdout and stderr merged."""
@@ -107,20 +99,21 @@ def test_documented_config_trains_and_evaluates_both_sets(trained):
     assert (out / "log.txt.rank1").is_file()  # the second process ran (and found the sets)
 
 
-def test_documented_eval_and_visualize_commands_register_from_the_config(trained, capsys,
-                                                                         monkeypatch, forget):
+def test_documented_eval_and_visualize_commands_register_from_the_config(trained):
     """tools/eval_predictions.py and tools/visualize_predictions.py with --config-file know the
-    config's sets (run in this process, from the documented command lines)."""
-    forget += ["my_coco_train", "my_coco_val", "my_voc_trainval", "my_voc_test"]
-    assert "my_coco_val" not in DatasetCatalog.list()
+    config's sets (the documented command lines, run from the user's folder)."""
     (eval_cmd,) = [c for c in trained["commands"] if c[1] == "tools/eval_predictions.py"]
     (draw_cmd,) = [c for c in trained["commands"] if c[1] == "tools/visualize_predictions.py"]
-    monkeypatch.chdir(trained["work"])  # the documented paths are relative to the user's folder
-    results = load_tool("eval_predictions").main(eval_cmd[2:])
-    paths = load_tool("visualize_predictions").main(draw_cmd[2:])
+    evaluated = run_tool(trained["work"], eval_cmd, "--output", "metrics_of_predictions.json")
+    assert evaluated.returncode == 0, evaluated.stdout[-3000:]
+    assert "my_coco_val" in evaluated.stdout
+    results = json.loads((trained["work"] / "metrics_of_predictions.json").read_text())
     assert {"AP", "AP50", "AR100", "AP-person"} <= set(results)
-    assert len(paths) == 2 and all(os.path.isfile(p) for p in paths)
-    assert "my_coco_val" in capsys.readouterr().out
+    drawn = run_tool(trained["work"], draw_cmd)
+    assert drawn.returncode == 0, drawn.stdout[-3000:]
+    pictures = trained["work"] / draw_cmd[draw_cmd.index("--output") + 1]
+    assert len([p for p in os.listdir(pictures) if p.endswith(".png")]) == 2
+    assert f"wrote 2 pictures to {draw_cmd[draw_cmd.index('--output') + 1]}" in drawn.stdout
 
 
 def test_missing_json_names_the_key_the_entry_and_the_places_tried(tmp_path):
