@@ -21,6 +21,9 @@ calls itself 0.6). With an official, compiled, up-to-date Detectron2 nothing her
 - ``create_ddp_model`` passes ``device_ids=[local rank]``, which DistributedDataParallel refuses
   for a CPU module (gloo processes of ``--num-gpus N`` without CUDA): for a CPU module it passes
   none (probed by what it hands DistributedDataParallel for one).
+- ``RetinaNetHead`` with ``norm="GN"`` (FCOS's head, as its LazyConfig builds it) asks
+  ``get_norm("GN", 1)`` for the name of the norm type, a GroupNorm of 32 groups on 1 channel that
+  torch >= 2 refuses: that probe gets a 32-channel GroupNorm (probed by building such a head).
 
 ``APPLIED`` lists the names of the fixes that are active in this process, e.g. ``"stand_in_C"``,
 ``"numpy_aliases:detectron2.data.datasets.pascal_voc"``.
@@ -333,6 +336,38 @@ def _fix_create_ddp_model_on_cpu():
     APPLIED.append("create_ddp_model_cpu")
 
 
+def _retinanet_head_refuses_group_norm(retinanet) -> bool:
+    from detectron2.layers import ShapeSpec
+
+    try:
+        retinanet.RetinaNetHead(input_shape=[ShapeSpec(channels=32)], num_classes=1, num_anchors=1,
+                                conv_dims=[32], norm="GN")
+    except ValueError as e:
+        return "num_groups" in str(e)
+    return False
+
+
+def _fix_retinanet_head_group_norm():
+    """Let ``RetinaNetHead`` (and FCOSHead) take ``norm="GN"``: the type probe
+    ``get_norm(norm, 1)`` in its ``__init__`` builds GroupNorm(32, 1), which torch refuses."""
+    from detectron2.modeling.meta_arch import retinanet
+
+    if getattr(retinanet.get_norm, "_nst_det_fixed", False):
+        return
+    if not _retinanet_head_refuses_group_norm(retinanet):
+        return
+    original = retinanet.get_norm
+
+    def get_norm(norm, out_channels):
+        if norm == "GN" and out_channels == 1:  # the type probe: any valid channel count
+            out_channels = 32
+        return original(norm, out_channels)
+
+    get_norm._nst_det_fixed = True
+    retinanet.get_norm = get_norm
+    APPLIED.append("retinanet_head_group_norm")
+
+
 _installed = False
 
 
@@ -351,4 +386,5 @@ def install():
         _fix_lr_scheduler_hook()
         _fix_map_dataset_fallback()
         _fix_create_ddp_model_on_cpu()
+        _fix_retinanet_head_group_norm()
     _installed = True

@@ -23,7 +23,7 @@ from nst_det.engine.distill_config import REMOVED_KEYS, RENAMED_KEYS, add_distil
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DET_STUDENT_NST = os.path.join(REPO, "configs", "demo", "det_student_nst.yaml")
 CLS_STUDENT_NST = os.path.join(REPO, "configs", "demo", "cls_student_nst.yaml")
-DET_ONLY = {"TEACHER.CONFIG", "RESIZE"}
+DET_ONLY = {"TEACHER.CONFIG", "RESIZE", "MATCH_LEVELS"}
 CLS_ONLY = {"TEACHER.NAME", "AT.WEIGHT", "AT.P", "FITNET.WEIGHT"}
 
 

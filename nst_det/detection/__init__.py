@@ -1,5 +1,6 @@
 """The detection stage, a Detectron2 project: importing it makes Detectron2 usable on this stack
-(:mod:`nst_det._d2_compat`) and registers nst_det's meta-architecture (DistillGeneralizedRCNN),
+(:mod:`nst_det._d2_compat`) and registers nst_det's meta-architectures (DistillGeneralizedRCNN,
+DistillRetinaNet, DistillFCOS, YamlFCOS),
 backbones (Inception-BN, with FPN) and demo data sets in Detectron2's registries."""
 from nst_det import _d2_compat
 
@@ -8,6 +9,12 @@ _d2_compat.install()
 from . import backbone, data  # noqa: E402,F401  (registers backbones and the demo data sets)
 from .config import add_nst_config  # noqa: E402,F401
 from .load_config import get_nst_cfg, load_nst_cfg, load_teacher_cfg, student_cfg  # noqa: E402,F401
-from .meta_arch import DistillGeneralizedRCNN  # noqa: E402,F401  (registers the meta-architecture)
+from .fcos import YamlFCOS  # noqa: E402,F401  (registers FCOS built from MODEL.FCOS)
+from .meta_arch import (  # noqa: E402,F401  (registers the distilling meta-architectures)
+    DistillDetector,
+    DistillFCOS,
+    DistillGeneralizedRCNN,
+    DistillRetinaNet,
+)
 from .teacher import build_teacher  # noqa: E402,F401
 from .trainer import DistillTrainer, setup_cfg  # noqa: E402,F401

@@ -11,15 +11,15 @@ from detectron2.config import get_cfg
 from nst_det.engine.config_paths import missing_path_message, resolve_config_paths
 from nst_det.engine.distill_config import check_distill_config, check_renamed_keys
 
+from .architectures import DISTILL_META_ARCHITECTURES, NUM_CLASSES_KEYS, num_classes_key
 from .config import add_nst_config
 from .data.custom import CUSTOM_PATH_ENTRIES, check_custom_datasets, register_custom_datasets
 
-__all__ = ["get_nst_cfg", "load_nst_cfg", "load_teacher_cfg", "student_cfg", "distills",
-           "add_config_file_arguments", "config_from_arguments",
-           "model_zoo_config_file", "DISTILL_META_ARCHITECTURES", "MODEL_ZOO_PREFIX", "PATH_KEYS"]
+__all__ = ["get_nst_cfg", "load_nst_cfg", "load_teacher_cfg", "is_lazy_config", "student_cfg",
+           "distills", "add_config_file_arguments", "config_from_arguments",
+           "model_zoo_config_file", "num_classes_key", "DISTILL_META_ARCHITECTURES",
+           "MODEL_ZOO_PREFIX", "NUM_CLASSES_KEYS", "PATH_KEYS"]
 
-# Meta-architectures that hold a student GeneralizedRCNN and a teacher.
-DISTILL_META_ARCHITECTURES = ("DistillGeneralizedRCNN",)
 # Marks a config of Detectron2's model zoo (DISTILL.TEACHER.CONFIG), never read as a local path.
 MODEL_ZOO_PREFIX = "zoo://"
 # Config keys that hold file paths: read relative to the yaml that names them.
@@ -96,6 +96,12 @@ def model_zoo_config_file(config_file: str, key: str) -> str:
                                 f"'{name}' ({e})") from e
 
 
+def is_lazy_config(config_file: str) -> bool:
+    """True when ``config_file`` (DISTILL.TEACHER.CONFIG) names a LazyConfig ``.py`` file (local or
+    ``zoo://``), read with ``LazyConfig.load``, not as a yaml."""
+    return config_file.endswith(".py")
+
+
 def load_teacher_cfg(config_file: str, device: Optional[str] = None) -> CN:
     """The frozen config of a teacher detector read from ``config_file``
     (DISTILL.TEACHER.CONFIG: a local yaml, or ``zoo://`` + a yaml of Detectron2's model zoo), on
@@ -103,9 +109,12 @@ def load_teacher_cfg(config_file: str, device: Optional[str] = None) -> CN:
     key = "DISTILL.TEACHER.CONFIG"
     if not config_file:
         raise ValueError(
-            f"{key} is empty: DistillGeneralizedRCNN needs the teacher detector's config file "
+            f"{key} is empty: a distilling detector needs the teacher detector's config file "
             "(e.g. configs/voc_frcnn_R101_teacher.yaml) when a distillation weight is > 0."
         )
+    if is_lazy_config(config_file):
+        raise ValueError(f"{key} '{config_file}' is a LazyConfig file, not a yaml: its teacher is "
+                         "built by nst_det.detection.teacher.build_lazy_teacher")
     config_file = model_zoo_config_file(config_file, key)
     if not os.path.isfile(config_file):
         raise FileNotFoundError(missing_path_message(key, config_file, what="teacher config file"))
@@ -119,11 +128,12 @@ def load_teacher_cfg(config_file: str, device: Optional[str] = None) -> CN:
 
 
 def student_cfg(cfg: CN) -> CN:
-    """A frozen copy of ``cfg`` that builds the student alone (a plain GeneralizedRCNN, no teacher):
-    for evaluation, visualisation and export of a distilled model."""
+    """A frozen copy of ``cfg`` that builds the student alone (its plain detector, e.g.
+    GeneralizedRCNN for DistillGeneralizedRCNN; no teacher): for evaluation, visualisation and
+    export of a distilled model."""
     cfg = cfg.clone()
     cfg.defrost()
-    if cfg.MODEL.META_ARCHITECTURE in DISTILL_META_ARCHITECTURES:
-        cfg.MODEL.META_ARCHITECTURE = "GeneralizedRCNN"
+    arch = cfg.MODEL.META_ARCHITECTURE
+    cfg.MODEL.META_ARCHITECTURE = DISTILL_META_ARCHITECTURES.get(arch, arch)
     cfg.freeze()
     return cfg

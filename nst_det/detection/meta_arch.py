@@ -1,38 +1,60 @@
-"""DistillGeneralizedRCNN: a student GeneralizedRCNN trained with NST (and optionally KD) from a
-frozen teacher detector.
+"""Distillation for every Detectron2 detector with a backbone: a student ``GeneralizedRCNN``
+(Faster / Mask R-CNN), ``RetinaNet`` or FCOS (:class:`~nst_det.detection.fcos.YamlFCOS`) trained with
+NST (and optionally KD) from a frozen teacher of any of those families.
 
-In training the student runs as an ordinary ``GeneralizedRCNN``; hooks keep the backbone's input
-and features (and, for KD, the sampled proposals and class logits). The teacher then runs without
-autograd on the same images, only as far as the matched features (its backbone, and its box head
-on the student's proposals when KD is on), and ``loss_nst`` (and ``loss_kd``) join the losses.
-In inference only the student runs. The teacher is held outside the module tree, so
-``state_dict()``, ``parameters()``, the optimizer and DistributedDataParallel see the student only.
+One mechanism, :class:`DistillDetector`, mixed into each student class: in training the student runs
+as the plain detector it is; hooks keep the backbone's input and features (and, for KD, the head's
+class logits, and for R-CNN the sampled proposals). The teacher then runs without autograd on the
+same images, only as far as the matched features (its backbone; its head too when KD is on), and
+``loss_nst`` (and ``loss_kd``) join the losses. In inference only the student runs. The teacher is
+held outside the module tree, so ``state_dict()``, ``parameters()``, the optimizer and
+DistributedDataParallel see the student only.
 """
 import logging
 from typing import Dict, List, Optional, Sequence
 
 import torch
 from detectron2.config import configurable
-from detectron2.modeling import META_ARCH_REGISTRY, GeneralizedRCNN
+from detectron2.modeling import META_ARCH_REGISTRY, GeneralizedRCNN, RetinaNet
+from detectron2.modeling.meta_arch.dense_detector import DenseDetector, permute_to_N_HWA_K
 from detectron2.structures import ImageList
 from detectron2.utils.events import get_event_storage
 from torch import nn
 
 from nst_det.detection.load_config import distills
-from nst_det.losses import kd_loss, nst_loss
+from nst_det.losses import binary_kd_loss, kd_loss, nst_loss
 from nst_det.losses.feature_pair import loss_or_nan
 from nst_det.losses.nst import check_kernel_args
 from nst_det.engine.warmup import current_iteration, warmup_factor
 
+from .fcos import YamlFCOS
 from .teacher import build_teacher
 
-__all__ = ["DistillGeneralizedRCNN"]
+__all__ = ["DistillDetector", "DistillGeneralizedRCNN", "DistillRetinaNet", "DistillFCOS",
+           "head_family"]
 
 logger = logging.getLogger(__name__)
 
 _SWAPPABLE_FORMATS = ("RGB", "BGR")
 # DISTILL.RESIZE -> the resize argument of nst_det.losses.nst_loss
 RESIZE_CHOICES = {"": None, "student_to_teacher": "to_teacher", "teacher_to_student": "to_student"}
+# DISTILL.MATCH_LEVELS: how empty DISTILL.STUDENT_FEATURES / TEACHER_FEATURES are filled.
+MATCH_CHOICES = ("name", "stride")
+
+
+def head_family(model: nn.Module) -> str:
+    """What KD can compare in ``model``'s head: "roi" (one R-CNN box head with box_pooler,
+    box_head and box_predictor: softmax class logits per proposal), "dense" (a one-stage
+    DenseDetector head: sigmoid class logits per anchor or location), or "" (neither)."""
+    heads = getattr(model, "roi_heads", None)
+    if heads is not None and all(
+            isinstance(getattr(heads, a, None), nn.Module)
+            and not isinstance(getattr(heads, a), nn.ModuleList)
+            for a in ("box_pooler", "box_head", "box_predictor")):
+        return "roi"
+    if isinstance(model, DenseDetector):
+        return "dense"
+    return ""
 
 
 def _available_features(backbone: nn.Module) -> Dict[str, object]:
@@ -77,9 +99,10 @@ class _ForwardCapture:
         self._handles = []
 
 
-@META_ARCH_REGISTRY.register()
-class DistillGeneralizedRCNN(GeneralizedRCNN):
-    """GeneralizedRCNN student + frozen teacher; training adds ``loss_nst`` (and ``loss_kd``)."""
+class DistillDetector:
+    """Mixed in before a Detectron2 detector class (``class DistillX(DistillDetector, X)``): that
+    detector is the student, a frozen teacher detector of any family teaches it; training adds
+    ``loss_nst`` (and ``loss_kd``)."""
 
     @configurable
     def __init__(
@@ -98,24 +121,29 @@ class DistillGeneralizedRCNN(GeneralizedRCNN):
         kd_temperature: float = 4.0,
         warmup_iters: int = 0,
         resize: str = "",
+        match_levels: str = "name",
         **kwargs,
     ):
         """
         Args:
-            teacher: a trained, plain detector (e.g. GeneralizedRCNN); frozen and put in eval mode.
-                None when nothing is distilled (NST weight 0, KD off): the student trains alone.
+            teacher: a trained, plain detector (GeneralizedRCNN, RetinaNet, FCOS); frozen and put
+                in eval mode. None when nothing is distilled (NST weight 0, KD off): the student
+                trains alone.
             student_features, teacher_features: names matched in order by NST (see
-                DISTILL.STUDENT_FEATURES); each pair must have the same stride. Empty: every
-                backbone output that student and teacher both have; teacher's empty: the
-                student's names.
+                DISTILL.STUDENT_FEATURES); each pair must have the same stride unless ``resize``.
+                Empty: filled by ``match_levels``; teacher's empty: the student's names.
             level_weights: weight of each matched pair in loss_nst (empty: 1.0 each).
             nst_weight: overall weight of loss_nst (0 = NST off).
             nst_kernel, nst_degree, nst_coef, nst_sigma2: the MMD kernel (nst_det.losses.nst_loss).
-            kd_weight, kd_temperature: KD on the ROI box head's class logits (0 = KD off).
+            kd_weight, kd_temperature: KD on the heads' class logits (0 = KD off): softmax KD on
+                the ROI box head of R-CNN pairs, binary (sigmoid) KD on the dense head of
+                one-stage pairs that predict the same anchors or locations.
             warmup_iters: distillation weights grow linearly over this many iterations (0 = off).
             resize: "" (matched levels must have the same stride), "student_to_teacher" or
                 "teacher_to_student" (bilinear resize of one map of each pair to the other's size).
-            kwargs: the arguments of GeneralizedRCNN (the student).
+            match_levels: "name" (empty feature lists: every backbone output both have, by name)
+                or "stride" (each student backbone output with the teacher's of the same stride).
+            kwargs: the arguments of the student's detector class.
         """
         super().__init__(**kwargs)
         self.student_features = list(student_features)
@@ -129,7 +157,11 @@ class DistillGeneralizedRCNN(GeneralizedRCNN):
         if resize not in RESIZE_CHOICES:
             raise ValueError(f"DISTILL.RESIZE is {resize!r}: it must be one of "
                              f"{sorted(RESIZE_CHOICES)}")
+        if match_levels not in MATCH_CHOICES:
+            raise ValueError(f"DISTILL.MATCH_LEVELS is {match_levels!r}: it must be one of "
+                             f"{list(MATCH_CHOICES)}")
         self.resize = resize
+        self.match_levels = match_levels
 
         if teacher is None:
             if self.nst_weight > 0 or self.kd_on:
@@ -146,6 +178,10 @@ class DistillGeneralizedRCNN(GeneralizedRCNN):
         self._default_features()
         self._check_distillation()
         teacher.to(self.device)
+        logger.info(f"Distilling a {type(teacher).__name__} teacher into a "
+                    f"{type(self).__name__} student; NST on student {self.student_features} / "
+                    f"teacher {self.teacher_features}" + (f", KD on the {head_family(self)} "
+                                                          f"heads" if self.kd_on else ""))
 
     @classmethod
     def from_config(cls, cfg):
@@ -165,12 +201,13 @@ class DistillGeneralizedRCNN(GeneralizedRCNN):
             kd_temperature=d.KD.TEMPERATURE,
             warmup_iters=d.WARMUP_ITERS,
             resize=d.RESIZE,
+            match_levels=d.MATCH_LEVELS,
         )
         return ret
 
     @property
     def kd_on(self) -> bool:
-        """KD on the ROI class logits is on (DISTILL.KD.WEIGHT > 0)."""
+        """KD on the heads' class logits is on (DISTILL.KD.WEIGHT > 0)."""
         return self.kd_weight > 0
 
     @property
@@ -189,17 +226,30 @@ class DistillGeneralizedRCNN(GeneralizedRCNN):
     # build-time checks
     # ----------------------------------------------------------------------------------------
     def _default_features(self):
-        """Fill what the config leaves empty: the student features (every backbone output the
-        teacher also gives, in the student's order), the teacher features (the same names), the
-        level weights (1.0 each)."""
+        """Fill what the config leaves empty: the student and teacher features (DISTILL.MATCH_LEVELS
+        "name": every backbone output the teacher also gives, in the student's order, with the
+        same names; "stride": each student backbone output with the teacher's output of the same
+        stride), the teacher features of named student features (the same names), the level
+        weights (1.0 each)."""
         if not self.student_features:
+            student_outputs = self.backbone.output_shape()
             teacher_outputs = self.teacher.backbone.output_shape()
-            self.student_features = [n for n in self.backbone.output_shape() if n in teacher_outputs]
-            if not self.student_features:
+            if self.match_levels == "stride":
+                by_stride = {shape.stride: name for name, shape in teacher_outputs.items()}
+                pairs = [(n, by_stride[s.stride]) for n, s in student_outputs.items()
+                         if s.stride in by_stride]
+            else:
+                pairs = [(n, n) for n in student_outputs if n in teacher_outputs]
+            if not pairs:
+                strides = {n: s.stride for n, s in student_outputs.items()}
+                t_strides = {n: s.stride for n, s in teacher_outputs.items()}
                 raise ValueError(
-                    f"DISTILL.STUDENT_FEATURES is [] and the student's backbone outputs "
-                    f"{list(self.backbone.output_shape())} share no name with the teacher's "
-                    f"{list(teacher_outputs)}: name the matched features")
+                    f"DISTILL.STUDENT_FEATURES is [] and no student backbone output "
+                    f"{strides} has a teacher output {t_strides} of the same "
+                    f"{self.match_levels} (DISTILL.MATCH_LEVELS): name the matched features")
+            self.student_features = [s for s, _ in pairs]
+            if not self.teacher_features:
+                self.teacher_features = [t for _, t in pairs]
         if not self.teacher_features:
             self.teacher_features = list(self.student_features)
         if not self.level_weights:
@@ -253,22 +303,35 @@ class DistillGeneralizedRCNN(GeneralizedRCNN):
             self._check_kd()
 
     def _check_kd(self):
-        for role, model in (("student", self), ("teacher", self.teacher)):
-            heads = model.roi_heads
-            if not all(isinstance(getattr(heads, a, None), nn.Module)
-                       and not isinstance(getattr(heads, a), nn.ModuleList)
-                       for a in ("box_pooler", "box_head", "box_predictor")):
+        """KD needs heads that predict comparable class logits: both R-CNN box heads, or both dense
+        heads on the same anchors (or locations) of the same strides; and the same classes."""
+        families = head_family(self), head_family(self.teacher)
+        names = type(self).__name__, type(self.teacher).__name__
+        if families[0] != families[1] or not families[0]:
+            raise ValueError(
+                f"DISTILL.KD.WEIGHT > 0 but the heads of the {names[0]} student and the {names[1]} "
+                f"teacher cannot be compared: KD needs two R-CNN box heads (box_pooler, box_head, "
+                f"box_predictor, e.g. StandardROIHeads) or two one-stage heads that predict the "
+                f"same anchors; set DISTILL.KD.WEIGHT 0 (NST needs no such match)")
+        if families[0] == "roi":
+            s_classes = self.roi_heads.box_predictor.num_classes
+            t_classes = self.teacher.roi_heads.box_predictor.num_classes
+            key = "MODEL.ROI_HEADS.NUM_CLASSES"
+        else:
+            s_classes, t_classes = self.num_classes, self.teacher.num_classes
+            key = "NUM_CLASSES of MODEL.RETINANET / MODEL.FCOS"
+            s_anchors, t_anchors = _dense_anchors(self), _dense_anchors(self.teacher)
+            if s_anchors != t_anchors:
                 raise ValueError(
-                    f"DISTILL.KD.WEIGHT > 0 needs one box head with box_pooler, box_head and "
-                    f"box_predictor (e.g. StandardROIHeads); the {role} has "
-                    f"{type(heads).__name__}"
-                )
-        s_classes = self.roi_heads.box_predictor.num_classes
-        t_classes = self.teacher.roi_heads.box_predictor.num_classes
+                    f"DISTILL.KD.WEIGHT > 0: the {names[0]} student and the {names[1]} teacher "
+                    f"predict different anchors or locations, so their class logits cannot be "
+                    f"compared one to one (student: {_anchor_counts(s_anchors)}; teacher: "
+                    f"{_anchor_counts(t_anchors)}, as [(stride, anchors per location)] per head "
+                    f"level, and the anchor shapes)")
         if s_classes != t_classes:
             raise ValueError(
                 f"DISTILL.KD.WEIGHT > 0: the student has {s_classes} classes but the teacher "
-                f"{t_classes} (MODEL.ROI_HEADS.NUM_CLASSES must agree)"
+                f"{t_classes} ({key} must agree)"
             )
 
     # ----------------------------------------------------------------------------------------
@@ -295,9 +358,11 @@ class DistillGeneralizedRCNN(GeneralizedRCNN):
         capture.output("features", self.backbone)
         if hasattr(self.backbone, "bottom_up"):
             capture.output("bottom_up", self.backbone.bottom_up)
-        if self.kd_on:
+        if self.kd_on and head_family(self) == "roi":
             capture.input("proposal_boxes", self.roi_heads.box_pooler, 1)
             capture.output("box_predictions", self.roi_heads.box_predictor)
+        elif self.kd_on:
+            capture.output("head_predictions", self.head)
         return capture
 
     def teacher_images(self, batched_inputs: List[Dict[str, torch.Tensor]],
@@ -349,7 +414,12 @@ class DistillGeneralizedRCNN(GeneralizedRCNN):
 
     def _teacher_class_logits(self, features: Dict[str, torch.Tensor], proposal_boxes
                               ) -> torch.Tensor:
-        """The teacher box head's class logits [R, K + 1] on the student's sampled proposals."""
+        """The teacher head's class logits: R-CNN, [R, K + 1] of its box head on the student's
+        sampled proposals; dense, [N * anchors, K] of its head on its own features."""
+        if head_family(self.teacher) == "dense":
+            teacher = self.teacher
+            predictions = teacher.head([features[f] for f in teacher.head_in_features])
+            return _dense_class_logits(predictions, teacher.num_classes)
         heads = self.teacher.roi_heads
         x = heads.box_pooler([features[f] for f in heads.box_in_features], proposal_boxes)
         return heads.box_predictor(heads.box_head(x))[0]
@@ -368,9 +438,14 @@ class DistillGeneralizedRCNN(GeneralizedRCNN):
             losses["loss_nst"] = factor * self.nst_weight * total
             self._log_levels(terms, factor)
         if self.kd_on:
-            student_logits = student["box_predictions"][0]
+            if "head_predictions" in student:  # one-stage: sigmoid logits per anchor
+                student_logits = _dense_class_logits(student["head_predictions"], self.num_classes)
+                loss_fn = binary_kd_loss
+            else:  # R-CNN: softmax logits per sampled proposal
+                student_logits = student["box_predictions"][0]
+                loss_fn = kd_loss
             kd = loss_or_nan(
-                lambda: kd_loss(student_logits, teacher["class_logits"], self.kd_temperature),
+                lambda: loss_fn(student_logits, teacher["class_logits"], self.kd_temperature),
                 student_logits)
             losses["loss_kd"] = factor * self.kd_weight * kd
         return losses
@@ -402,3 +477,41 @@ class DistillGeneralizedRCNN(GeneralizedRCNN):
             storage.put_scalar(f"nst/{name}", value)
         if self.warmup_iters > 0:
             storage.put_scalar("distill/warmup_factor", factor)
+
+
+def _dense_anchors(model: DenseDetector) -> List[tuple]:
+    """[(stride, cell anchors as a tuple)] of each level of a dense head: two heads that agree here
+    predict at the same anchors (or, for FCOS, locations) in the same order."""
+    strides = [model.backbone.output_shape()[f].stride for f in model.head_in_features]
+    cells = [tuple(round(v, 4) for v in c.flatten().tolist())
+             for c in model.anchor_generator.cell_anchors]
+    if len(cells) == 1:
+        cells = cells * len(strides)
+    return list(zip(strides, cells))
+
+
+def _anchor_counts(anchors: List[tuple]) -> List[tuple]:
+    return [(stride, len(cell) // 4) for stride, cell in anchors]
+
+
+def _dense_class_logits(predictions, num_classes: int) -> torch.Tensor:
+    """The class logits of a dense head's predictions (its first output: one [N, A * K, H, W] per
+    level) as one [N * sum(H * W * A), K] tensor, anchors in the order the head predicts them."""
+    logits = [permute_to_N_HWA_K(x, num_classes) for x in predictions[0]]
+    return torch.cat(logits, dim=1).reshape(-1, num_classes)
+
+
+@META_ARCH_REGISTRY.register()
+class DistillGeneralizedRCNN(DistillDetector, GeneralizedRCNN):
+    """GeneralizedRCNN student (Faster / Mask R-CNN) + frozen teacher; training adds ``loss_nst``
+    (and ``loss_kd``)."""
+
+
+@META_ARCH_REGISTRY.register()
+class DistillRetinaNet(DistillDetector, RetinaNet):
+    """RetinaNet student + frozen teacher; training adds ``loss_nst`` (and ``loss_kd``)."""
+
+
+@META_ARCH_REGISTRY.register()
+class DistillFCOS(DistillDetector, YamlFCOS):
+    """FCOS student (MODEL.FCOS) + frozen teacher; training adds ``loss_nst`` (and ``loss_kd``)."""

@@ -1,15 +1,26 @@
-"""The frozen teacher detector: built from its own config, loaded strictly, never trained."""
+"""The frozen teacher detector: built from its own config (a yaml, a LazyConfig ``.py``, or either
+from Detectron2's model zoo), loaded strictly, never trained."""
 import logging
+import os
 
+from detectron2.layers import FrozenBatchNorm2d
 from detectron2.modeling import build_model
 from torch import nn
 
-from nst_det.detection.load_config import DISTILL_META_ARCHITECTURES, load_teacher_cfg
+from nst_det.detection.load_config import (
+    DISTILL_META_ARCHITECTURES,
+    is_lazy_config,
+    load_teacher_cfg,
+    model_zoo_config_file,
+)
 from nst_det.engine.checkpointer import load_weights_strictly, weights_checksum
+from nst_det.engine.config_paths import missing_path_message
 
-__all__ = ["build_teacher"]
+__all__ = ["build_teacher", "build_lazy_teacher"]
 
 logger = logging.getLogger(__name__)
+
+_KEY = "DISTILL.TEACHER.CONFIG"
 
 
 def build_teacher(cfg) -> nn.Module:
@@ -17,22 +28,69 @@ def build_teacher(cfg) -> nn.Module:
     loaded, in eval mode, frozen."""
     config_file = cfg.DISTILL.TEACHER.CONFIG
     weights_file = cfg.DISTILL.TEACHER.WEIGHTS
-    teacher_cfg = load_teacher_cfg(config_file, device=cfg.MODEL.DEVICE)
-    if teacher_cfg.MODEL.META_ARCHITECTURE in DISTILL_META_ARCHITECTURES:
-        raise ValueError(
-            f"teacher config '{config_file}' has MODEL.META_ARCHITECTURE "
-            f"'{teacher_cfg.MODEL.META_ARCHITECTURE}'; a teacher must be a plain detector "
-            "(e.g. GeneralizedRCNN)."
-        )
-    teacher = build_model(teacher_cfg)
+    if is_lazy_config(config_file):
+        teacher = build_lazy_teacher(config_file)
+    else:
+        teacher_cfg = load_teacher_cfg(config_file, device=cfg.MODEL.DEVICE)
+        if teacher_cfg.MODEL.META_ARCHITECTURE in DISTILL_META_ARCHITECTURES:
+            raise ValueError(
+                f"teacher config '{config_file}' has MODEL.META_ARCHITECTURE "
+                f"'{teacher_cfg.MODEL.META_ARCHITECTURE}'; a teacher must be a plain detector "
+                "(e.g. GeneralizedRCNN)."
+            )
+        teacher = build_model(teacher_cfg)
     load_weights_strictly(teacher, weights_file, "DISTILL.TEACHER.WEIGHTS",
                           what="teacher weights file",
                           loaded_into="the teacher built from DISTILL.TEACHER.CONFIG")
+    if is_lazy_config(config_file):
+        _freeze_batch_norms(teacher, config_file)
+        teacher.to(cfg.MODEL.DEVICE)  # the teacher lives where the student lives
     teacher.eval()
     teacher.requires_grad_(False)
     logger.info(
-        f"Teacher: config {config_file}, weights {weights_file} "
+        f"Teacher: {type(teacher).__name__}, config {config_file}, weights {weights_file} "
         f"(sha256 {weights_checksum(weights_file)}), "
         f"{sum(p.numel() for p in teacher.parameters()) / 1e6:.2f}M parameters, frozen."
     )
     return teacher
+
+
+def build_lazy_teacher(config_file: str) -> nn.Module:
+    """The ``model`` of a LazyConfig file (``DISTILL.TEACHER.CONFIG``, a local ``.py`` or ``zoo://``
+    + one of Detectron2's model zoo), instantiated with random weights; its ``input_format`` taken
+    from the config's training mapper (``dataloader.train.mapper.image_format``) when the model
+    has none (FCOS)."""
+    from detectron2.config import LazyConfig, instantiate
+
+    path = model_zoo_config_file(config_file, _KEY)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(missing_path_message(_KEY, path, what="teacher LazyConfig file"))
+    lazy = LazyConfig.load(path)
+    if "model" not in lazy:
+        raise ValueError(f"{_KEY} '{config_file}' is a LazyConfig file without a `model`")
+    teacher = instantiate(lazy.model)
+    if type(teacher).__name__ in DISTILL_META_ARCHITECTURES:
+        raise ValueError(f"{_KEY} '{config_file}' builds a {type(teacher).__name__}; a teacher "
+                         "must be a plain detector (e.g. GeneralizedRCNN)")
+    if not isinstance(getattr(teacher, "input_format", None), str):
+        try:
+            image_format = lazy.dataloader.train.mapper.image_format
+        except (AttributeError, KeyError) as e:
+            raise ValueError(
+                f"{_KEY} '{config_file}': its model has no input_format and the config no "
+                f"dataloader.train.mapper.image_format, so the teacher's colour order is unknown"
+            ) from e
+        teacher.input_format = image_format
+    return teacher
+
+
+def _freeze_batch_norms(teacher: nn.Module, config_file: str) -> None:
+    """Turn the teacher's BatchNorm / SyncBatchNorm layers (a LazyConfig's "SyncBN", "BN") into
+    FrozenBatchNorm2d with the loaded statistics: a frozen teacher needs no batch statistics and
+    no process group; logged."""
+    batch_norms = (nn.modules.batchnorm.BatchNorm2d, nn.modules.batchnorm.SyncBatchNorm)
+    count = sum(isinstance(m, batch_norms) for m in teacher.modules())
+    if count:
+        FrozenBatchNorm2d.convert_frozen_batchnorm(teacher)
+        logger.info(f"Teacher {config_file}: {count} BatchNorm/SyncBatchNorm layers turned into "
+                    f"FrozenBatchNorm2d (the teacher is frozen: its statistics are kept as loaded)")

@@ -25,9 +25,15 @@ _TRIED: Dict[Tuple[str, str], Tuple[str, List[str]]] = {}
 
 
 def yaml_chain(config_file: str) -> List[Tuple[str, dict]]:
-    """[(file, its raw mapping)] from the deepest ``_BASE_`` to ``config_file``, in merge order."""
+    """[(file, its raw mapping)] from the deepest ``_BASE_`` to ``config_file``, in merge order;
+    each file read as Detectron2 reads it (safe yaml, or, for python tags such as the model zoo's
+    ``!!python/object/apply:eval`` anchor sizes, the unsafe loader that Detectron2 falls back to)."""
     with open(config_file) as f:
-        raw = yaml.safe_load(f) or {}
+        text = f.read()
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.constructor.ConstructorError:
+        raw = yaml.unsafe_load(text) or {}
     chain = []
     base = raw.get(_BASE_KEY)
     if base:

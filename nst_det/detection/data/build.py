@@ -15,6 +15,7 @@ import torch
 from detectron2.utils import comm
 from torch.utils.data import Sampler
 
+from ..architectures import num_classes_key
 from .robust_mapper import RobustDatasetMapper
 
 __all__ = ["detection_dataset_dicts", "check_num_classes", "build_train_loader",
@@ -84,15 +85,10 @@ def detection_dataset_dicts(names: Sequence[str], key: str, **kwargs) -> list:
         raise
 
 
-def _num_classes_key(cfg) -> str:
-    return ("MODEL.RETINANET.NUM_CLASSES" if cfg.MODEL.META_ARCHITECTURE == "RetinaNet"
-            else "MODEL.ROI_HEADS.NUM_CLASSES")
-
-
 def check_num_classes(cfg, names: Sequence[str], key: str) -> None:
     """A ValueError when the detector's number of classes differs from a data set's (its
     ``thing_classes``, known once the data set is loaded), naming both and the keys."""
-    num_key = _num_classes_key(cfg)
+    num_key = num_classes_key(cfg)
     node = cfg
     for part in num_key.split("."):
         node = node[part]
