@@ -9,7 +9,17 @@ import nst_det.detection  # noqa: F401  (first: makes Detectron2 usable here, re
 from detectron2.config import get_cfg
 from nst_det.detection import config as nst_config
 from nst_det.detection.config import add_nst_config
-from nst_det.detection.load_config import get_nst_cfg, load_nst_cfg, load_teacher_cfg, student_cfg
+from nst_det.detection.load_config import (
+    DISTILL_META_ARCHITECTURES,
+    MODEL_ZOO_PREFIX,
+    get_nst_cfg,
+    is_lazy_config,
+    load_nst_cfg,
+    load_teacher_cfg,
+    model_zoo_config_file,
+    num_classes_key,
+    student_cfg,
+)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DETECTION_CONFIGS = sorted(
@@ -68,10 +78,19 @@ def test_student_cfg_builds_the_plain_student():
 def test_detection_config_merges_and_its_teacher_config_exists(path, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # from any directory: the teacher's config is next to the yaml
     cfg = load_nst_cfg(path)
-    if cfg.MODEL.META_ARCHITECTURE == "DistillGeneralizedRCNN":
-        teacher = load_teacher_cfg(cfg.DISTILL.TEACHER.CONFIG)
-        assert teacher.MODEL.META_ARCHITECTURE == "GeneralizedRCNN"
-        assert teacher.MODEL.ROI_HEADS.NUM_CLASSES == cfg.MODEL.ROI_HEADS.NUM_CLASSES
+    if cfg.MODEL.META_ARCHITECTURE in DISTILL_META_ARCHITECTURES:
+        teacher_config = cfg.DISTILL.TEACHER.CONFIG
+        if is_lazy_config(teacher_config):
+            assert os.path.isfile(model_zoo_config_file(teacher_config, "DISTILL.TEACHER.CONFIG"))
+        else:
+            teacher = load_teacher_cfg(teacher_config)
+            assert teacher.MODEL.META_ARCHITECTURE not in DISTILL_META_ARCHITECTURES
+            same_family = (teacher.MODEL.META_ARCHITECTURE
+                           == cfg.MODEL.META_ARCHITECTURE.replace("Distill", ""))
+            if same_family and not teacher_config.startswith(MODEL_ZOO_PREFIX):
+                # a teacher of the student's family trained on the student's data: same classes
+                key = num_classes_key(cfg).split(".")[1]
+                assert teacher.MODEL[key].NUM_CLASSES == cfg.MODEL[key].NUM_CLASSES
         assert cfg.DISTILL.TEACHER.WEIGHTS
         d = cfg.DISTILL
         assert d.NST.WEIGHT > 0 and len(d.STUDENT_FEATURES) == len(d.TEACHER_FEATURES)
@@ -83,4 +102,9 @@ def test_the_config_set_is_complete():
     for dataset in ("voc", "coco"):
         for kind in ("R101_teacher", "R18_baseline", "nst_pretrained", "nst", "nst_pretrained_nst"):
             assert f"{dataset}_frcnn_{kind}.yaml" in names
+        for kind in ("retinanet_R101_teacher", "retinanet_R18_baseline", "retinanet_R18_nst",
+                     "retinanet_R18_from_frcnn_nst", "frcnn_R18_nst_zoo_teacher",
+                     "frcnn_R18_narrow_fpn_nst"):
+            assert f"{dataset}_{kind}.yaml" in names
+    assert {"coco_fcos_R18_nst.yaml", "coco_frcnn_R18_nst_lazy_teacher.yaml"} <= names
     assert {"demo/det_teacher.yaml", "demo/det_student.yaml", "demo/det_student_nst.yaml"} <= names
