@@ -485,3 +485,17 @@ def test_sequence_sampler_accepts_sets_reproducibly():
     b = _d2_compat._SequenceSampler(42).sample({9, 5, 1}, k=2)
     assert a == b and set(a) <= {1, 5, 9}
     assert random.Random(42).sample([1, 5, 9], k=2) == a
+
+
+def test_retinanet_head_takes_group_norm():
+    """Detectron2 v0.6's RetinaNetHead probes get_norm("GN", 1), which torch refuses; FCOS's
+    LazyConfig (head norm "GN") and MODEL.FCOS.NORM "GN" need it."""
+    from detectron2.layers import ShapeSpec
+    from detectron2.modeling.meta_arch.retinanet import RetinaNetHead
+
+    head = RetinaNetHead(input_shape=[ShapeSpec(channels=64)] * 2, num_classes=3, num_anchors=9,
+                         conv_dims=[64, 64], norm="GN")
+    norms = [m for m in head.modules() if isinstance(m, torch.nn.GroupNorm)]
+    assert len(norms) == 4 and all(m.num_groups == 32 and m.num_channels == 64 for m in norms)
+    logits, deltas = head([torch.randn(2, 64, 8, 8), torch.randn(2, 64, 4, 4)])
+    assert logits[0].shape == (2, 27, 8, 8) and deltas[1].shape == (2, 36, 4, 4)

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from nst_det.losses import KDLoss, kd_loss
+from nst_det.losses import KDLoss, binary_kd_loss, kd_loss
 
 
 def make_logits(n=4, k=7, dtype=torch.float64, seed=0):
@@ -79,3 +79,42 @@ def test_non_finite_logits_are_named():
     teacher[2, 3] = float("nan")
     with pytest.raises(ValueError, match="teacher_logits .*NaN or inf"):
         kd_loss(student, teacher)
+
+
+def naive_binary_kd(student, teacher, temperature):
+    """T^2 * 1/N sum_n sum_k KL(Bernoulli(q_t) || Bernoulli(q_s)), q = sigmoid(z / T), in float64."""
+    total = 0.0
+    for z_s, z_t in zip(student.double().tolist(), teacher.double().tolist()):
+        for a, b in zip(z_s, z_t):
+            q_s, q_t = 1 / (1 + math.exp(-a / temperature)), 1 / (1 + math.exp(-b / temperature))
+            total += q_t * math.log(q_t / q_s) + (1 - q_t) * math.log((1 - q_t) / (1 - q_s))
+    return temperature**2 * total / len(student)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 4.0, 0.5])
+def test_binary_kd_value_matches_bernoulli_kl(temperature):
+    student, teacher = make_logits()
+    expected = naive_binary_kd(student, teacher, temperature)
+    assert binary_kd_loss(student, teacher, temperature).item() == pytest.approx(expected, rel=1e-9)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 4.0])
+def test_binary_kd_student_grad_is_t_times_sigmoid_difference_over_n(temperature):
+    student, teacher = make_logits()
+    teacher.requires_grad_()
+    binary_kd_loss(student, teacher, temperature).backward()
+    q_s, q_t = torch.sigmoid(student.detach() / temperature), torch.sigmoid(teacher.detach() / temperature)
+    torch.testing.assert_close(student.grad, temperature * (q_s - q_t) / len(student))
+    assert teacher.grad is None
+
+
+def test_binary_kd_gradcheck_and_zero_for_equal_logits():
+    student, teacher = make_logits(n=3, k=5)
+    assert torch.autograd.gradcheck(lambda s: binary_kd_loss(s, teacher, 2.0), (student,))
+    assert abs(binary_kd_loss(student, student.detach().clone()).item()) < 1e-12
+
+
+def test_binary_kd_bad_input_is_named():
+    student, teacher = make_logits()
+    with pytest.raises(ValueError, match="binary_kd_loss"):
+        binary_kd_loss(student, teacher[:, :3])
