@@ -60,6 +60,17 @@ def test_imagenet_configs_inherit_the_official_setting():
     assert r50.MODEL.STUDENT.NAME == "resnet50" and r50.DISTILL.NST.WEIGHT == 50.0
 
 
+def test_augmentation_is_off_by_default_and_in_the_demos_official_on_imagenet():
+    def augmentation(cfg):
+        return cfg.DATA.COLOR_JITTER, cfg.DATA.LIGHTING_STD
+
+    assert augmentation(get_cls_config()) == (0.0, 0.0)
+    for path in glob.glob(os.path.join(ROOT, "configs/imagenet/*.yaml")):  # fb.resnet.torch's
+        assert augmentation(load_cls_config(path)) == (0.4, 0.1), path
+    for path in glob.glob(os.path.join(ROOT, "configs/demo/cls_*.yaml")):
+        assert augmentation(load_cls_config(path)) == (0.0, 0.0), path
+
+
 def test_device_is_cuda_by_default_and_cpu_in_the_demo_configs():
     assert get_cls_config().MODEL.DEVICE == "cuda"  # like Detectron2; never a silent fall-back
     assert load_cls_config(os.path.join(ROOT, "configs/imagenet/nst_poly_kd.yaml")).MODEL.DEVICE \

@@ -6,12 +6,14 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torchvision import transforms
 
 import nst_det.detection  # noqa: F401  (first: makes Detectron2 usable here, registers nst_det's models)
 from nst_det.classification.config import get_cls_config
 from nst_det.classification.data import (
     DIGITS_NUM_TRAIN,
     DigitsDataset,
+    Lighting,
     UnreadableImageError,
     build_cls_dataset,
     build_train_loader,
@@ -61,6 +63,61 @@ def test_crop_and_resize_sizes_come_from_the_config(tmp_path):
     cfg.DATA.CROP_SIZE, cfg.DATA.RESIZE_SIZE = 8, 12
     assert build_cls_dataset(cfg, train=True)[0][0].shape == (3, 8, 8)
     assert build_cls_dataset(cfg, train=False)[0][0].shape == (3, 8, 8)
+
+
+# fb.resnet.torch's datasets/imagenet.lua, written out again: column j of EIGVEC is eigenvector j.
+EIGVAL = [0.2175, 0.0188, 0.0045]
+EIGVEC = [[-0.5675, 0.7192, 0.4009], [-0.5808, -0.0045, -0.8140], [-0.5836, -0.6948, 0.4203]]
+
+
+def test_lighting_adds_eigvec_times_alpha_times_eigval_to_every_pixel():
+    image = torch.rand(3, 5, 7, generator=torch.Generator().manual_seed(1))
+    out = Lighting(0.1, generator=torch.Generator().manual_seed(2))(image)
+    alpha = (torch.randn(3, generator=torch.Generator().manual_seed(2)).double() * 0.1).tolist()
+    expected = image.double().clone()
+    for c in range(3):  # naive float64: rgb[c] = sum_j eigvec[c][j] * alpha[j] * eigval[j]
+        expected[c] += sum(EIGVEC[c][j] * alpha[j] * EIGVAL[j] for j in range(3))
+    assert out.dtype == torch.float32 and out.shape == image.shape
+    assert (out - image).abs().min() > 1e-4  # every pixel moved: the check below is not vacuous
+    assert torch.allclose(out.double(), expected, rtol=0, atol=1e-6)
+
+
+def test_lighting_with_std_0_is_the_identity_and_a_negative_std_is_refused():
+    image = torch.rand(3, 4, 4)
+    assert torch.equal(Lighting(0.0)(image), image)
+    with pytest.raises(ValueError, match=r"Lighting std is -0.1: it must be >= 0"):
+        Lighting(-0.1)
+
+
+def test_augmentation_keys_add_jitter_and_lighting_to_training_only(tmp_path):
+    cfg = _cfg(_imagenet(tmp_path))
+    cfg.DATA.COLOR_JITTER, cfg.DATA.LIGHTING_STD = 0.4, 0.1
+    train, val = build_cls_dataset(cfg, train=True), build_cls_dataset(cfg, train=False)
+    steps = [type(t) for t in train.transform.transforms]
+    assert steps == [transforms.RandomResizedCrop, transforms.ColorJitter,
+                     transforms.RandomHorizontalFlip, transforms.ToTensor, Lighting,
+                     transforms.Normalize]  # lighting on the [0, 1] tensor, before Normalize
+    jitter, lighting = train.transform.transforms[1], train.transform.transforms[4]
+    assert jitter.brightness == jitter.contrast == jitter.saturation == (0.6, 1.4)
+    assert jitter.hue is None and lighting.std == 0.1
+    assert [type(t) for t in val.transform.transforms] == [
+        transforms.Resize, transforms.CenterCrop, transforms.ToTensor, transforms.Normalize]
+    assert train[0][0].shape == (3, 224, 224)
+    # Off by default: the training transform is the plain one.
+    plain = build_cls_dataset(_cfg(cfg.DATA.ROOT), train=True).transform.transforms
+    assert [type(t) for t in plain] == [transforms.RandomResizedCrop,
+                                        transforms.RandomHorizontalFlip, transforms.ToTensor,
+                                        transforms.Normalize]
+
+
+@pytest.mark.parametrize("key", ["COLOR_JITTER", "LIGHTING_STD"])
+@pytest.mark.parametrize("value", [-0.1, float("nan")])
+def test_negative_or_nan_augmentation_names_the_key(tmp_path, key, value):
+    cfg = _cfg(_imagenet(tmp_path, per_class=1))
+    cfg.DATA[key] = value
+    with pytest.raises(ValueError, match=rf"DATA.{key} is {value!r}: it must be a finite number "
+                                         rf">= 0 \(0 = off\)"):
+        build_cls_dataset(cfg, train=True)
 
 
 def test_train_and_val_with_other_class_folders_are_refused(tmp_path):

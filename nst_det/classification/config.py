@@ -67,6 +67,10 @@ def get_cls_config() -> CN:
     _C.DATA.CROP_SIZE = 224
     # Shorter side that ImageNet validation images are resized to before the center crop.
     _C.DATA.RESIZE_SIZE = 256
+    # ImageNet training: ColorJitter(brightness=v, contrast=v, saturation=v) of the crop (0 = off).
+    _C.DATA.COLOR_JITTER = 0.0
+    # ImageNet training: std of AlexNet's PCA lighting noise on the [0, 1] image (0 = off).
+    _C.DATA.LIGHTING_STD = 0.0
     # Data-loading worker processes per process (0 = load in the training process).
     _C.DATA.NUM_WORKERS = 4
 

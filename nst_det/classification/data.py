@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchvision import datasets
 
 from nst_det.engine.config_paths import missing_path_message
+from nst_det.engine.distill_config import _check_number
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -31,6 +32,7 @@ __all__ = [
     "DIGITS_NUM_TRAIN",
     "DigitsDataset",
     "ImageNetFolder",
+    "Lighting",
     "UnreadableImageError",
     "build_imagenet_dataset",
     "build_cls_dataset",
@@ -51,6 +53,40 @@ DATASETS_README = "datasets/README.md"
 # How many unreadable training images in a row (index, index + 1, ...) are skipped before the
 # data set is declared damaged.
 MAX_SKIPPED_IN_A_ROW = 16
+
+
+class Lighting:
+    """AlexNet's PCA lighting noise, as in fb.resnet.torch (``datasets/transforms.lua``,
+    ``Lighting``; the eigen-decomposition of ImageNet's RGB covariance from
+    ``datasets/imagenet.lua``), the training augmentation of the official NST code.
+
+    Per image, ``alpha ~ N(0, std)`` is drawn for each of the 3 eigenvectors and every pixel gets
+    ``rgb += eigvec @ (alpha * eigval)`` (column j of ``eigvec`` is eigenvector j). Applied to the
+    [3, H, W] tensor in [0, 1] (after ``ToTensor``, before ``Normalize``), not clamped; ``std`` 0
+    leaves it unchanged. ``generator``: a ``torch.Generator`` to draw ``alpha`` from
+    (default: torch's global RNG, seeded per data-loading worker).
+    """
+
+    EIGVAL = (0.2175, 0.0188, 0.0045)
+    EIGVEC = ((-0.5675, 0.7192, 0.4009),
+              (-0.5808, -0.0045, -0.8140),
+              (-0.5836, -0.6948, 0.4203))
+
+    def __init__(self, std: float, generator=None):
+        if not std >= 0:
+            raise ValueError(f"Lighting std is {std!r}: it must be >= 0 (0 = off)")
+        self.std = float(std)
+        self.generator = generator
+        self.eigval = torch.tensor(self.EIGVAL)
+        self.eigvec = torch.tensor(self.EIGVEC)
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        alpha = torch.randn(3, generator=self.generator) * self.std
+        rgb = self.eigvec @ (alpha * self.eigval)
+        return image + rgb.to(image.dtype)[:, None, None]
+
+    def __repr__(self):
+        return f"{type(self).__name__}(std={self.std})"
 
 
 class UnreadableImageError(OSError):
@@ -143,12 +179,15 @@ def imagenet_root(cfg_root: str = "") -> str:
     return os.path.join(os.environ.get("NST_DATASETS", "datasets"), "imagenet")
 
 
-def build_imagenet_dataset(root: str, train: bool, crop_size: int = 224, resize_size: int = 256):
+def build_imagenet_dataset(root: str, train: bool, crop_size: int = 224, resize_size: int = 256,
+                           color_jitter: float = 0.0, lighting_std: float = 0.0):
     """:class:`ImageNetFolder` of ``root/train`` or ``root/val`` with the usual transforms.
 
-    train: RandomResizedCrop ``crop_size`` + horizontal flip; val: Resize ``resize_size`` +
-    CenterCrop ``crop_size``; both normalised with the ImageNet mean/std. Images come out as float
-    [3, crop_size, crop_size]. train/ and val/ (where both exist) must hold the same class folders.
+    train: RandomResizedCrop ``crop_size``, ColorJitter(brightness, contrast, saturation =
+    ``color_jitter``) when > 0, horizontal flip, ToTensor, :class:`Lighting` ``lighting_std`` when
+    > 0; val: Resize ``resize_size`` + CenterCrop ``crop_size``, ToTensor; both then normalised
+    with the ImageNet mean/std. Images come out as float [3, crop_size, crop_size]. train/ and val/
+    (where both exist) must hold the same class folders.
     """
     from torchvision import transforms
 
@@ -156,21 +195,20 @@ def build_imagenet_dataset(root: str, train: bool, crop_size: int = 224, resize_
         raise FileNotFoundError(
             f"ImageNet root '{root}' does not exist (set DATA.ROOT or $NST_DATASETS); "
             f"see {DATASETS_README} for the expected train/ and val/ layout")
-    normalize = transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)
     if train:
-        split, transform = "train", transforms.Compose([
-            transforms.RandomResizedCrop(crop_size),
-            transforms.RandomHorizontalFlip(),
-            transforms.ToTensor(),
-            normalize,
-        ])
+        split = "train"
+        steps = [transforms.RandomResizedCrop(crop_size)]
+        if color_jitter > 0:
+            steps.append(transforms.ColorJitter(brightness=color_jitter, contrast=color_jitter,
+                                                saturation=color_jitter))
+        steps += [transforms.RandomHorizontalFlip(), transforms.ToTensor()]
+        if lighting_std > 0:
+            steps.append(Lighting(lighting_std))
     else:
-        split, transform = "val", transforms.Compose([
-            transforms.Resize(resize_size),
-            transforms.CenterCrop(crop_size),
-            transforms.ToTensor(),
-            normalize,
-        ])
+        split = "val"
+        steps = [transforms.Resize(resize_size), transforms.CenterCrop(crop_size),
+                 transforms.ToTensor()]
+    transform = transforms.Compose(steps + [transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
     path = os.path.join(root, split)
     if not os.path.isdir(path):
         raise FileNotFoundError(
@@ -223,9 +261,19 @@ class DigitsDataset(Dataset):
         return image, int(self.labels[i])
 
 
+def _check_augmentation(cfg) -> None:
+    """ValueError naming the key for a DATA.COLOR_JITTER or DATA.LIGHTING_STD that is not a finite
+    number >= 0."""
+    for key in ("COLOR_JITTER", "LIGHTING_STD"):
+        _check_number(f"DATA.{key}", cfg.DATA[key], lambda v: v >= 0,
+                      "it must be a finite number >= 0 (0 = off)")
+
+
 def build_cls_dataset(cfg, train: bool):
     """The training (``train=True``) or validation data set named by ``cfg.DATA.NAME``; its number
-    of classes must be ``cfg.MODEL.NUM_CLASSES``."""
+    of classes must be ``cfg.MODEL.NUM_CLASSES``. DATA.COLOR_JITTER and DATA.LIGHTING_STD (ImageNet
+    training only) must be finite numbers >= 0."""
+    _check_augmentation(cfg)
     name = cfg.DATA.NAME
     if name == "imagenet":
         if cfg.DATA.ROOT and not os.path.isdir(cfg.DATA.ROOT):
@@ -234,7 +282,9 @@ def build_cls_dataset(cfg, train: bool):
                 f"{DATASETS_README} for the expected train/ and val/ layout")
         dataset = build_imagenet_dataset(imagenet_root(cfg.DATA.ROOT), train,
                                          crop_size=cfg.DATA.CROP_SIZE,
-                                         resize_size=cfg.DATA.RESIZE_SIZE)
+                                         resize_size=cfg.DATA.RESIZE_SIZE,
+                                         color_jitter=cfg.DATA.COLOR_JITTER,
+                                         lighting_std=cfg.DATA.LIGHTING_STD)
         where = f"'{dataset.root}' has {len(dataset.classes)} class folders"
     elif name == "demo_digits":
         dataset = DigitsDataset(train=train, size=cfg.DATA.IMAGE_SIZE)
