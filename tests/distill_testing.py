@@ -1,7 +1,9 @@
 """Helpers of the detection-distillation tests: a tiny teacher/student config pair on the demo
-base config, a randomly initialised teacher saved as its weights file, tiny demo data."""
+base config, a randomly initialised teacher saved as its weights file (a checkpoint or a .pkl of
+the model zoo), tiny demo data."""
 import contextlib
 import os
+import pickle
 
 import torch
 
@@ -38,6 +40,15 @@ def save_random_teacher(teacher_config: str, path: str, seed: int = 123) -> str:
     torch.manual_seed(seed)
     teacher = build_model(load_teacher_cfg(teacher_config, device="cpu"))
     torch.save({"model": teacher.state_dict()}, path)
+    return path
+
+
+def save_model_zoo_pkl(model, path: str, drop=()) -> str:
+    """``model``'s weights as Detectron2's model zoo writes them (numpy arrays under "model",
+    without the keys in ``drop``) at ``path``."""
+    state = {k: v.numpy() for k, v in model.state_dict().items() if k not in drop}
+    with open(path, "wb") as f:
+        pickle.dump({"model": state, "__author__": "Detectron2 Model Zoo"}, f)
     return path
 
 

@@ -5,7 +5,6 @@ on the CPU with two tiny images, and must: train with a finite loss_nst whose gr
 student only, log nst/<level>, evaluate with the student alone and save no teacher tensor."""
 import logging
 import os
-import pickle
 import re
 
 import pytest
@@ -17,9 +16,11 @@ from detectron2.layers import FrozenBatchNorm2d
 from detectron2.modeling import build_model
 from detectron2.structures import BitMasks, Boxes, Instances
 from detectron2.utils.events import EventStorage
-from nst_det.detection.load_config import is_lazy_config, load_nst_cfg, load_teacher_cfg, student_cfg
-from nst_det.detection.teacher import build_lazy_teacher
+from nst_det.detection.load_config import is_lazy_config, load_nst_cfg, student_cfg
+from nst_det.detection.teacher import build_teacher_model
 from torch import nn
+
+from distill_testing import save_model_zoo_pkl
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(REPO, "configs")
@@ -51,22 +52,11 @@ PAIRS = {
 }
 
 
-def save_model_zoo_pkl(model: nn.Module, path: str) -> str:
-    """``model``'s weights as Detectron2's model zoo writes them: numpy arrays under "model"."""
-    state = {k: v.numpy() for k, v in model.state_dict().items()}
-    with open(path, "wb") as f:
-        pickle.dump({"model": state, "__author__": "Detectron2 Model Zoo"}, f)
-    return path
-
-
 def random_teacher_weights(teacher_config: str, folder) -> str:
     """A randomly initialised teacher of ``teacher_config`` saved in the format its config expects:
     a .pkl of the model zoo for zoo:// and LazyConfig teachers, a checkpoint .pth otherwise."""
     torch.manual_seed(0)
-    if is_lazy_config(teacher_config):
-        teacher = build_lazy_teacher(teacher_config)
-    else:
-        teacher = build_model(load_teacher_cfg(teacher_config, device="cpu"))
+    teacher = build_teacher_model(teacher_config)
     name = re.sub(r"\W", "_", teacher_config)[-60:]
     if teacher_config.startswith("zoo://"):
         return save_model_zoo_pkl(teacher, os.path.join(str(folder), name + ".pkl"))
@@ -90,9 +80,9 @@ def teacher_weights(tmp_path_factory):
 def pair_cfg(pair, teacher_weights, *opts):
     config, overrides = PAIRS[pair]
     path = os.path.join(CONFIGS, config)
-    teacher_config = load_nst_cfg(path, overrides).DISTILL.TEACHER.CONFIG
-    return load_nst_cfg(path, CPU + overrides + [
-        "DISTILL.TEACHER.WEIGHTS", teacher_weights(teacher_config)] + list(opts))
+    opts = CPU + overrides + list(opts)
+    teacher_config = load_nst_cfg(path, opts).DISTILL.TEACHER.CONFIG
+    return load_nst_cfg(path, opts + ["DISTILL.TEACHER.WEIGHTS", teacher_weights(teacher_config)])
 
 
 def tiny_batch(with_masks=False):
@@ -223,3 +213,30 @@ def test_lazy_teachers_are_frozen_with_their_batch_norms_fixed(trained):
         assert sum(isinstance(m, FrozenBatchNorm2d) for m in teacher.modules()) > 50
         assert re.search(r"\d+ BatchNorm/SyncBatchNorm layers turned into FrozenBatchNorm2d",
                          trained["log"])
+
+
+@pytest.mark.parametrize("pair, opts, words", [
+    ("retinanet_from_frcnn", ["DISTILL.KD.WEIGHT", 1.0],
+     "heads of the DistillRetinaNet student and the GeneralizedRCNN teacher cannot be compared"),
+    ("fcos_from_frcnn", ["DISTILL.KD.WEIGHT", 1.0, "DISTILL.TEACHER.CONFIG",
+                         os.path.join(CONFIGS, "coco_retinanet_R101_teacher.yaml")],
+     "predict different anchors or locations"),
+    ("retinanet_from_retinanet_kd", ["MODEL.ANCHOR_GENERATOR.SIZES", [[32], [64], [128], [256], [512]]],
+     r"student: \[\(8, 3\), .*teacher: \[\(8, 9\)"),
+    ("retinanet_from_retinanet_kd", ["MODEL.RETINANET.NUM_CLASSES", 7],
+     "the student has 7 classes but the teacher 20"),
+    ("frcnn_from_c4_by_stride", ["DISTILL.MATCH_LEVELS", "name"],
+     r"no student backbone output .* has a teacher output \{'res4': 16\} of the same name"),
+    ("frcnn_from_c4_by_stride", ["DISTILL.MATCH_LEVELS", "strides"],
+     "DISTILL.MATCH_LEVELS is 'strides'"),
+])
+def test_pairs_that_cannot_work_are_refused_naming_why(pair, opts, words, teacher_weights):
+    cfg = pair_cfg(pair, teacher_weights, *opts)
+    with pytest.raises(ValueError, match=words):
+        build_model(cfg)
+
+
+def test_match_levels_by_stride_pairs_each_student_level_with_the_teacher_level_of_its_stride(
+        teacher_weights):
+    model = build_model(pair_cfg("frcnn_from_c4_by_stride", teacher_weights))
+    assert (model.student_features, model.teacher_features) == (["p4"], ["res4"])

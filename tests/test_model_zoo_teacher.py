@@ -2,7 +2,6 @@
 local .pkl in the model zoo's format, loaded strictly; nothing is downloaded. The weights here are
 a randomly initialised R-101 FPN saved in that format."""
 import os
-import pickle
 import re
 import subprocess
 import sys
@@ -18,19 +17,13 @@ from nst_det.detection.data import generate_demo_data
 from nst_det.detection.load_config import load_nst_cfg, load_teacher_cfg
 from nst_det.engine.checkpointer import WeightsMismatchError
 
+from distill_testing import save_model_zoo_pkl
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STUDENT_NST = os.path.join(REPO, "configs", "demo", "det_student_nst.yaml")
 ZOO_TEACHER = "zoo://COCO-Detection/faster_rcnn_R_101_FPN_3x.yaml"
 TINY = ["INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", "80", "INPUT.MIN_SIZE_TEST", "64",
         "INPUT.MAX_SIZE_TEST", "80", "SOLVER.IMS_PER_BATCH", "2", "MODEL.DEVICE", "cpu"]
-
-
-def _save_model_zoo_pkl(model, path, drop=()):
-    """``model``'s weights as Detectron2's model zoo writes them: numpy arrays under "model"."""
-    state = {k: v.numpy() for k, v in model.state_dict().items() if k not in drop}
-    with open(path, "wb") as f:
-        pickle.dump({"model": state, "__author__": "Detectron2 Model Zoo"}, f)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +32,7 @@ def zoo_teacher(tmp_path_factory):
     torch.manual_seed(0)
     teacher = build_model(load_teacher_cfg(ZOO_TEACHER, device="cpu"))
     path = str(tmp_path_factory.mktemp("zoo") / "model_final_f6e8b1.pkl")
-    return teacher, _save_model_zoo_pkl(teacher, path)
+    return teacher, save_model_zoo_pkl(teacher, path)
 
 
 def test_zoo_name_resolves_inside_detectron2_and_is_never_a_local_path(tmp_path, monkeypatch):
@@ -79,7 +72,7 @@ def test_zoo_teacher_loads_strictly_from_a_local_pkl_and_teaches_the_student(zoo
 
 def test_zoo_teacher_pkl_with_a_missing_tensor_is_refused_naming_it(zoo_teacher, tmp_path):
     teacher, _ = zoo_teacher
-    pkl = _save_model_zoo_pkl(teacher, str(tmp_path / "partial.pkl"),
+    pkl = save_model_zoo_pkl(teacher, str(tmp_path / "partial.pkl"),
                               drop=("roi_heads.box_predictor.cls_score.weight",))
     cfg = load_nst_cfg(STUDENT_NST, TINY + ["DISTILL.TEACHER.CONFIG", ZOO_TEACHER,
                                             "DISTILL.TEACHER.WEIGHTS", pkl])

@@ -27,7 +27,9 @@ from detectron2.solver import build_optimizer
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
-from nst_det.detection.load_config import load_teacher_cfg, student_cfg
+from nst_det.detection.architectures import num_classes
+from nst_det.detection.load_config import student_cfg
+from nst_det.detection.teacher import build_teacher_model
 from nst_det.engine.measure import peak_memory_mib, seconds
 
 __all__ = ["StepCost", "DistillBenchmark", "benchmark_distillation", "format_benchmark",
@@ -94,7 +96,7 @@ def synthetic_batch(cfg, size: Optional[int] = None, seed: int = 0) -> List[dict
         instances = Instances((height, width))
         instances.gt_boxes = Boxes(torch.from_numpy(boxes))
         instances.gt_classes = torch.from_numpy(
-            rng.integers(0, cfg.MODEL.ROI_HEADS.NUM_CLASSES, _BOXES_PER_IMAGE)).long()
+            rng.integers(0, num_classes(cfg), _BOXES_PER_IMAGE)).long()
         batch.append({"image": image, "height": height, "width": width, "instances": instances})
     return batch
 
@@ -142,9 +144,9 @@ def _benchmark_teacher(cfg, tmpdir: str):
     weights = cfg.DISTILL.TEACHER.WEIGHTS
     if weights and os.path.isfile(weights):
         return cfg, weights
-    teacher_cfg = load_teacher_cfg(cfg.DISTILL.TEACHER.CONFIG, device=cfg.MODEL.DEVICE)
+    teacher = build_teacher_model(cfg.DISTILL.TEACHER.CONFIG, device=cfg.MODEL.DEVICE)
     random_weights = os.path.join(tmpdir, "random_teacher.pth")
-    torch.save({"model": build_model(teacher_cfg).state_dict()}, random_weights)
+    torch.save({"model": teacher.state_dict()}, random_weights)
     logger.info(f"teacher weights '{weights}' not found: timing a randomly initialised teacher")
     cfg = cfg.clone()
     cfg.defrost()
@@ -156,7 +158,7 @@ def _benchmark_teacher(cfg, tmpdir: str):
 def benchmark_distillation(cfg, iters: int = 10, size: Optional[int] = None,
                            config_file: str = "") -> DistillBenchmark:
     """Measure student step, teacher forward, distillation step and NST term of ``cfg`` (a config
-    of DistillGeneralizedRCNN) on the same two images, on its MODEL.DEVICE; see the module
+    of a distilling detector) on the same two images, on its MODEL.DEVICE; see the module
     docstring."""
     if iters < 1:
         raise ValueError(f"--iters must be at least 1, got {iters}")

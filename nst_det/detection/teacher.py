@@ -16,7 +16,7 @@ from nst_det.detection.load_config import (
 from nst_det.engine.checkpointer import load_weights_strictly, weights_checksum
 from nst_det.engine.config_paths import missing_path_message
 
-__all__ = ["build_teacher", "build_lazy_teacher"]
+__all__ = ["build_teacher", "build_teacher_model", "build_lazy_teacher"]
 
 logger = logging.getLogger(__name__)
 
@@ -28,17 +28,7 @@ def build_teacher(cfg) -> nn.Module:
     loaded, in eval mode, frozen."""
     config_file = cfg.DISTILL.TEACHER.CONFIG
     weights_file = cfg.DISTILL.TEACHER.WEIGHTS
-    if is_lazy_config(config_file):
-        teacher = build_lazy_teacher(config_file)
-    else:
-        teacher_cfg = load_teacher_cfg(config_file, device=cfg.MODEL.DEVICE)
-        if teacher_cfg.MODEL.META_ARCHITECTURE in DISTILL_META_ARCHITECTURES:
-            raise ValueError(
-                f"teacher config '{config_file}' has MODEL.META_ARCHITECTURE "
-                f"'{teacher_cfg.MODEL.META_ARCHITECTURE}'; a teacher must be a plain detector "
-                "(e.g. GeneralizedRCNN)."
-            )
-        teacher = build_model(teacher_cfg)
+    teacher = build_teacher_model(config_file, device=cfg.MODEL.DEVICE)
     load_weights_strictly(teacher, weights_file, "DISTILL.TEACHER.WEIGHTS",
                           what="teacher weights file",
                           loaded_into="the teacher built from DISTILL.TEACHER.CONFIG")
@@ -53,6 +43,22 @@ def build_teacher(cfg) -> nn.Module:
         f"{sum(p.numel() for p in teacher.parameters()) / 1e6:.2f}M parameters, frozen."
     )
     return teacher
+
+
+def build_teacher_model(config_file: str, device: str = "cpu") -> nn.Module:
+    """The detector of ``config_file`` (DISTILL.TEACHER.CONFIG: a yaml or a LazyConfig, local or
+    ``zoo://``) as its config initialises it: no weights loaded, not frozen; a yaml's on
+    ``device``."""
+    if is_lazy_config(config_file):
+        return build_lazy_teacher(config_file)
+    teacher_cfg = load_teacher_cfg(config_file, device=device)
+    if teacher_cfg.MODEL.META_ARCHITECTURE in DISTILL_META_ARCHITECTURES:
+        raise ValueError(
+            f"teacher config '{config_file}' has MODEL.META_ARCHITECTURE "
+            f"'{teacher_cfg.MODEL.META_ARCHITECTURE}'; a teacher must be a plain detector "
+            "(e.g. GeneralizedRCNN)."
+        )
+    return build_model(teacher_cfg)
 
 
 def build_lazy_teacher(config_file: str) -> nn.Module:

@@ -15,7 +15,7 @@ import torch
 from detectron2.utils import comm
 from torch.utils.data import Sampler
 
-from ..architectures import num_classes_key
+from ..architectures import num_classes, num_classes_key
 from .robust_mapper import RobustDatasetMapper
 
 __all__ = ["detection_dataset_dicts", "check_num_classes", "build_train_loader",
@@ -88,15 +88,12 @@ def detection_dataset_dicts(names: Sequence[str], key: str, **kwargs) -> list:
 def check_num_classes(cfg, names: Sequence[str], key: str) -> None:
     """A ValueError when the detector's number of classes differs from a data set's (its
     ``thing_classes``, known once the data set is loaded), naming both and the keys."""
-    num_key = num_classes_key(cfg)
-    node = cfg
-    for part in num_key.split("."):
-        node = node[part]
+    num_key, count = num_classes_key(cfg), num_classes(cfg)
     for name in [names] if isinstance(names, str) else names:
         classes = MetadataCatalog.get(name).get("thing_classes")
-        if classes is not None and len(classes) != node:
+        if classes is not None and len(classes) != count:
             raise ValueError(
-                f"{num_key} is {node} but data set '{name}' ({key}) has {len(classes)} classes "
+                f"{num_key} is {count} but data set '{name}' ({key}) has {len(classes)} classes "
                 f"({', '.join(classes[:5])}{', ...' if len(classes) > 5 else ''}): set {num_key} "
                 f"{len(classes)}")
 
