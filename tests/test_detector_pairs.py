@@ -3,9 +3,12 @@
 Each pair comes from a shipped config (teacher weights: random, saved as the config expects), runs
 on the CPU with two tiny images, and must: train with a finite loss_nst whose gradient reaches the
 student only, log nst/<level>, evaluate with the student alone and save no teacher tensor."""
+import json
 import logging
 import os
 import re
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -240,3 +243,34 @@ def test_match_levels_by_stride_pairs_each_student_level_with_the_teacher_level_
         teacher_weights):
     model = build_model(pair_cfg("frcnn_from_c4_by_stride", teacher_weights))
     assert (model.student_features, model.teacher_features) == (["p4"], ["res4"])
+
+
+def test_train_net_trains_and_evaluates_a_retinanet_student_of_a_faster_rcnn_teacher(
+        official_env, teacher_weights, tmp_path):
+    """The real tool with the shipped config, on VOC in its official layout
+    ($DETECTRON2_DATASETS), from a folder outside the repository: 2 iterations, then the VOC
+    evaluation of the student alone; the checkpoint holds the student only."""
+    config = os.path.join(CONFIGS, "voc_retinanet_R18_from_frcnn_nst.yaml")
+    teacher = teacher_weights(load_nst_cfg(config).DISTILL.TEACHER.CONFIG)
+    proc = subprocess.run(
+        [sys.executable, os.path.join(REPO, "tools", "train_net.py"), "--config-file", config,
+         "MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", "DISTILL.TEACHER.WEIGHTS", teacher,
+         "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", "96", "INPUT.MIN_SIZE_TEST",
+         "64", "INPUT.MAX_SIZE_TEST", "96", "SOLVER.IMS_PER_BATCH", "2", "SOLVER.MAX_ITER", "2",
+         "DATALOADER.NUM_WORKERS", "0", "OUTPUT_DIR", "out"],
+        cwd=str(tmp_path), env=official_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-5000:]
+    assert re.search(r"Distilling a GeneralizedRCNN teacher into a DistillRetinaNet student; "
+                     r"NST on student \['p3', 'p4', 'p5', 'p6'\]", proc.stdout), proc.stdout[-5000:]
+    assert re.search(r"loss_nst: [0-9.e+-]+", proc.stdout)
+    metrics = [json.loads(line) for line in (tmp_path / "out" / "metrics.json").open()]
+    train_rows = [m for m in metrics if "loss_nst" in m]
+    assert train_rows and all(f"nst/p{i}" in train_rows[-1] for i in (3, 4, 5, 6)), metrics
+    assert "Evaluating voc_2007_test with the VOC 2007 metric" in proc.stdout, proc.stdout[-3000:]
+    assert re.search(r"copypaste: AP,AP50,AP75.*\n.*copypaste: [0-9.]+,[0-9.]+", proc.stdout)
+    saved = torch.load(str(tmp_path / "out" / "model_final.pth"), map_location="cpu",
+                       weights_only=False)["model"]
+    assert saved and not any(k.startswith(("teacher", "proposal_generator", "roi_heads"))
+                             for k in saved)
+    assert any(k.startswith("head.cls_score") for k in saved)
