@@ -108,7 +108,8 @@ def test_float32_matches_naive_float64(kernel_name, shape_name):
     torch.testing.assert_close(student.grad.double(), ref_student.grad, rtol=1e-3, atol=1e-4 * scale)
 
 
-# The Gram path forms the gradient in forward when C_S + C_T > H*W ("eager"), else in backward.
+# The Gram path forms the gradient in forward when C_S + C_T > H*W ("eager"), else in backward;
+# the Gaussian kernel takes its own path (_GaussianMMD) when C_S + C_T > H*W.
 GRADCHECK_CASES = {
     "linear": (dict(kernel="linear"), (2, 3, 4, 2, 3), "_MeanMapMMDBackward"),
     "poly_channel_backward": (dict(kernel="poly"), (2, 2, 3, 2, 3), "_ChannelGramMMDBackward"),
@@ -117,8 +118,8 @@ GRADCHECK_CASES = {
     "poly_channel": (dict(kernel="poly"), (2, 3, 4, 2, 3), "_ChannelGramMMDBackward"),
     "poly_c_channel": (dict(kernel="poly", degree=3, coef=0.5), (1, 3, 4, 2, 3), "_ChannelGramMMDBackward"),
     "poly_spatial": (dict(kernel="poly", coef=0.5), (2, 5, 6, 2, 1), "BmmBackward0"),
-    "gaussian_channel": (dict(kernel="gaussian", sigma2=0.4), (2, 3, 4, 2, 3), "_ChannelGramMMDBackward"),
-    "gaussian_few_positions": (dict(kernel="gaussian", sigma2=1.3), (1, 5, 6, 2, 1), "_ChannelGramMMDBackward"),
+    "gaussian_channel": (dict(kernel="gaussian", sigma2=0.4), (2, 3, 4, 2, 3), "_GaussianMMDBackward"),
+    "gaussian_few_positions": (dict(kernel="gaussian", sigma2=1.3), (1, 5, 6, 2, 1), "_GaussianMMDBackward"),
 }
 
 
@@ -142,6 +143,51 @@ def test_images_in_chunks_give_the_same_value_and_grad(monkeypatch, kernel_name,
     loss = nst_loss(student, teacher, **kwargs)
     torch.testing.assert_close(loss, ref, rtol=1e-9, atol=1e-12)
     torch.testing.assert_close(torch.autograd.grad(loss, student)[0], ref_grad, rtol=1e-7, atol=1e-10)
+
+
+# The Gaussian path (C_S + C_T > H*W) in row panels of GAUSSIAN_PANEL_ENTRIES entries (the teachers
+# always in GAUSSIAN_TEACHER_PANELS or more, so the triangle of K_tt is taken in parts), the augmented
+# maps built for the images that GAUSSIAN_MAP_ENTRIES allow: (panel, maps) entries as shipped (the
+# whole batch at once); two images per panel, groups of two panels (the last group short); one image
+# and a few rows per panel; one row per panel.
+GAUSSIAN_BUDGETS = {
+    "defaults": (nst_module.GAUSSIAN_PANEL_ENTRIES, nst_module.GAUSSIAN_MAP_ENTRIES),
+    "images": (2 * 22 * 9, 4 * 22 * 9),
+    "rows": (4 * 22, 1),
+    "one_row": (1, 1),
+}
+
+
+@pytest.mark.parametrize("budget", sorted(GAUSSIAN_BUDGETS))
+@pytest.mark.parametrize("sigma2", [None, 0.3], ids=["pooled", "fixed"])
+def test_gaussian_path_matches_naive_float64(monkeypatch, sigma2, budget):
+    monkeypatch.setattr(nst_module, "GAUSSIAN_PANEL_ENTRIES", GAUSSIAN_BUDGETS[budget][0])
+    monkeypatch.setattr(nst_module, "GAUSSIAN_MAP_ENTRIES", GAUSSIAN_BUDGETS[budget][1])
+    student, teacher = make_pair((5, 9, 13, 3, 2), seed=9)  # C_S != C_T, C_S + C_T > H*W, batch > 1
+    loss = nst_loss(student, teacher, kernel="gaussian", sigma2=sigma2)
+    assert "_GaussianMMDBackward" in backward_nodes(loss)
+    (grad,) = torch.autograd.grad(loss, student)
+    ref_student = student.detach().clone().requires_grad_()
+    ref = naive_mmd2(ref_student, teacher, "gaussian", sigma2=sigma2)
+    (ref_grad,) = torch.autograd.grad(ref, ref_student)
+    torch.testing.assert_close(loss, ref, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(grad, ref_grad, rtol=1e-7, atol=1e-10)
+    with torch.no_grad():
+        torch.testing.assert_close(nst_loss(student, teacher, kernel="gaussian", sigma2=sigma2), ref,
+                                   rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("sigma2", [None, 0.3], ids=["pooled", "fixed"])
+def test_gaussian_path_weights_each_image_by_its_upstream_gradient(sigma2):
+    student, teacher = make_pair((3, 7, 4, 2, 2), seed=4)
+    weights = torch.tensor([0.5, -2.0, 3.0], dtype=torch.float64)
+    mmd2 = nst_module._GaussianMMD.apply(student.flatten(2), teacher.flatten(2), sigma2, True)
+    (grad,) = torch.autograd.grad((weights * mmd2).sum(), student)
+    ref_student = student.detach().clone().requires_grad_()
+    ref = [naive_mmd2(ref_student[i : i + 1], teacher[i : i + 1], "gaussian", sigma2=sigma2) for i in range(3)]
+    (ref_grad,) = torch.autograd.grad((weights * torch.stack(ref)).sum(), ref_student)
+    torch.testing.assert_close(mmd2, torch.stack(ref), rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(grad, ref_grad, rtol=1e-7, atol=1e-10)
 
 
 def test_auto_sigma2_is_the_detached_pooled_mean_squared_distance():

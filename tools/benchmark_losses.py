@@ -3,14 +3,19 @@
 
 For each scale and kernel it measures forward+backward time and peak extra memory of
   - nst:        nst_det.losses.nst_loss (Gram matrices, hand-written backward),
+  - floor:      per image, into buffers allocated once, the three Grams S S^T, T T^T, S T^T of
+                the raw maps, (Gaussian) one in-place exp over all their entries, and the two
+                backward products G_ss S + G_st T: every pair evaluated once and the gradient
+                formed from the Grams, nothing else; "nst / floor" divides nst's time by it,
   - broadcast:  (a.unsqueeze(1) * b.unsqueeze(2)).sum(-1) over an N x C x C x HW tensor per term,
   - gram+autograd (poly only): the same Gram-matrix formula with autograd's default backward,
 and one torch.bmm(F, F^T) on the student map as the unit of time. Broadcast runs whose estimated
 memory exceeds --max-gb are not run ("does not fit").
 
-Time: the fastest of --repeats runs after one warm-up (one run if the warm-up took over 2 s);
-"x bmm" divides it by the fastest of the bmm(F, F^T) runs timed between those runs (on a shared
-machine other work only ever adds time, so the minima are the least disturbed). Peak extra
+Time: the median of --repeats runs after one warm-up (one run if the warm-up took over 2 s);
+"x bmm" divides it by the median of the bmm(F, F^T) runs timed between those runs, and
+"nst / floor" nst's median by the median of the floor runs timed in turn with nst's, so load that
+drifts during the run moves both sides of each ratio. Peak extra
 memory: on CPU, the resident-set high-water mark (/proc/self/status VmHWM, reset through
 /proc/self/clear_refs) minus the resident set before the run, with glibc told to return every
 block >= 64 KiB to the system on free (MALLOC_MMAP_THRESHOLD_, set by re-executing this script),
@@ -24,6 +29,7 @@ requires_grad, teacher) are allocated before the run; the student's gradient cou
 import argparse
 import os
 import platform
+import statistics
 import sys
 import time
 
@@ -76,6 +82,25 @@ def gram_autograd_poly_mmd2(student, teacher):
     return (terms[0] + terms[1] - 2 * terms[2]).mean()
 
 
+def floor_products(student, teacher, kernel):
+    """The floor for `kernel`: per image, S S^T, T T^T, S T^T of the raw maps [N, C, HW] (and, for
+    the Gaussian, exp over all their entries, in place), then G_ss S + G_st T, every result into a
+    buffer allocated once."""
+    s, t = student.detach(), teacher.detach()
+    c_s, c_t = s.shape[1], t.shape[1]
+    g_ss, g_tt, g_st = s.new_empty(c_s, c_s), s.new_empty(c_t, c_t), s.new_empty(c_s, c_t)
+    grad = torch.empty_like(s)
+    for i in range(s.shape[0]):
+        torch.mm(s[i], s[i].T, out=g_ss)
+        torch.mm(t[i], t[i].T, out=g_tt)
+        torch.mm(s[i], t[i].T, out=g_st)
+        if kernel == "gaussian":
+            for gram in (g_ss, g_tt, g_st):
+                gram.exp_()
+        torch.mm(g_ss, s[i], out=grad[i])
+        grad[i].addmm_(g_st, t[i])
+
+
 def broadcast_bytes(shape, kernel, element_size):
     """Estimated peak of the broadcast form: the largest pairwise tensor times 2 (its product and,
     in backward, the gradients of both factors), times 5 for the Gaussian (difference, square,
@@ -107,22 +132,36 @@ def _cpu_name():
         return platform.processor() or platform.machine()
 
 
-def measure(meter, step, reference, repeats):
-    """step(): one forward+backward -> dict(seconds, x_bmm, peak, loss): the fastest of `repeats`
-    runs after a warm-up, and its ratio to the fastest bmm(F, F^T) timed around those runs (a shared
-    machine only ever adds time, so minima are the least disturbed); a step slower than
-    SLOW_SECONDS in its warm-up is timed once."""
+def measure(meter, step, reference, repeats, floor=None):
+    """step(): one forward+backward -> dict(seconds, x_bmm, peak, loss): the median of `repeats`
+    runs after a warm-up, and its ratio to the median bmm(F, F^T) timed around those runs; a step
+    slower than SLOW_SECONDS in its warm-up is timed once. With floor(), the floor is warmed up and
+    timed after each run of step too, and the result gains "floor" (its own such dict) and
+    "x_floor" (the ratio of the medians)."""
     start = time.perf_counter()
     loss = step()  # warm-up
     if time.perf_counter() - start > SLOW_SECONDS:
         repeats = 1
-    times, bmm_times, peaks = [], [meter.seconds(reference)], []
+    if floor is not None:
+        floor()
+    times, bmm_times, peaks, floor_times, floor_peaks = [], [meter.seconds(reference)], [], [], []
     for _ in range(repeats):
         took, peak = meter.seconds_and_peak_extra_bytes(step)
         times.append(took)
         peaks.append(peak)
+        if floor is not None:
+            took, peak = meter.seconds_and_peak_extra_bytes(floor)
+            floor_times.append(took)
+            floor_peaks.append(peak)
         bmm_times.append(meter.seconds(reference))
-    return dict(seconds=min(times), x_bmm=min(times) / min(bmm_times), peak=max(peaks), loss=loss)
+    bmm = statistics.median(bmm_times)
+    row = dict(seconds=statistics.median(times), peak=max(peaks), loss=loss)
+    row["x_bmm"] = row["seconds"] / bmm
+    if floor is not None:
+        floor_seconds = statistics.median(floor_times)
+        row["floor"] = dict(seconds=floor_seconds, x_bmm=floor_seconds / bmm, peak=max(floor_peaks), loss=None)
+        row["x_floor"] = row["seconds"] / floor_seconds
+    return row
 
 
 def run_scale(name, shape, args, meter):
@@ -148,9 +187,12 @@ def run_scale(name, shape, args, meter):
 
     rows = [("bmm(F, F^T)", measure(meter, reference, reference, args.repeats))]
     rows[0][1]["loss"] = None
+    maps = flat, teacher.flatten(2)
     for kernel in KERNELS:
-        nst = measure(meter, step_of(lambda: nst_loss(student, teacher, kernel=kernel)), reference, args.repeats)
+        nst = measure(meter, step_of(lambda: nst_loss(student, teacher, kernel=kernel)), reference, args.repeats,
+                      floor=lambda: floor_products(*maps, kernel))
         rows.append((f"nst {kernel}", nst))
+        rows.append((f"floor {kernel}", nst.pop("floor")))
         if kernel == "poly":
             gram = measure(meter, step_of(lambda: gram_autograd_poly_mmd2(student, teacher)), reference, args.repeats)
             gram["vs"] = nst
@@ -169,18 +211,19 @@ def run_scale(name, shape, args, meter):
 def print_rows(name, shape, rows, input_bytes):
     n, c_s, c_t, h, w = shape
     print(f"\n### {name}: N={n}, C_S={c_s}, C_T={c_t}, {h}x{w}; one input map {input_bytes / 2**20:.1f} MiB\n")
-    print("| method | fwd+bwd (s) | x bmm | peak extra (MiB) | x input | vs nst (x bmm, memory) | loss |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| method | fwd+bwd (s) | x bmm | nst / floor | peak extra (MiB) | x input | vs nst (x bmm, memory) | loss |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for method, r in rows:
         if "needs" in r:
-            print(f"| {method} | does not fit (needs {r['needs'] / 1e9:.0f} GB) | | | | | |")
+            print(f"| {method} | does not fit (needs {r['needs'] / 1e9:.0f} GB) | | | | | | |")
             continue
         vs = ""
         if "vs" in r:
             vs = f"{r['x_bmm'] / r['vs']['x_bmm']:.1f}x, {r['peak'] / max(r['vs']['peak'], 1):.0f}x"
+        x_floor = f"{r['x_floor']:.2f}" if "x_floor" in r else ""
         loss = "" if r["loss"] is None else f"{r['loss']:.6g}"
         print(
-            f"| {method} | {r['seconds']:.3f} | {r['x_bmm']:.2f} | {r['peak'] / 2**20:.1f} | "
+            f"| {method} | {r['seconds']:.3f} | {r['x_bmm']:.2f} | {x_floor} | {r['peak'] / 2**20:.1f} | "
             f"{r['peak'] / input_bytes:.2f} | {vs} | {loss} |"
         )
     sys.stdout.flush()

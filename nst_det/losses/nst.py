@@ -4,6 +4,8 @@ MMD between the L2-normalised channel maps of a student and a teacher feature ma
 Exact, and never through an N x C x C x HW tensor: the pairwise kernel values come from C x C Gram
 matrices (or, for the degree-2 polynomial kernel when H*W is small, from H*W x H*W ones), and the
 Gram path has a hand-written backward of two batched matmuls with the L2-normalisation folded in.
+The Gaussian kernel with more channels than positions (C_S + C_T > H*W, classification scale) has
+its own path, which makes each exponent in one matmul and never holds a whole C x C matrix.
 """
 import torch
 import torch.nn.functional as F
@@ -154,7 +156,7 @@ class _ChannelGramMMD(torch.autograd.Function):
     def forward(ctx, student, teacher, kernel, degree, coef, sigma2, need_grad):
         n, c_s, hw = student.shape
         c_t = teacher.shape[1]
-        ctx.eager = need_grad and c_s + c_t > hw
+        ctx.eager = need_grad and _pairs_outnumber_positions(c_s, c_t, hw)
         mmd2, factors = [], []
         unit_grad = torch.empty_like(student) if ctx.eager else None
         step = max(1, GRAM_CHUNK_ENTRIES // (c_s * c_s + c_s * c_t + c_t * c_t))
@@ -233,6 +235,151 @@ def _spatial_gram_poly2_mmd2(student, teacher, coef):
     return mmd2
 
 
+# Entries of one row panel of the Gaussian path's exponents (64 MiB in float32; images are batched
+# into a panel while they fit): few large operations rather than cache-sized ones, as on a busy CPU
+# each parallel operation waits for its slowest thread. The augmented maps are built for as many
+# whole panels of images at once as GAUSSIAN_MAP_ENTRIES allow (at least one).
+GAUSSIAN_PANEL_ENTRIES = 2**24
+GAUSSIAN_MAP_ENTRIES = 2**22
+# At least this many teacher panels: the triangle of K_tt then skips (panels - 1) / (2 panels) of it.
+GAUSSIAN_TEACHER_PANELS = 4
+
+
+def _pairs_outnumber_positions(c_s, c_t, hw):
+    """Whether the C_S + C_T maps outnumber their H*W positions: then C x C factors are larger than
+    the maps, the Gram path forms the gradient in forward, and the Gaussian kernel takes its own path."""
+    return c_s + c_t > hw
+
+
+def _augmented_maps(student, teacher, sigma2):
+    """[n, C_S, HW], [n, C_T, HW] raw maps -> (W, U, gamma, inv_s): W = [z, 1, -gamma |z|^2, e] and
+    U = [2 gamma z, -gamma |z|^2, 1, 0], both [n, C_S + C_T, HW + 3], over the normalised maps z
+    (students first; e is 1 for a student map, 0 for a teacher map), so that U_j . W_k =
+    -gamma ||z_j - z_k||^2 with gamma = 1 / (2 sigma2); inv_s [n, C_S] = 1 / n_s."""
+    n, c_s, hw = student.shape
+    m = c_s + teacher.shape[1]
+    inv_s = _inv_norm(_sq_norms(student))
+    w = student.new_empty(n, m, hw + 3)
+    maps = w[..., :hw]
+    torch.mul(student, inv_s[:, :, None], out=maps[:, :c_s])
+    torch.mul(teacher, _inv_norm(_sq_norms(teacher))[:, :, None], out=maps[:, c_s:])
+    sq = _sq_norms(maps)
+    if sigma2 is None:
+        # mean of ||z - z'||^2 over the M^2 ordered pairs: 2 M sum ||z||^2 - 2 ||sum z||^2, over M^2.
+        total = 2 * m * sq.sum(1) - 2 * maps.sum(1).square().sum(1)
+        bandwidth = (total / m**2).clamp_min(torch.finfo(total.dtype).eps)
+    else:
+        bandwidth = torch.full_like(sq[:, 0], sigma2)
+    gamma = 0.5 / bandwidth
+    w[..., hw] = 1
+    torch.mul(sq, -gamma[:, None], out=w[..., hw + 1])
+    w[:, :c_s, hw + 2] = 1
+    w[:, c_s:, hw + 2] = 0
+    u = torch.empty_like(w)
+    torch.mul(maps, 2 * gamma[:, None, None], out=u[..., :hw])
+    u[..., hw] = w[..., hw + 1]
+    u[..., hw + 1] = 1
+    u[..., hw + 2] = 0
+    return w, u, gamma, inv_s
+
+
+def _kernel_panel_(exponents):
+    """Exponents -gamma ||x - y||^2 -> kernel values exp(min(., 0)), in place (K <= 1, as D >= 0)."""
+    return exponents.clamp_max_(0).exp_()
+
+
+def _even_rows(total, most):
+    """Rows per panel: `total` rows in as few panels of at most `most` (at least 1) rows as can be,
+    of even sizes."""
+    panels = -(-total // max(1, most))
+    return -(-total // panels)
+
+
+def _panel(buffer, rows, columns):
+    """The first entries of a flat buffer as a contiguous [n, R, columns] panel for rows [n, R, *]."""
+    n, r = rows.shape[:2]
+    return buffer[: n * r * columns].view(n, r, columns)
+
+
+class _GaussianMMD(torch.autograd.Function):
+    """[N, C_S, HW] raw student, [N, C_T, HW] raw teacher -> [N] Gaussian MMD^2 of their normalised
+    maps, for C_S + C_T > HW.
+
+    With the augmented maps of _augmented_maps, a row panel of students gives its exponents against
+    all C_S + C_T maps in one matmul (the distances' norms ride along as two extra columns), the
+    kernel in place (exp), and in one more matmul with W itself Y = K_ss W_s - (C_S / C_T) K_st W_t:
+    its map columns are K_ss s + r K_st t (r = -C_S / C_T) and its extra columns the row sums
+    rows_ss + r rows_st and rows_ss. The teacher-teacher term needs no gradient and K_tt is
+    symmetric: row panels of teachers take only the columns from their own diagonal block on, the
+    block once and the rest twice. Gradient (sigma2 fixed, or detached when pooled): with
+    alpha = 4 gamma / C_S^2, dMMD^2/ds_j = alpha (Y_j - (rows_ss + r rows_st)_j s_j) =: g_j, and
+    through s = f / n, dMMD^2/df_j = (g_j - s_j (s_j . g_j)) / n_j, formed in forward.
+    """
+
+    @staticmethod
+    def forward(ctx, student, teacher, sigma2, need_grad):
+        n, c_s, hw = student.shape
+        c_t = teacher.shape[1]
+        m = c_s + c_t
+        rows_s = _even_rows(c_s, GAUSSIAN_PANEL_ENTRIES // m)
+        step = max(1, min(n, GAUSSIAN_PANEL_ENTRIES // (rows_s * m)))
+        most_t = min(GAUSSIAN_PANEL_ENTRIES // (step * c_t), -(-c_t // GAUSSIAN_TEACHER_PANELS))
+        rows_t = _even_rows(c_t, most_t)
+        group = step * max(1, GAUSSIAN_MAP_ENTRIES // (m * (hw + 3) * step))
+        panel = student.new_empty(step * max(rows_s * m, rows_t * c_t))
+        mmd2 = student.new_empty(n)
+        unit_grad = torch.empty_like(student) if need_grad else None
+        for i in range(0, n, group):
+            images = slice(i, i + group)
+            w, u, gamma, inv_s = _augmented_maps(student[images], teacher[images], sigma2)
+            # per image and panel: the sums over a student panel's K_ss and K_st columns (without
+            # gradient), over a teacher panel's diagonal block and over the rest of its columns
+            sums_s = w.new_empty(w.shape[0], -(-c_s // rows_s), 2)
+            sums_t = w.new_empty(w.shape[0], -(-c_t // rows_t), 2)
+            y = w.new_empty(w.shape[0], c_s, hw + 3) if need_grad else None
+            for c in range(0, w.shape[0], step):
+                chunk = slice(c, c + step)
+                for p, j in enumerate(range(0, c_s, rows_s)):
+                    rows = slice(j, min(j + rows_s, c_s))
+                    k = _kernel_panel_(torch.bmm(u[chunk, rows], w[chunk].transpose(1, 2),
+                                                 out=_panel(panel, u[chunk, rows], m)))
+                    if need_grad:
+                        torch.bmm(k[..., :c_s], w[chunk, :c_s], out=y[chunk, rows])
+                        y[chunk, rows].baddbmm_(k[..., c_s:], w[chunk, c_s:], alpha=-c_s / c_t)
+                    else:
+                        torch.sum(k[..., :c_s], (1, 2), out=sums_s[chunk, p, 0])
+                        torch.sum(k[..., c_s:], (1, 2), out=sums_s[chunk, p, 1])
+                for p, j in enumerate(range(0, c_t, rows_t)):
+                    rows = slice(c_s + j, c_s + j + rows_t)
+                    k = _kernel_panel_(torch.bmm(u[chunk, rows], w[chunk, c_s + j :].transpose(1, 2),
+                                                 out=_panel(panel, u[chunk, rows], c_t - j)))
+                    torch.sum(k[..., : k.shape[1]], (1, 2), out=sums_t[chunk, p, 0])
+                    torch.sum(k[..., k.shape[1] :], (1, 2), out=sums_t[chunk, p, 1])
+            if need_grad:
+                # rows_ss + 2 r rows_st = 2 (rows_ss + r rows_st) - rows_ss
+                sum_ss_st = 2 * y[..., hw].sum(1) - y[..., hw + 2].sum(1)
+            else:
+                sum_ss_st = sums_s[..., 0].sum(1) - (2 * c_s / c_t) * sums_s[..., 1].sum(1)
+            sum_tt = sums_t[..., 0].sum(1) + 2 * sums_t[..., 1].sum(1)
+            mmd2[images] = sum_tt / c_t**2 + sum_ss_st / c_s**2
+            if not need_grad:
+                continue
+            s = w[:, :c_s, :hw]
+            g = unit_grad[images]
+            torch.addcmul(y[..., :hw], s, y[..., hw, None], value=-1, out=g)
+            g.addcmul_(s, _row_dot(s, g)[:, :, None], value=-1)
+            g.mul_((4 * gamma / c_s**2)[:, None, None] * inv_s[:, :, None])
+        if need_grad:
+            ctx.save_for_backward(unit_grad)
+        return mmd2
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_mmd2):
+        (unit_grad,) = ctx.saved_tensors
+        return unit_grad * grad_mmd2[:, None, None], None, None, None
+
+
 def _channel_gram_is_cheaper(c_s, c_t, hw):
     """Whether C x C Grams cost no more than HW x HW ones for the degree-2 polynomial kernel."""
     return hw * (c_s + c_t) >= c_s * c_s + c_s * c_t + c_t * c_t
@@ -286,7 +433,10 @@ def nst_loss(student, teacher, kernel="poly", degree=2, coef=0.0, sigma2=None, r
             mmd2 = _spatial_gram_poly2_mmd2(s, t, float(coef))
         else:
             need_grad = torch.is_grad_enabled() and s.requires_grad
-            mmd2 = _ChannelGramMMD.apply(s, t, kernel, degree, float(coef), sigma2, need_grad)
+            if kernel == "gaussian" and _pairs_outnumber_positions(c_s, c_t, hw):
+                mmd2 = _GaussianMMD.apply(s, t, sigma2, need_grad)
+            else:
+                mmd2 = _ChannelGramMMD.apply(s, t, kernel, degree, float(coef), sigma2, need_grad)
         loss = mmd2.mean()
     check_loss_finite("nst_loss", loss, student=student, teacher=teacher)
     return loss
