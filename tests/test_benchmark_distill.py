@@ -1,5 +1,5 @@
-"""Tests of nst_det/detection/benchmark.py and tools/benchmark_distill.py on a tiny config: the table
-and its last line ``overhead: X.XX``. (That the teacher runs without autograd and only as far as
+"""Tests of nst_det/detection/benchmark.py and tools/benchmark_distill.py on a tiny config: the table,
+its ``parts ratio: X.XX`` and last line ``overhead: X.XX``, each the median of the rounds' ratios. (That the teacher runs without autograd and only as far as
 distillation needs is tested in tests/test_ddp_distill.py, on the model built there.)"""
 import os
 import re
@@ -18,13 +18,21 @@ def test_tool_prints_the_table_and_ends_with_the_overhead(tmp_path, capsys):
     config_file.write_text(cfg.dump())
     tool = runpy.run_path(TOOL, run_name="benchmark_distill")
     args = tool["argument_parser"]().parse_args(
-        ["--config-file", str(config_file), "--iters", "1", "--size", "64"])
+        ["--config-file", str(config_file), "--iters", "3", "--size", "64"])
     result = tool["main"](args)
     lines = capsys.readouterr().out.strip().splitlines()
-    assert re.fullmatch(r"overhead: \d+\.\d\d", lines[-1])
+    assert re.match(r"overhead: \d+\.\d\d \(distillation step / \(student step \+ teacher forward\), "
+                    r"median of 3 rounds\)$", lines[-1])
+    assert re.match(r"parts ratio: \d+\.\d\d \(", lines[-2])
     assert float(lines[-1].split()[1]) == round(result.overhead, 2)
-    assert result.overhead == result.distill.time_ms / (result.student.time_ms
-                                                       + result.teacher.time_ms)
+    assert float(lines[-2].split()[2]) == round(result.parts_ratio, 2)
+    # each ratio is taken within a round, then the median over the rounds
+    rounds = zip(result.student.times_ms, result.teacher.times_ms, result.nst.times_ms,
+                 result.distill.times_ms)
+    per_round = sorted((d / (s + t), d / (s + t + n)) for s, t, n, d in rounds)
+    assert result.overhead == sorted(r[0] for r in per_round)[1]
+    assert result.parts_ratio == sorted(r[1] for r in per_round)[1]
+    assert all(len(c.times_ms) == 3 for c in (result.student, result.teacher, result.distill))
     assert result.image_size == (64, 85)
     for row in ("student training step", "teacher forward", "distillation training step",
                 "NST term (forward + backward)"):

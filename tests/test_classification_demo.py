@@ -7,7 +7,7 @@ import torch
 
 from cls_testing import save_teacher
 
-from nst_det.classification.demo import DEMO_CONFIGS, format_table, plot_curves, val_curve
+from nst_det.classification.demo import DEMO_CONFIGS, format_table, plot_curves, plot_seeds, val_curve
 from nst_det.classification.visualize import (
     normalised_maps,
     save_selectivity_figure,
@@ -15,21 +15,43 @@ from nst_det.classification.visualize import (
 )
 
 RESULTS = {"teacher": {"top1": 99.0, "curve": [90.0, 99.0]},
-           "runs": {"student alone": [{"top1": 90.0, "curve": [80.0, 90.0]},
-                                      {"top1": 94.0, "curve": [82.0, 94.0]}],
-                    "NST (poly)": [{"top1": 95.0, "curve": [85.0, 95.0]},
-                                   {"top1": 97.0, "curve": [86.0, 97.0]}]}}
+           "runs": {"student alone": [{"seed": 0, "top1": 90.0, "curve": [80.0, 90.0]},
+                                      {"seed": 1, "top1": 94.0, "curve": [82.0, 94.0]}],
+                    "NST (poly)": [{"seed": 0, "top1": 95.0, "curve": [85.0, 95.0]},
+                                   {"seed": 1, "top1": 97.0, "curve": [86.0, 97.0]}],
+                    "KD": [{"seed": 0, "top1": 97.0, "curve": [85.0, 97.0]},
+                           {"seed": 1, "top1": 97.5, "curve": [86.0, 97.5]}],
+                    "NST (poly) + KD": [{"seed": 0, "top1": 98.0, "curve": [85.0, 98.0]},
+                                        {"seed": 1, "top1": 98.5, "curve": [86.0, 98.5]}]}}
 
 
-def test_table_gives_mean_and_sample_std_per_method():
+def test_table_gives_mean_sample_std_each_seed_and_the_differences():
     table = format_table(RESULTS)
-    assert "| teacher (demo_teacher) | 99.00 | 1 |" in table
-    assert "| student: student alone | 92.00 ± 2.83 | 2 seeds: 90.0, 94.0 |" in table
-    assert "| student: NST (poly) | 96.00 ± 1.41 |" in table
+    assert "| teacher | 99.00 | 0 |" in table
+    assert "| student: student alone | 92.00 ± 2.83 (90.00, 94.00) | 0, 1 |" in table
+    assert "| student: NST (poly) | 96.00 ± 1.41 (95.00, 97.00) | 0, 1 |" in table
+    assert "- NST (poly) against student alone: +4.00 points" in table
+    assert "- NST (poly) + KD against KD: +1.00 points" in table
+    assert "- KD against KD" not in table
 
 
 def test_curves_are_saved_as_png(tmp_path):
     path = plot_curves(RESULTS, str(tmp_path / "curves.png"))
+    with open(path, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_seeds_picture_draws_results_and_loss_curves(tmp_path):
+    runs = {}
+    for method, keys in (("student alone", ["loss_cls"]), ("NST (poly)", ["loss_cls", "loss_nst"])):
+        runs[method] = []
+        for seed in (0, 1):
+            folder = tmp_path / f"{method}_{seed}"
+            folder.mkdir()
+            rows = [dict({k: 1.0 / (i + 1) for k in keys}, iteration=i) for i in range(5)]
+            (folder / "metrics.json").write_text("\n".join(json.dumps(r) for r in rows))
+            runs[method].append({"seed": seed, "top1": 90.0 + seed, "output_dir": str(folder)})
+    path = plot_seeds({"teacher": {"top1": 99.0}, "runs": runs}, str(tmp_path / "seeds.png"))
     with open(path, "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
 

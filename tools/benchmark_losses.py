@@ -28,14 +28,13 @@ requires_grad, teacher) are allocated before the run; the student's gradient cou
 """
 import argparse
 import os
-import platform
 import statistics
 import sys
 import time
 
 import torch
 
-from nst_det.engine.measure import seconds, seconds_and_peak_mib
+from nst_det.engine.measure import load_average, machine_description, seconds, seconds_and_peak_mib
 from nst_det.losses import nst_loss
 from nst_det.losses.nst import normalise_maps
 
@@ -122,14 +121,6 @@ class Meter:
     def seconds_and_peak_extra_bytes(self, fn):
         took, peak_mib = seconds_and_peak_mib(fn, self.device)
         return took, peak_mib * 2**20
-
-
-def _cpu_name():
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            return next(line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
 
 
 def measure(meter, step, reference, repeats, floor=None):
@@ -247,21 +238,16 @@ def main():
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device is available")
     device = torch.device(args.device)
-    machine = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
-    print(
-        f"torch {torch.__version__}, device {args.device} ({machine}), {os.cpu_count()} CPUs, "
-        f"{torch.get_num_threads()} torch threads, repeats {args.repeats}, max-gb {args.max_gb}"
-    )
+    load_before = load_average()
+    print(f"{machine_description(device)}; repeats {args.repeats}, max-gb {args.max_gb}; "
+          f"load average {load_before:.2f}")
     meter = Meter(device)
     results = {name: run_scale(name, SCALES[name], args, meter) for name in args.scales}
-    if "detection-P2" in results:
-        rows, input_bytes = results["detection-P2"]
-        print("\nTarget at detection-P2 (issue 2): fwd+bwd <= 6x one bmm(F, F^T), peak extra <= 4x one input map")
-        for method, r in rows:
-            if method.startswith("nst"):
-                ok = r["x_bmm"] <= 6 and r["peak"] <= 4 * input_bytes
-                verdict = "met" if ok else "NOT met"
-                print(f"- {method}: {r['x_bmm']:.2f}x bmm, {r['peak'] / input_bytes:.2f}x input: {verdict}")
+    print("\nnst / floor (each kernel's nst_loss over its floor, timed in turn in this run):")
+    for name, (rows, _) in results.items():
+        ratios = ", ".join(f"{method[4:]} {r['x_floor']:.2f}" for method, r in rows if "x_floor" in r)
+        print(f"- {name}: {ratios}")
+    print(f"load average (1 min): {load_before:.2f} before, {load_average():.2f} after")
 
 
 if __name__ == "__main__":

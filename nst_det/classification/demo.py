@@ -1,14 +1,17 @@
 """The classification demo on the bundled digits: teacher once, then students over several seeds.
 
-``run_demo`` trains the teacher of ``configs/demo/cls_teacher.yaml`` (or reuses its checkpoint),
-then each student method of ``configs/demo/cls_student*.yaml`` for every seed, and returns the
-final validation top-1 of every run and the per-epoch curves. ``format_table`` prints mean +- std
-per method; ``plot_curves`` saves the curves as a PNG.
+``run_demo`` trains the teacher of ``configs/demo/cls_teacher.yaml`` (or reuses the one trained
+with the same config), then each student method of ``configs/demo/cls_student*.yaml`` for every
+seed, and returns the final validation top-1 of every run, the per-epoch curves and the logged
+losses. ``format_table`` prints mean ± std per method with each seed's value and the differences
+that say whether a term helps; ``plot_curves`` saves the accuracy curves and ``plot_seeds`` the
+per-seed results beside the loss curves (task loss against loss_nst).
 """
 import json
 import logging
 import os
 import time
+from collections import OrderedDict
 
 import numpy as np
 
@@ -16,8 +19,9 @@ from nst_det.classification.config import load_cls_config
 from nst_det.classification.data import DigitsDataset
 from nst_det.classification.engine import ClsTrainer
 from nst_det.engine.config_paths import REPO_ROOT
+from nst_det.engine.seed_report import format_mean_std, loss_curve, mean_std, plot_seed_runs
 
-__all__ = ["DEMO_METHODS", "run_demo", "format_table", "plot_curves", "val_curve"]
+__all__ = ["DEMO_METHODS", "run_demo", "format_table", "plot_curves", "plot_seeds", "val_curve"]
 
 logger = logging.getLogger(__name__)
 
@@ -50,30 +54,52 @@ def _overrides(output_dir, seed, epochs, extra=()):
     return opts + list(extra)
 
 
-def _train(config_file, opts, datasets):
-    cfg = load_cls_config(config_file, [str(o) if not isinstance(o, tuple) else o for o in opts])
+def _config(config_file, opts):
+    return load_cls_config(config_file, [str(o) if not isinstance(o, tuple) else o for o in opts])
+
+
+def _train(cfg, datasets):
     start = time.perf_counter()
     trainer = ClsTrainer(cfg, *datasets)
     trainer.train()
     return val_curve(cfg.OUTPUT_DIR), time.perf_counter() - start
 
 
+# The teacher's config, saved beside its weights: a later demo reuses the teacher only when its
+# config is the same.
+TEACHER_CONFIG_FILE = "demo_config.yaml"
+
+
+def _reusable_teacher(cfg) -> bool:
+    folder = cfg.OUTPUT_DIR
+    saved = os.path.join(folder, TEACHER_CONFIG_FILE)
+    if not (os.path.isfile(os.path.join(folder, "model_final.pth")) and os.path.isfile(saved)):
+        return False
+    with open(saved, encoding="utf-8") as f:
+        return f.read() == cfg.dump()
+
+
 def run_demo(output_dir, methods=("student alone", "NST (poly)", "NST (poly) + KD"),
-             seeds=(0, 1, 2), epochs=None, teacher_epochs=None, config_dir=DEMO_CONFIGS):
-    """Train the teacher (unless ``output_dir/teacher/model_final.pth`` exists), then every
-    student ``method`` for every seed. Returns a dict: ``teacher`` {top1, curve}, ``runs``
-    {method: [{seed, top1, curve, seconds}]}, ``teacher_weights``."""
-    datasets = (DigitsDataset(train=True, size=_image_size(config_dir)),
-                DigitsDataset(train=False, size=_image_size(config_dir)))
+             seeds=(0, 1, 2), epochs=None, teacher_epochs=None, config_dir=DEMO_CONFIGS, opts=()):
+    """Train the teacher (unless ``output_dir/teacher`` holds one trained with the same config),
+    then every student ``method`` for every seed; ``opts`` (KEY VALUE ...) override every config,
+    the teacher's too. Returns a dict: ``teacher`` {top1, curve}, ``runs`` {method: [{seed, top1,
+    curve, seconds, output_dir}]}, ``teacher_weights``."""
+    opts = list(opts)
     teacher_dir = os.path.join(output_dir, "teacher")
     teacher_weights = os.path.join(teacher_dir, "model_final.pth")
-    if os.path.isfile(teacher_weights):
+    teacher_cfg = _config(os.path.join(config_dir, "cls_teacher.yaml"),
+                          _overrides(teacher_dir, 0, teacher_epochs, opts))
+    size = teacher_cfg.DATA.IMAGE_SIZE
+    datasets = (DigitsDataset(train=True, size=size), DigitsDataset(train=False, size=size))
+    if _reusable_teacher(teacher_cfg):
         logger.info(f"Reusing the trained teacher {teacher_weights}")
         teacher_curve = val_curve(teacher_dir)
     else:
         logger.info("Training the teacher")
-        teacher_curve, _ = _train(os.path.join(config_dir, "cls_teacher.yaml"),
-                                  _overrides(teacher_dir, 0, teacher_epochs), datasets)
+        teacher_curve, _ = _train(teacher_cfg, datasets)
+        with open(os.path.join(teacher_dir, TEACHER_CONFIG_FILE), "w", encoding="utf-8") as f:
+            f.write(teacher_cfg.dump())
     results = {"teacher": {"top1": teacher_curve[-1], "curve": teacher_curve},
                "teacher_weights": teacher_weights, "runs": {}}
     for method in methods:
@@ -84,10 +110,12 @@ def run_demo(output_dir, methods=("student alone", "NST (poly)", "NST (poly) + K
         for seed in seeds:
             logger.info(f"Training {method}, seed {seed}")
             run_dir = os.path.join(output_dir, f"{slug}_seed{seed}")
-            curve, seconds = _train(
-                os.path.join(config_dir, DEMO_METHODS[method]),
-                _overrides(run_dir, seed, epochs, ["DISTILL.TEACHER.WEIGHTS", teacher_weights]),
-                datasets)
+            cfg = _config(os.path.join(config_dir, DEMO_METHODS[method]), _overrides(
+                run_dir, seed, epochs, opts + ["DISTILL.TEACHER.WEIGHTS", teacher_weights]))
+            if cfg.DATA.IMAGE_SIZE != size:
+                raise ValueError(f"{DEMO_METHODS[method]}: DATA.IMAGE_SIZE {cfg.DATA.IMAGE_SIZE} "
+                                 f"differs from the teacher's {size}")
+            curve, seconds = _train(cfg, datasets)
             runs.append({"seed": seed, "top1": curve[-1], "curve": curve, "seconds": seconds,
                          "output_dir": run_dir})
     with open(os.path.join(output_dir, "demo_results.json"), "w", encoding="utf-8") as f:
@@ -95,20 +123,27 @@ def run_demo(output_dir, methods=("student alone", "NST (poly)", "NST (poly) + K
     return results
 
 
-def _image_size(config_dir):
-    return load_cls_config(os.path.join(config_dir, "cls_student.yaml")).DATA.IMAGE_SIZE
+def _top1(runs):
+    return [r["top1"] for r in runs]
 
 
 def format_table(results) -> str:
-    """Markdown table: method, val top-1 mean +- std over seeds, each seed's value; teacher first."""
-    lines = ["| model | val top-1 (%) mean ± std | runs |", "| --- | --- | --- |",
-             f"| teacher (demo_teacher) | {results['teacher']['top1']:.2f} | 1 |"]
+    """Markdown table: val top-1 of the teacher, then of each student method as mean ± std over
+    the seeds with each seed's value; below it the differences of the means that say whether a
+    term helps (each method against the student alone, "X + KD" against KD)."""
+    lines = ["| model | val top-1 (%): mean ± std (each seed) | seeds |", "| --- | --- | --- |",
+             f"| teacher | {results['teacher']['top1']:.2f} | 0 |"]
     for method, runs in results["runs"].items():
-        top1 = np.array([r["top1"] for r in runs])
-        values = ", ".join(f"{v:.1f}" for v in top1)
-        std = top1.std(ddof=1) if len(top1) > 1 else 0.0
-        lines.append(f"| student: {method} | {top1.mean():.2f} ± {std:.2f} "
-                     f"| {len(top1)} seeds: {values} |")
+        seeds = ", ".join(str(r["seed"]) for r in runs)
+        lines.append(f"| student: {method} | {format_mean_std(_top1(runs), 2)} | {seeds} |")
+    means = {m: mean_std(_top1(runs))[0] for m, runs in results["runs"].items()}
+    compared = [(m, "student alone") for m in means if m != "student alone"]
+    compared += [(m, "KD") for m in means if m.endswith(" + KD") and m != "KD"]
+    compared = [(m, base) for m, base in compared if base in means]
+    if compared:
+        lines.append("")
+    for method, base in compared:
+        lines.append(f"- {method} against {base}: {means[method] - means[base]:+.2f} points")
     return "\n".join(lines)
 
 
@@ -136,3 +171,20 @@ def plot_curves(results, path: str) -> str:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def plot_seeds(results, path: str) -> str:
+    """seeds.png: every seed's final val top-1 per method (the teacher as a line) and, per method,
+    the task loss (loss_cls) against loss_nst over the iterations (metrics.json of each run)."""
+    metrics = {"val top-1 (%)": OrderedDict((m, _top1(runs)) for m, runs in results["runs"].items())}
+    references = {"val top-1 (%)": {"teacher": results["teacher"]["top1"]}}
+    curves = OrderedDict()
+    for method, runs in results["runs"].items():
+        folders = [r["output_dir"] for r in runs]
+        curves[method] = OrderedDict([("loss_cls", [loss_curve(d, ["loss_cls"]) for d in folders])])
+        nst = [loss_curve(d, ["loss_nst"]) for d in folders]
+        if all(iterations for iterations, _ in nst):
+            curves[method]["loss_nst"] = nst
+    seeds = len(next(iter(results["runs"].values())))
+    return plot_seed_runs(path, f"Digits demo: {seeds} seed(s) per method", metrics, references,
+                          curves)

@@ -102,6 +102,12 @@ _BUILDERS["demo_teacher"] = lambda num_classes, in_channels: DemoNet(
 _BUILDERS["demo_student"] = lambda num_classes, in_channels: DemoNet(
     num_classes, widths=(16, 32, 32), convs_per_block=1, in_channels=in_channels
 )
+_BUILDERS["demo_student_wide"] = lambda num_classes, in_channels: DemoNet(
+    num_classes, widths=(16, 32, 64), convs_per_block=1, in_channels=in_channels
+)
+_BUILDERS["demo_student_wider"] = lambda num_classes, in_channels: DemoNet(
+    num_classes, widths=(32, 64, 64), convs_per_block=1, in_channels=in_channels
+)
 
 
 def available_classifiers():

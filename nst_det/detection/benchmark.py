@@ -1,22 +1,27 @@
 """The cost of the teacher (tools/benchmark_distill.py): in one run, with the same two images, the
 time and peak memory of the plain student's training step, the teacher's forward alone (as far as
-distillation needs it, without autograd) and the distillation training step.
+distillation needs it, without autograd, from the raw images as the distillation step takes them:
+its own normalisation included), the NST term (forward and backward of ``loss_nst`` on the
+features of a distillation step) and the distillation training step.
 
-    overhead = distillation step / (student step + teacher forward)
+    overhead    = distillation step / (student step + teacher forward)
+    parts ratio = distillation step / (student step + teacher forward + NST term)
 
-1.00 means distillation costs exactly a student step plus a teacher forward; the rest (feature
-hooks, the NST/KD terms and their backward) is the overhead. The NST term's own cost (forward and
-backward of ``loss_nst`` on the captured features) is reported as a share of the distillation step.
+An overhead of 1.00 means distillation costs exactly a student step plus a teacher forward; a parts
+ratio of 1.00 means the distillation step costs its three parts and nothing more (the hooks, the
+second preprocessing, the gradient the NST term adds to the student's, the allocations of holding
+both models' activations would show here).
 
-Time: the fastest of ``iters`` rounds after one warm-up run of each (the least disturbed by other
-load on a shared machine); each round runs the four measurements back to back. Peak memory: the
-largest rise over the start of one run of each (peak_memory_mib: torch's allocated memory on
-CUDA, the process's resident set on the CPU), in a separate round after the timed ones.
+Time: ``iters`` rounds after one warm-up run of each; each round runs the four measurements back
+to back, so each ratio is taken within a round (load that drifts between rounds moves both sides)
+and the median over the rounds is reported, beside each step's median and fastest time. Peak
+memory: the largest rise over the start of one run of each (peak_memory_mib: torch's allocated
+memory on CUDA, the process's resident set on the CPU), in a separate round after the timed ones.
 """
 import logging
 import os
+import statistics
 import tempfile
-import time
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional
 
@@ -30,7 +35,7 @@ from detectron2.utils.events import EventStorage
 from nst_det.detection.architectures import num_classes
 from nst_det.detection.load_config import student_cfg
 from nst_det.detection.teacher import build_teacher_model
-from nst_det.engine.measure import peak_memory_mib, seconds
+from nst_det.engine.measure import machine_description, peak_memory_mib, seconds
 
 __all__ = ["StepCost", "DistillBenchmark", "benchmark_distillation", "format_benchmark",
            "synthetic_batch"]
@@ -44,11 +49,20 @@ _BOXES_PER_IMAGE = 3
 
 @dataclass
 class StepCost:
-    """Fastest time (ms) and peak extra memory (MiB) of one measured step."""
+    """Times (ms) of every round and peak extra memory (MiB) of one measured step."""
 
     name: str
-    time_ms: float
+    times_ms: List[float]
     peak_mib: float
+
+    @property
+    def time_ms(self) -> float:
+        """Median time over the rounds (ms)."""
+        return statistics.median(self.times_ms)
+
+    @property
+    def fastest_ms(self) -> float:
+        return min(self.times_ms)
 
 
 @dataclass
@@ -65,14 +79,25 @@ class DistillBenchmark:
     nst: Optional[StepCost]
     teacher_weights: str
 
+    def _per_round(self, parts: List[StepCost]) -> float:
+        """Median over the rounds of distillation step / sum of ``parts``, each round on its own."""
+        return statistics.median(
+            d / sum(p.times_ms[i] for p in parts) for i, d in enumerate(self.distill.times_ms))
+
     @property
     def overhead(self) -> float:
-        """distillation step / (student step + teacher forward), by fastest times."""
-        return self.distill.time_ms / (self.student.time_ms + self.teacher.time_ms)
+        """distillation step / (student step + teacher forward): median of the rounds' ratios."""
+        return self._per_round([self.student, self.teacher])
+
+    @property
+    def parts_ratio(self) -> Optional[float]:
+        """distillation step / (student step + teacher forward + NST term): median of the
+        rounds' ratios; None without an NST term."""
+        return None if self.nst is None else self._per_round([self.student, self.teacher, self.nst])
 
     @property
     def nst_share(self) -> Optional[float]:
-        """Time of the NST term (forward + backward) / time of the distillation step."""
+        """Time of the NST term (forward + backward) / time of the distillation step (medians)."""
         return None if self.nst is None else self.nst.time_ms / self.distill.time_ms
 
 
@@ -181,14 +206,15 @@ def benchmark_distillation(cfg, iters: int = 10, size: Optional[int] = None,
     distill_step = _train_step(distill, _frozen_optimizer(cfg, distill), batch)
 
     with EventStorage(0):
+        images_call = _Recorder(distill, "teacher_images")
         teacher_call = _Recorder(distill, "_teacher_forward")
         nst_call = _Recorder(distill, "nst_per_level")
         try:
             distill_step()  # warm-up; keeps the teacher's and NST's inputs of this batch
         finally:
-            teacher_call.remove()
-            nst_call.remove()
-        teacher_forward = _replay(distill._teacher_forward, teacher_call.args)
+            for call in (images_call, teacher_call, nst_call):
+                call.remove()
+        teacher_forward = _teacher_step(distill, images_call.args, teacher_call.args)
         nst_step = _nst_step(distill, nst_call.args) if nst_call.args else None
         measured = {"student": student_step, "teacher": teacher_forward, "distill": distill_step}
         if nst_step is not None:
@@ -203,7 +229,7 @@ def benchmark_distillation(cfg, iters: int = 10, size: Optional[int] = None,
         peaks = {name: peak_memory_mib(fn, dev) for name, fn in measured.items()}
 
     def cost(name, label):
-        return StepCost(label, min(times[name]), peaks[name])
+        return StepCost(label, times[name], peaks[name])
 
     height, width = batch[0]["image"].shape[1:]
     return DistillBenchmark(
@@ -212,18 +238,23 @@ def benchmark_distillation(cfg, iters: int = 10, size: Optional[int] = None,
         image_size=(int(height), int(width)),
         iters=iters,
         student=cost("student", "student training step"),
-        teacher=cost("teacher", "teacher forward (no autograd, as far as distillation needs)"),
+        teacher=cost("teacher", "teacher forward (its preprocessing, no autograd, as far as "
+                                "distillation needs)"),
         distill=cost("distill", "distillation training step"),
         nst=cost("nst", "NST term (forward + backward)") if nst_step is not None else None,
         teacher_weights=teacher_weights,
     )
 
 
-def _replay(method: Callable, args) -> Callable:
-    call_args, call_kwargs = args
+def _teacher_step(model, images_args, forward_args) -> Callable:
+    """The teacher's part of one distillation step alone: its input made from the raw images
+    (``teacher_images``) and its forward, with the arguments they had in that step."""
+    (batched_inputs, student_images), _ = images_args
+    (_, *forward_rest), forward_kwargs = forward_args
 
     def run():
-        method(*call_args, **call_kwargs)
+        model._teacher_forward(model.teacher_images(batched_inputs, student_images), *forward_rest,
+                               **forward_kwargs)
     return run
 
 
@@ -243,26 +274,28 @@ def _nst_step(model, args) -> Callable:
 
 
 def format_benchmark(result: DistillBenchmark) -> str:
-    """The table of tools/benchmark_distill.py; its last line is ``overhead: X.XX``."""
+    """The table of tools/benchmark_distill.py; its last two lines are ``parts ratio: X.XX`` (with
+    an NST term) and ``overhead: X.XX``."""
     h, w = result.image_size
     lines = [
         f"config: {result.config_file or '(given cfg)'}; device: {result.device}; "
-        f"2 images of {h} x {w}; fastest of {result.iters} round(s); "
-        f"{torch.get_num_threads()} CPU thread(s); "
-        f"teacher weights: {result.teacher_weights}",
+        f"2 images of {h} x {w}; {result.iters} round(s); teacher weights: "
+        f"{result.teacher_weights}",
+        f"machine: {machine_description(torch.device(result.device))}",
         "",
-        "| step | time (ms) | peak memory (MiB) |",
-        "| --- | ---: | ---: |",
+        "| step | median time (ms) | fastest (ms) | peak memory (MiB) |",
+        "| --- | ---: | ---: | ---: |",
     ]
     rows = [result.student, result.teacher, result.distill]
     if result.nst is not None:
         rows.append(result.nst)
     for row in rows:
-        lines.append(f"| {row.name} | {row.time_ms:.1f} | {row.peak_mib:.1f} |")
-    sum_ms = result.student.time_ms + result.teacher.time_ms
+        lines.append(f"| {row.name} | {row.time_ms:.1f} | {row.fastest_ms:.1f} | {row.peak_mib:.1f} |")
     lines.append("")
-    lines.append(f"student step + teacher forward: {sum_ms:.1f} ms")
     if result.nst_share is not None:
         lines.append(f"NST term share of the distillation step: {100 * result.nst_share:.1f}%")
-    lines.append(f"overhead: {result.overhead:.2f}")
+        lines.append(f"parts ratio: {result.parts_ratio:.2f} (distillation step / (student step + "
+                     f"teacher forward + NST term), median of {result.iters} rounds)")
+    lines.append(f"overhead: {result.overhead:.2f} (distillation step / (student step + teacher "
+                 f"forward), median of {result.iters} rounds)")
     return "\n".join(lines)

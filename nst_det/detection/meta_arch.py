@@ -31,7 +31,7 @@ from .fcos import YamlFCOS
 from .teacher import build_teacher
 
 __all__ = ["DistillDetector", "DistillGeneralizedRCNN", "DistillRetinaNet", "DistillFCOS",
-           "head_family"]
+           "head_family", "pair_features", "check_features"]
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +67,43 @@ def _available_features(backbone: nn.Module) -> Dict[str, object]:
     return shapes
 
 
-def _check_features(role: str, key: str, names: Sequence[str], backbone: nn.Module):
+def pair_features(student_backbone: nn.Module, teacher_backbone: nn.Module,
+                  student_features: Sequence[str], teacher_features: Sequence[str],
+                  match_levels: str = "name"):
+    """The features NST matches, (student names, teacher names), from DISTILL.STUDENT_FEATURES /
+    TEACHER_FEATURES, filled where the config leaves them empty: with DISTILL.MATCH_LEVELS
+    "name", every student backbone output the teacher also gives, in the student's order, with
+    the same names; with "stride", each student backbone output with the teacher's output of the
+    same stride; teacher features of named student features: the same names. No pair at all is a
+    ValueError naming the keys."""
+    student_features, teacher_features = list(student_features), list(teacher_features)
+    if not student_features:
+        student_outputs = student_backbone.output_shape()
+        teacher_outputs = teacher_backbone.output_shape()
+        if match_levels == "stride":
+            by_stride = {shape.stride: name for name, shape in teacher_outputs.items()}
+            pairs = [(n, by_stride[s.stride]) for n, s in student_outputs.items()
+                     if s.stride in by_stride]
+        else:
+            pairs = [(n, n) for n in student_outputs if n in teacher_outputs]
+        if not pairs:
+            strides = {n: s.stride for n, s in student_outputs.items()}
+            t_strides = {n: s.stride for n, s in teacher_outputs.items()}
+            raise ValueError(
+                f"DISTILL.STUDENT_FEATURES is [] and no student backbone output "
+                f"{strides} has a teacher output {t_strides} of the same "
+                f"{match_levels} (DISTILL.MATCH_LEVELS): name the matched features")
+        student_features = [s for s, _ in pairs]
+        if not teacher_features:
+            teacher_features = [t for _, t in pairs]
+    if not teacher_features:
+        teacher_features = list(student_features)
+    return student_features, teacher_features
+
+
+def check_features(role: str, key: str, names: Sequence[str], backbone: nn.Module):
+    """{name: ShapeSpec} of what ``backbone`` gives; a ValueError naming ``key`` when one of
+    ``names`` is not among them."""
     available = _available_features(backbone)
     unknown = [n for n in names if n not in available]
     if unknown:
@@ -226,32 +262,11 @@ class DistillDetector:
     # build-time checks
     # ----------------------------------------------------------------------------------------
     def _default_features(self):
-        """Fill what the config leaves empty: the student and teacher features (DISTILL.MATCH_LEVELS
-        "name": every backbone output the teacher also gives, in the student's order, with the
-        same names; "stride": each student backbone output with the teacher's output of the same
-        stride), the teacher features of named student features (the same names), the level
-        weights (1.0 each)."""
-        if not self.student_features:
-            student_outputs = self.backbone.output_shape()
-            teacher_outputs = self.teacher.backbone.output_shape()
-            if self.match_levels == "stride":
-                by_stride = {shape.stride: name for name, shape in teacher_outputs.items()}
-                pairs = [(n, by_stride[s.stride]) for n, s in student_outputs.items()
-                         if s.stride in by_stride]
-            else:
-                pairs = [(n, n) for n in student_outputs if n in teacher_outputs]
-            if not pairs:
-                strides = {n: s.stride for n, s in student_outputs.items()}
-                t_strides = {n: s.stride for n, s in teacher_outputs.items()}
-                raise ValueError(
-                    f"DISTILL.STUDENT_FEATURES is [] and no student backbone output "
-                    f"{strides} has a teacher output {t_strides} of the same "
-                    f"{self.match_levels} (DISTILL.MATCH_LEVELS): name the matched features")
-            self.student_features = [s for s, _ in pairs]
-            if not self.teacher_features:
-                self.teacher_features = [t for _, t in pairs]
-        if not self.teacher_features:
-            self.teacher_features = list(self.student_features)
+        """Fill what the config leaves empty: the matched features (:func:`pair_features`) and
+        the level weights (1.0 each)."""
+        self.student_features, self.teacher_features = pair_features(
+            self.backbone, self.teacher.backbone, self.student_features, self.teacher_features,
+            self.match_levels)
         if not self.level_weights:
             self.level_weights = [1.0] * len(self.student_features)
 
@@ -268,9 +283,9 @@ class DistillDetector:
                 f"DISTILL.LEVEL_WEIGHTS {self.level_weights} needs one weight per entry of "
                 f"DISTILL.STUDENT_FEATURES {self.student_features}"
             )
-        student_shapes = _check_features(
+        student_shapes = check_features(
             "student", "DISTILL.STUDENT_FEATURES", self.student_features, self.backbone)
-        teacher_shapes = _check_features(
+        teacher_shapes = check_features(
             "teacher", "DISTILL.TEACHER_FEATURES", self.teacher_features, self.teacher.backbone)
         for s_name, t_name in zip(self.student_features, self.teacher_features):
             s_stride, t_stride = student_shapes[s_name].stride, teacher_shapes[t_name].stride

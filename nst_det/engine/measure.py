@@ -1,14 +1,17 @@
 """Time and peak memory of one call, on CUDA or the CPU: the measurements of both benchmarks
-(``tools/benchmark_distill.py``, ``tools/benchmark_losses.py``)."""
+(``tools/benchmark_distill.py``, ``tools/benchmark_losses.py``); and the machine they, and the
+demos, ran on."""
 import ctypes
 import gc
 import os
+import platform
 import time
 from typing import Callable, Tuple
 
 import torch
 
-__all__ = ["sync", "seconds", "peak_memory_mib", "seconds_and_peak_mib"]
+__all__ = ["sync", "seconds", "peak_memory_mib", "seconds_and_peak_mib", "machine_description",
+           "load_average"]
 
 
 def sync(device: torch.device) -> None:
@@ -68,3 +71,29 @@ def seconds_and_peak_mib(fn: Callable, device: torch.device) -> Tuple[float, flo
 def peak_memory_mib(fn: Callable, device: torch.device) -> float:
     """The memory part of :func:`seconds_and_peak_mib`."""
     return seconds_and_peak_mib(fn, device)[1]
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            return next(line.split(":", 1)[1].strip() for line in cpuinfo
+                        if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
+def machine_description(device: torch.device = torch.device("cpu")) -> str:
+    """What a measurement ran on, e.g. "Intel(R) Xeon(R) Processor, 2 CPUs, torch 2.14.1, 2 torch
+    threads" (the GPU's name first on CUDA)."""
+    gpu = f"{torch.cuda.get_device_name(device)}; " if device.type == "cuda" else ""
+    return (f"{gpu}{_cpu_name()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+            f"{torch.get_num_threads()} torch threads")
+
+
+def load_average() -> float:
+    """The system's 1-minute load average (NaN where the system has none): how busy the machine
+    was around a measurement."""
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return float("nan")
