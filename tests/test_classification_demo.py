@@ -83,3 +83,49 @@ def test_selectivity_figure_for_two_student_checkpoints(tmp_path):
     with pytest.raises(FileNotFoundError, match="student weights file '.*missing.pth'"):
         save_selectivity_figure(config, ["DISTILL.TEACHER.WEIGHTS", teacher], "init",
                                 str(tmp_path / "missing.pth"), str(tmp_path / "x.png"))
+
+
+def test_teacher_takes_only_the_overrides_of_its_images_and_device():
+    from nst_det.classification.demo import teacher_overrides
+
+    opts = ["MODEL.STUDENT.NAME", "demo_student", "DATA.IMAGE_SIZE", 16, "DISTILL.NST.WEIGHT", 5.0,
+            "MODEL.DEVICE", "cpu"]
+    assert teacher_overrides(opts) == ["DATA.IMAGE_SIZE", 16, "MODEL.DEVICE", "cpu"]
+
+
+def _demo_tool(cwd, *args):
+    import subprocess
+    import sys
+
+    tool = os.path.join(os.path.dirname(DEMO_CONFIGS), "..", "tools", "demo_cls.py")
+    proc = subprocess.run([sys.executable, tool, "--epochs", "1", "--teacher-epochs", "1", *args],
+                          cwd=str(cwd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    return proc.stdout
+
+
+def test_demo_tool_runs_every_weight_and_seed_and_reuses_a_teacher_of_the_same_config(tmp_path):
+    first = _demo_tool(tmp_path, "--seeds", "2", "--methods", "student alone", "NST (poly)",
+                       "--nst-weights", "5", "10", "--", "DATA.IMAGE_SIZE", "16")
+    out = tmp_path / "output" / "demo_cls"
+    report = (out / "results.md").read_text()
+    assert report.startswith("command: `python tools/demo_cls.py --epochs 1 --teacher-epochs 1 "
+                             "--seeds 2 --methods 'student alone' 'NST (poly)' --nst-weights 5 10 "
+                             "-- DATA.IMAGE_SIZE 16`")
+    assert "1 torch threads" in report and report in first
+    for method in ("student alone", "NST (poly), weight 5", "NST (poly), weight 10"):
+        assert f"| student: {method} |" in report and f"| 0, 1 |" in report
+    assert "- NST (poly), weight 10 against student alone: " in report
+    saved = json.loads((out / "demo_results.json").read_text())
+    assert [r["seed"] for r in saved["runs"]["NST (poly), weight 10"]] == [0, 1]
+    for picture in ("curves.png", "seeds.png", "selectivity.png"):
+        assert (out / picture).stat().st_size > 1000, picture
+    assert "Training the teacher" in first
+    # the same teacher settings: reused; another image size: trained again
+    again = _demo_tool(tmp_path, "--seeds", "1", "--methods", "student alone", "--",
+                       "DATA.IMAGE_SIZE", "16", "DISTILL.NST.WEIGHT", "3.0")
+    assert "Reusing the trained teacher" in again
+    other = _demo_tool(tmp_path, "--seeds", "1", "--methods", "student alone", "--",
+                       "DATA.IMAGE_SIZE", "24")
+    assert "Training the teacher" in other and "Reusing" not in other

@@ -83,8 +83,10 @@ def test_the_report_is_printed_and_written_with_command_machine_and_wall_time(ti
                              f"--nst-weights {OTHER:g} {WEIGHT:g}`")
     assert "machine: " in report and "1 torch threads" in report and "wall time: " in report
     assert report in tiny_demo["first"]  # printed as written
-    with open(out / "seeds.png", "rb") as f:
-        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    for picture in ("seeds.png", "selectivity.png"):
+        with open(out / picture, "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n", picture
+    assert "channel maps: output/demo_det/selectivity.png" in tiny_demo["first"]
     # the second run reused the finished teacher and replaced the report
     assert "Reusing the trained teacher" in tiny_demo["second"]
     assert "Reusing the trained teacher" not in tiny_demo["first"]

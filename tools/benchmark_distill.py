@@ -1,8 +1,11 @@
 #!/usr/bin/env python
-"""The cost of the teacher: time and peak memory of the student's training step, the teacher's
-forward and the distillation step on the same two images; the last line is ``overhead: X.XX``
-= distillation step / (student step + teacher forward). See nst_det/detection/benchmark.py.
+"""The cost of the teacher: time, page faults and peak memory of the student's training step, the
+teacher's forward, the NST term and the distillation step on the same two images; the last two
+lines are ``parts ratio: X.XX`` = distillation step / (student step + teacher forward + NST term)
+and ``overhead: X.XX`` = distillation step / (student step + teacher forward), each the median of
+the rounds' ratios. See nst_det/detection/benchmark.py.
 
+    python tools/benchmark_distill.py --config-file configs/voc_frcnn_nst.yaml --iters 5 --threads 2 MODEL.DEVICE cpu
     python tools/benchmark_distill.py --config-file configs/voc_frcnn_nst.yaml --size 320 --iters 5 --threads 1 MODEL.DEVICE cpu
 
 The models run on the config's MODEL.DEVICE (teacher and student alike).
@@ -21,11 +24,15 @@ from nst_det.detection.benchmark import benchmark_distillation, format_benchmark
 def argument_parser():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config-file", required=True, help="a config of DistillGeneralizedRCNN")
-    parser.add_argument("--iters", type=int, default=10, help="timed rounds (the fastest is reported)")
+    parser.add_argument("--iters", type=int, default=10,
+                        help="timed rounds (medians and the median of the rounds' ratios)")
     parser.add_argument("--size", type=int, default=None,
                         help="image height (default: the config's INPUT.MIN_SIZE_TEST)")
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads of torch (default: torch's own choice)")
+    parser.add_argument("--default-malloc", action="store_true",
+                        help="leave the C library's malloc as it is (CPU): by default freed memory "
+                             "is kept for reuse, as training keeps it (nst_det/engine/cpu_memory.py)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
     return parser
 
@@ -36,7 +43,8 @@ def main(args):
     if args.threads:
         torch.set_num_threads(args.threads)
     result = benchmark_distillation(cfg, iters=args.iters, size=args.size,
-                                    config_file=args.config_file)
+                                    config_file=args.config_file,
+                                    keep_memory=not args.default_malloc)
     print(format_benchmark(result))
     return result
 

@@ -6,11 +6,12 @@ seeds; prints a table of student validation top-1 (mean ± std and each seed's v
 teacher's, with the differences that say whether a term helps, and writes it to results.md
 (with the command, the machine and the wall time), the accuracy curves (curves.png), every seed's
 result beside the loss curves (seeds.png) and a picture of the channel maps (selectivity.png) in
---output-dir. KEY VALUE pairs at the end override every config, the teacher's too (after
---methods, put -- before them).
+--output-dir. KEY VALUE pairs at the end override the students' configs, and those of DATA.* and
+MODEL.DEVICE the teacher's too (after --methods, put -- before them).
 
     python tools/demo_cls.py                       # 3 seeds, the configs' epochs
     python tools/demo_cls.py --seeds 5 --methods "student alone" "NST (poly)" KD AT
+    python tools/demo_cls.py --nst-weights 5 20 50     # each NST method at each weight
     python tools/demo_cls.py DISTILL.NST.KERNEL gaussian
     python tools/demo_cls.py --methods "student alone" AT -- DISTILL.AT.WEIGHT 100.0
 
@@ -43,11 +44,13 @@ def main():
     parser.add_argument("--methods", nargs="+", default=["student alone", "NST (poly)",
                                                           "NST (poly) + KD"],
                         choices=list(DEMO_METHODS))
+    parser.add_argument("--nst-weights", type=float, nargs="+", default=[],
+                        help="DISTILL.NST.WEIGHT of each NST run (default: the configs')")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (small nets run best on 1; the numbers depend on it)")
     parser.add_argument("opts", nargs=argparse.REMAINDER,
-                        help="KEY VALUE pairs overriding every config (teacher and students); "
-                             "after --methods, separate them with --")
+                        help="KEY VALUE pairs overriding the students' configs (DATA.* and "
+                             "MODEL.DEVICE the teacher's too); after --methods, separate them with --")
     args = parser.parse_args()
     if args.opts[:1] == ["--"]:
         args.opts = args.opts[1:]
@@ -60,11 +63,13 @@ def main():
     logging.getLogger("nst_det.classification.engine").setLevel(logging.WARNING)
     load_before, start = load_average(), time.perf_counter()
     results = run_demo(args.output_dir, methods=args.methods, seeds=range(args.seeds),
-                       epochs=args.epochs, teacher_epochs=args.teacher_epochs, opts=args.opts)
+                       epochs=args.epochs, teacher_epochs=args.teacher_epochs, opts=args.opts,
+                       nst_weights=args.nst_weights)
     curves = plot_curves(results, os.path.join(args.output_dir, "curves.png"))
     seeds = plot_seeds(results, os.path.join(args.output_dir, "seeds.png"))
     picture = None
-    nst = results["runs"].get("NST (poly)")
+    nst = next((runs for m, runs in results["runs"].items()
+                if m.startswith("NST") and "KD" not in m), None)
     alone = results["runs"].get("student alone")
     if nst and alone:
         picture = save_selectivity_figure(

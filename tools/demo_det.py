@@ -3,7 +3,9 @@
 teacher once, then, for every seed, the student alone and the student distilled with NST from the
 teacher (configs/demo/det_*.yaml) on the CPU; evaluates each with the VOC and the COCO evaluator;
 prints a table (mean ± std over the seeds and each seed's value) with the measured task-loss and
-loss_nst magnitudes, and writes it to results.md, results.json and seeds.png in --output-dir.
+loss_nst magnitudes, and writes it to results.md (with the command, the machine and the wall time),
+results.json, seeds.png (every seed's result beside the task loss and loss_nst over the
+iterations) and selectivity.png (the channel maps of every FPN level, seed 0) in --output-dir.
 
     python tools/demo_det.py                                 # seed 0, the configs' schedules
     python tools/demo_det.py --seeds 3                       # seeds 0, 1, 2
@@ -25,7 +27,10 @@ import nst_det.detection  # noqa: E402,F401  (first: makes Detectron2 usable her
 import torch  # noqa: E402
 from detectron2.utils.logger import setup_logger  # noqa: E402
 
-from nst_det.detection.demo import format_table, run_demo  # noqa: E402
+from nst_det.detection.demo import DEMO_CONFIGS, NST_CONFIG, format_table, run_demo  # noqa: E402
+from nst_det.detection.load_config import load_nst_cfg  # noqa: E402
+from nst_det.detection.selectivity import (detection_selectivity,  # noqa: E402
+                                           save_detection_selectivity_figure)
 from nst_det.engine.measure import load_average  # noqa: E402
 from nst_det.engine.seed_report import write_report  # noqa: E402
 
@@ -53,13 +58,30 @@ def main(argv=None):
     load_before, start = load_average(), time.perf_counter()
     summary = run_demo(args.output_dir, student_iters=args.iters, datasets_root=args.datasets_root,
                        seeds=range(args.seeds), nst_weights=args.nst_weights)
+    picture = draw_selectivity(summary, args.output_dir)
     table = format_table(summary)
     report = write_report(os.path.join(args.output_dir, "results.md"), table,
                           time.perf_counter() - start, load_before)
     with open(report, encoding="utf-8") as f:
         print(f.read(), end="")
-    print(f"table: {report}; picture: {os.path.join(args.output_dir, 'seeds.png')}")
+    print(f"table: {report}; seeds and losses: {os.path.join(args.output_dir, 'seeds.png')}; "
+          f"channel maps: {picture}")
     return summary
+
+
+def draw_selectivity(summary, output_dir):
+    """output_dir/selectivity.png: the channel maps of every FPN level of the teacher, of the
+    student alone and of the first NST student (seed 0) for test image 0, with each level's
+    MMD^2 to the teacher."""
+    alone = summary["variants"]["student"][0]
+    runs = next(r for v, r in summary["variants"].items() if v != "student")
+    teacher = os.path.join(output_dir, "teacher", "model_final.pth")
+    cfg = load_nst_cfg(os.path.join(DEMO_CONFIGS, NST_CONFIG), [
+        "DISTILL.TEACHER.WEIGHTS", teacher] + runs[0]["opts"])
+    result = detection_selectivity(cfg, os.path.join(alone["output_dir"], "model_final.pth"),
+                                   os.path.join(runs[0]["output_dir"], "model_final.pth"))
+    return save_detection_selectivity_figure(cfg, result, os.path.join(output_dir, "selectivity.png"),
+                                             top_k=6)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,8 @@ from nst_det.classification.engine import ClsTrainer
 from nst_det.engine.config_paths import REPO_ROOT
 from nst_det.engine.seed_report import format_mean_std, loss_curve, mean_std, plot_seed_runs
 
-__all__ = ["DEMO_METHODS", "run_demo", "format_table", "plot_curves", "plot_seeds", "val_curve"]
+__all__ = ["DEMO_METHODS", "method_variants", "teacher_overrides", "run_demo", "format_table",
+           "plot_curves", "plot_seeds", "val_curve"]
 
 logger = logging.getLogger(__name__)
 
@@ -79,17 +80,56 @@ def _reusable_teacher(cfg) -> bool:
         return f.read() == cfg.dump()
 
 
+def method_variants(methods, nst_weights=()) -> "OrderedDict[str, tuple]":
+    """{run name: (config file in configs/demo, overrides, output folder prefix)} of ``methods``
+    (names of :data:`DEMO_METHODS`); with ``nst_weights``, each method with an NST term is run
+    once per weight ("NST (poly), weight 10")."""
+    variants = OrderedDict()
+    for method in methods:
+        if method not in DEMO_METHODS:
+            raise KeyError(f"unknown demo method '{method}'; known: {', '.join(DEMO_METHODS)}")
+        config = DEMO_METHODS[method]
+        slug = os.path.splitext(config)[0]
+        if "NST" not in method or not nst_weights:
+            variants[method] = (config, [], slug)
+            continue
+        for weight in nst_weights:
+            if not weight > 0:
+                raise ValueError(f"--nst-weights: every weight must be > 0, got {weight}")
+            variants[f"{method}, weight {weight:g}"] = (
+                config, ["DISTILL.NST.WEIGHT", float(weight)], f"{slug}_w{weight:g}")
+    return variants
+
+
+# Keys of the overrides that reach the teacher too: it must see the same images on the same device.
+TEACHER_OVERRIDE_PREFIXES = ("DATA.", "MODEL.DEVICE")
+
+
+def teacher_overrides(opts):
+    """The KEY VALUE pairs of ``opts`` that the teacher takes as well
+    (:data:`TEACHER_OVERRIDE_PREFIXES`); the rest (the student's network, its taps, the
+    distillation terms, ...) are the students' alone."""
+    pairs = list(zip(opts[::2], opts[1::2]))
+    return [x for key, value in pairs if str(key).startswith(TEACHER_OVERRIDE_PREFIXES)
+            for x in (key, value)]
+
+
 def run_demo(output_dir, methods=("student alone", "NST (poly)", "NST (poly) + KD"),
-             seeds=(0, 1, 2), epochs=None, teacher_epochs=None, config_dir=DEMO_CONFIGS, opts=()):
+             seeds=(0, 1, 2), epochs=None, teacher_epochs=None, config_dir=DEMO_CONFIGS, opts=(),
+             nst_weights=()):
     """Train the teacher (unless ``output_dir/teacher`` holds one trained with the same config),
-    then every student ``method`` for every seed; ``opts`` (KEY VALUE ...) override every config,
-    the teacher's too. Returns a dict: ``teacher`` {top1, curve}, ``runs`` {method: [{seed, top1,
-    curve, seconds, output_dir}]}, ``teacher_weights``."""
+    then every student run of :func:`method_variants` for every seed; ``opts`` (KEY VALUE ...)
+    override the students' configs, and those of :func:`teacher_overrides` the teacher's too.
+    Returns a dict: ``teacher`` {top1, curve}, ``runs`` {method: [{seed, top1, curve, seconds,
+    output_dir}]}, ``teacher_weights``."""
     opts = list(opts)
+    if len(opts) % 2:
+        raise ValueError(f"config overrides must be KEY VALUE pairs, got {len(opts)} items: {opts}")
     teacher_dir = os.path.join(output_dir, "teacher")
     teacher_weights = os.path.join(teacher_dir, "model_final.pth")
     teacher_cfg = _config(os.path.join(config_dir, "cls_teacher.yaml"),
-                          _overrides(teacher_dir, 0, teacher_epochs, opts))
+                          _overrides(teacher_dir, 0, teacher_epochs, teacher_overrides(opts)
+                                     + ["DISTILL.TEACHER.WEIGHTS", ""]))  # trained alone
     size = teacher_cfg.DATA.IMAGE_SIZE
     datasets = (DigitsDataset(train=True, size=size), DigitsDataset(train=False, size=size))
     if _reusable_teacher(teacher_cfg):
@@ -102,18 +142,15 @@ def run_demo(output_dir, methods=("student alone", "NST (poly)", "NST (poly) + K
             f.write(teacher_cfg.dump())
     results = {"teacher": {"top1": teacher_curve[-1], "curve": teacher_curve},
                "teacher_weights": teacher_weights, "runs": {}}
-    for method in methods:
-        if method not in DEMO_METHODS:
-            raise KeyError(f"unknown demo method '{method}'; known: {', '.join(DEMO_METHODS)}")
+    for method, (config, extra, slug) in method_variants(methods, nst_weights).items():
         runs = results["runs"][method] = []
-        slug = os.path.splitext(DEMO_METHODS[method])[0]
         for seed in seeds:
             logger.info(f"Training {method}, seed {seed}")
             run_dir = os.path.join(output_dir, f"{slug}_seed{seed}")
-            cfg = _config(os.path.join(config_dir, DEMO_METHODS[method]), _overrides(
-                run_dir, seed, epochs, opts + ["DISTILL.TEACHER.WEIGHTS", teacher_weights]))
+            cfg = _config(os.path.join(config_dir, config), _overrides(
+                run_dir, seed, epochs, opts + extra + ["DISTILL.TEACHER.WEIGHTS", teacher_weights]))
             if cfg.DATA.IMAGE_SIZE != size:
-                raise ValueError(f"{DEMO_METHODS[method]}: DATA.IMAGE_SIZE {cfg.DATA.IMAGE_SIZE} "
+                raise ValueError(f"{config}: DATA.IMAGE_SIZE {cfg.DATA.IMAGE_SIZE} "
                                  f"differs from the teacher's {size}")
             curve, seconds = _train(cfg, datasets)
             runs.append({"seed": seed, "top1": curve[-1], "curve": curve, "seconds": seconds,
@@ -138,7 +175,7 @@ def format_table(results) -> str:
         lines.append(f"| student: {method} | {format_mean_std(_top1(runs), 2)} | {seeds} |")
     means = {m: mean_std(_top1(runs))[0] for m, runs in results["runs"].items()}
     compared = [(m, "student alone") for m in means if m != "student alone"]
-    compared += [(m, "KD") for m in means if m.endswith(" + KD") and m != "KD"]
+    compared += [(m, "KD") for m in means if " + KD" in m]
     compared = [(m, base) for m, base in compared if base in means]
     if compared:
         lines.append("")

@@ -33,6 +33,7 @@ from torch.nn.parallel import DistributedDataParallel
 from nst_det.classification.data import build_cls_dataset, build_train_loader, build_val_loader
 from nst_det.classification.distill import build_distillation, distillation_losses
 from nst_det.engine.checkpointer import AtomicCheckpointer
+from nst_det.engine.cpu_memory import keep_freed_memory
 from nst_det.engine.device import check_device
 from nst_det.engine.train_loop import RNGCheckpointHook, ResumableTrainer, TrainLoop, preserved_rng
 from nst_det.engine.warmup import current_iteration, warmup_factor
@@ -113,6 +114,8 @@ def trainer_device(cfg) -> torch.device:
     device = check_device(cfg.MODEL.DEVICE)
     if device.type == "cuda" and comm.get_world_size() > 1:
         device = torch.device("cuda", comm.get_local_rank())
+    if device.type == "cpu":
+        keep_freed_memory()  # no page faults on every step's tensors (nst_det.engine.cpu_memory)
     return device
 
 

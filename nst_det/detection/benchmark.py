@@ -35,7 +35,8 @@ from detectron2.utils.events import EventStorage
 from nst_det.detection.architectures import num_classes
 from nst_det.detection.load_config import student_cfg
 from nst_det.detection.teacher import build_teacher_model
-from nst_det.engine.measure import machine_description, peak_memory_mib, seconds
+from nst_det.engine.cpu_memory import freed_memory_is_kept, keep_freed_memory
+from nst_det.engine.measure import machine_description, peak_memory_mib, seconds_and_page_faults
 
 __all__ = ["StepCost", "DistillBenchmark", "benchmark_distillation", "format_benchmark",
            "synthetic_batch"]
@@ -49,11 +50,18 @@ _BOXES_PER_IMAGE = 3
 
 @dataclass
 class StepCost:
-    """Times (ms) of every round and peak extra memory (MiB) of one measured step."""
+    """Times (ms) and page faults of every round, and peak extra memory (MiB), of one measured
+    step."""
 
     name: str
     times_ms: List[float]
     peak_mib: float
+    page_faults: List[int]
+
+    @property
+    def faults(self) -> int:
+        """Median page faults of one run over the rounds."""
+        return int(statistics.median(self.page_faults))
 
     @property
     def time_ms(self) -> float:
@@ -78,6 +86,7 @@ class DistillBenchmark:
     distill: StepCost
     nst: Optional[StepCost]
     teacher_weights: str
+    kept_freed_memory: bool
 
     def _per_round(self, parts: List[StepCost]) -> float:
         """Median over the rounds of distillation step / sum of ``parts``, each round on its own."""
@@ -181,14 +190,18 @@ def _benchmark_teacher(cfg, tmpdir: str):
 
 
 def benchmark_distillation(cfg, iters: int = 10, size: Optional[int] = None,
-                           config_file: str = "") -> DistillBenchmark:
+                           config_file: str = "", keep_memory: bool = True) -> DistillBenchmark:
     """Measure student step, teacher forward, distillation step and NST term of ``cfg`` (a config
     of a distilling detector) on the same two images, on its MODEL.DEVICE; see the module
-    docstring."""
+    docstring. On the CPU, freed memory is kept for reuse as training keeps it
+    (:func:`~nst_det.engine.cpu_memory.keep_freed_memory`) unless ``keep_memory`` is False."""
     if iters < 1:
         raise ValueError(f"--iters must be at least 1, got {iters}")
     device = cfg.MODEL.DEVICE
     dev = torch.device(device)
+    if keep_memory and dev.type == "cpu":
+        keep_freed_memory()
+    kept = dev.type == "cpu" and freed_memory_is_kept()
     with tempfile.TemporaryDirectory() as tmpdir:
         cfg, teacher_weights = _benchmark_teacher(cfg, tmpdir)
         torch.manual_seed(cfg.SEED if cfg.SEED >= 0 else 0)
@@ -223,13 +236,16 @@ def benchmark_distillation(cfg, iters: int = 10, size: Optional[int] = None,
             if name != "distill":  # the recording step above was the distillation's warm-up
                 fn()
         times: Dict[str, List[float]] = {k: [] for k in measured}
+        faults: Dict[str, List[int]] = {k: [] for k in measured}
         for _ in range(iters):
             for name, fn in measured.items():
-                times[name].append(1000.0 * seconds(fn, dev))
+                took, page_faults = seconds_and_page_faults(fn, dev)
+                times[name].append(1000.0 * took)
+                faults[name].append(page_faults)
         peaks = {name: peak_memory_mib(fn, dev) for name, fn in measured.items()}
 
     def cost(name, label):
-        return StepCost(label, times[name], peaks[name])
+        return StepCost(label, times[name], peaks[name], faults[name])
 
     height, width = batch[0]["image"].shape[1:]
     return DistillBenchmark(
@@ -243,6 +259,7 @@ def benchmark_distillation(cfg, iters: int = 10, size: Optional[int] = None,
         distill=cost("distill", "distillation training step"),
         nst=cost("nst", "NST term (forward + backward)") if nst_step is not None else None,
         teacher_weights=teacher_weights,
+        kept_freed_memory=kept,
     )
 
 
@@ -281,16 +298,19 @@ def format_benchmark(result: DistillBenchmark) -> str:
         f"config: {result.config_file or '(given cfg)'}; device: {result.device}; "
         f"2 images of {h} x {w}; {result.iters} round(s); teacher weights: "
         f"{result.teacher_weights}",
-        f"machine: {machine_description(torch.device(result.device))}",
+        f"machine: {machine_description(torch.device(result.device))}; freed memory "
+        + ("kept for reuse (as training keeps it)" if result.kept_freed_memory
+           else "managed by malloc's defaults"),
         "",
-        "| step | median time (ms) | fastest (ms) | peak memory (MiB) |",
-        "| --- | ---: | ---: | ---: |",
+        "| step | median time (ms) | fastest (ms) | page faults (median) | peak memory (MiB) |",
+        "| --- | ---: | ---: | ---: | ---: |",
     ]
     rows = [result.student, result.teacher, result.distill]
     if result.nst is not None:
         rows.append(result.nst)
     for row in rows:
-        lines.append(f"| {row.name} | {row.time_ms:.1f} | {row.fastest_ms:.1f} | {row.peak_mib:.1f} |")
+        lines.append(f"| {row.name} | {row.time_ms:.1f} | {row.fastest_ms:.1f} | {row.faults} | "
+                     f"{row.peak_mib:.1f} |")
     lines.append("")
     if result.nst_share is not None:
         lines.append(f"NST term share of the distillation step: {100 * result.nst_share:.1f}%")

@@ -85,9 +85,9 @@ def loss_magnitudes(output_dir: str) -> Dict[str, Dict[str, float]]:
     return out
 
 
-def _train_and_evaluate(cfg, run_dir: str) -> dict:
-    """Train one run from its config's SEED, evaluate it on both test sets, keep the result in
-    ``run_dir/eval.json``; returns that result."""
+def _train_and_evaluate(cfg, run_dir: str, opts=()) -> dict:
+    """Train one run from its config's SEED, evaluate it on both test sets, keep the result (and
+    the variant's overrides ``opts``) in ``run_dir/eval.json``; returns that result."""
     start = time.perf_counter()
     seed_all_rng(cfg.SEED)  # the config's seed for weights, data order and sampling, as train_net
     trainer = DistillTrainer(cfg)
@@ -95,7 +95,7 @@ def _train_and_evaluate(cfg, run_dir: str) -> dict:
     results = trainer.train()
     result = {"seed": cfg.SEED, "iterations": cfg.SOLVER.MAX_ITER,
               "voc": results[_VOC_TEST]["bbox"], "coco": results[_COCO_TEST]["bbox"],
-              "seconds": time.perf_counter() - start, "output_dir": run_dir}
+              "seconds": time.perf_counter() - start, "output_dir": run_dir, "opts": list(opts)}
     with open(os.path.join(run_dir, "eval.json"), "w", encoding="utf-8") as f:
         json.dump(result, f, indent=1)
     return result
@@ -147,7 +147,8 @@ def run_demo(output_dir: str = "output/demo_det", student_iters: Optional[int] =
             cfg = _run_cfg(config, run_dir, student_iters, opts)
             logger.info(f"Demo run '{variant}', seed {seed}: {config}, {cfg.SOLVER.MAX_ITER} "
                         f"iterations -> {run_dir}")
-            summary["variants"][variant].append(_train_and_evaluate(cfg, run_dir))
+            summary["variants"][variant].append(
+                _train_and_evaluate(cfg, run_dir, variants[variant][1]))
             summary["losses"][variant].append(loss_magnitudes(run_dir))
     with open(os.path.join(output_dir, "results.json"), "w", encoding="utf-8") as f:
         json.dump(summary, f, indent=1)

@@ -14,6 +14,7 @@ from nst_det.detection.evaluation import build_evaluator
 from nst_det.detection.load_config import load_nst_cfg, student_cfg
 from nst_det.detection.teacher import build_teacher
 from nst_det.engine.checkpointer import AtomicCheckpointer
+from nst_det.engine.cpu_memory import keep_freed_memory
 from nst_det.engine.device import check_device
 from nst_det.engine.train_loop import RNGCheckpointHook, ResumableTrainer, TrainLoop, preserved_rng
 
@@ -71,6 +72,8 @@ class DistillTrainer(ResumableTrainer, DefaultTrainer):
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
             setup_logger()
         check_num_classes(cfg, cfg.DATASETS.TEST, "DATASETS.TEST")
+        if check_device(cfg.MODEL.DEVICE).type == "cpu":
+            keep_freed_memory()  # no page faults on every step's tensors (nst_det.engine.cpu_memory)
         cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)

@@ -5,13 +5,14 @@ import ctypes
 import gc
 import os
 import platform
+import resource
 import time
 from typing import Callable, Tuple
 
 import torch
 
-__all__ = ["sync", "seconds", "peak_memory_mib", "seconds_and_peak_mib", "machine_description",
-           "load_average"]
+__all__ = ["sync", "seconds", "seconds_and_page_faults", "peak_memory_mib", "seconds_and_peak_mib",
+           "machine_description", "load_average"]
 
 
 def sync(device: torch.device) -> None:
@@ -27,6 +28,14 @@ def seconds(fn: Callable, device: torch.device) -> float:
     fn()
     sync(device)
     return time.perf_counter() - start
+
+
+def seconds_and_page_faults(fn: Callable, device: torch.device) -> Tuple[float, int]:
+    """Wall time (s) of ``fn()`` and the page faults the process took meanwhile (minor faults:
+    pages the kernel had to map, and zero, for memory touched the first time)."""
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    took = seconds(fn, device)
+    return took, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
 
 
 def _release_free_memory() -> None:

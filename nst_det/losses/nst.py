@@ -235,11 +235,13 @@ def _spatial_gram_poly2_mmd2(student, teacher, coef):
     return mmd2
 
 
-# Entries of one row panel of the Gaussian path's exponents (64 MiB in float32; images are batched
-# into a panel while they fit): few large operations rather than cache-sized ones, as on a busy CPU
-# each parallel operation waits for its slowest thread. The augmented maps are built for as many
-# whole panels of images at once as GAUSSIAN_MAP_ENTRIES allow (at least one).
-GAUSSIAN_PANEL_ENTRIES = 2**24
+# Entries of one row panel of the Gaussian path's exponents (16 MiB in float32; images are batched
+# into a panel while they fit). At classification scale on a 2-core CPU, panels of 2**22 entries
+# took 1.1-1.2x the floor of tools/benchmark_losses.py, of 2**24 1.5x (each pass of the kernel
+# over a panel then leaves the cache), of 2**18 1.4x and of 2**16 2.2x (too many small matmuls).
+# The augmented maps are built for as many whole panels of images at once as
+# GAUSSIAN_MAP_ENTRIES allow (at least one).
+GAUSSIAN_PANEL_ENTRIES = 2**22
 GAUSSIAN_MAP_ENTRIES = 2**22
 # At least this many teacher panels: the triangle of K_tt then skips (panels - 1) / (2 panels) of it.
 GAUSSIAN_TEACHER_PANELS = 4
