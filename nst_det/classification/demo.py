@@ -19,7 +19,8 @@ from nst_det.classification.config import load_cls_config
 from nst_det.classification.data import DigitsDataset
 from nst_det.classification.engine import ClsTrainer
 from nst_det.engine.config_paths import REPO_ROOT
-from nst_det.engine.seed_report import format_mean_std, loss_curve, mean_std, plot_seed_runs
+from nst_det.engine.seed_report import (format_mean_std, loss_curve, mean_std, plot_seed_runs,
+                                        weight_variants)
 
 __all__ = ["DEMO_METHODS", "method_variants", "teacher_overrides", "run_demo", "format_table",
            "plot_curves", "plot_seeds", "val_curve"]
@@ -93,11 +94,8 @@ def method_variants(methods, nst_weights=()) -> "OrderedDict[str, tuple]":
         if "NST" not in method or not nst_weights:
             variants[method] = (config, [], slug)
             continue
-        for weight in nst_weights:
-            if not weight > 0:
-                raise ValueError(f"--nst-weights: every weight must be > 0, got {weight}")
-            variants[f"{method}, weight {weight:g}"] = (
-                config, ["DISTILL.NST.WEIGHT", float(weight)], f"{slug}_w{weight:g}")
+        for name, opts, folder in weight_variants(method, slug, nst_weights):
+            variants[name] = (config, opts, folder)
     return variants
 
 

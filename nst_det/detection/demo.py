@@ -19,7 +19,7 @@ from nst_det.detection.data import demo_data_exists, demo_root, generate_demo_da
 from nst_det.detection.load_config import load_nst_cfg
 from nst_det.engine.config_paths import REPO_ROOT
 from nst_det.engine.seed_report import (format_mean_std, logged_rows, loss_curve, mean_std,
-                                        plot_seed_runs)
+                                        plot_seed_runs, weight_variants)
 
 from .trainer import DistillTrainer
 
@@ -46,11 +46,8 @@ def demo_variants(nst_weights: Sequence[float] = ()) -> "OrderedDict[str, tuple]
     variants = OrderedDict([("student", (STUDENT_CONFIG, [], "student"))])
     if not nst_weights:
         variants["student + NST"] = (NST_CONFIG, [], "student_nst")
-    for weight in nst_weights:
-        if not weight > 0:
-            raise ValueError(f"--nst-weights: every weight must be > 0, got {weight}")
-        variants[f"student + NST, weight {weight:g}"] = (
-            NST_CONFIG, ["DISTILL.NST.WEIGHT", float(weight)], f"student_nst_w{weight:g}")
+    for name, opts, folder in weight_variants("student + NST", "student_nst", nst_weights):
+        variants[name] = (NST_CONFIG, opts, folder)
     return variants
 
 

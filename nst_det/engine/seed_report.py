@@ -12,8 +12,21 @@ from typing import Dict, List, Sequence, Tuple
 from nst_det.engine.config_paths import REPO_ROOT
 from nst_det.engine.measure import load_average, machine_description
 
-__all__ = ["mean_std", "format_mean_std", "logged_rows", "loss_curve", "plot_seed_runs",
+__all__ = ["weight_variants", "mean_std", "format_mean_std", "logged_rows", "loss_curve", "plot_seed_runs",
            "invoked_command", "write_report"]
+
+
+def weight_variants(name: str, folder: str, weights: Sequence[float],
+                    key: str = "DISTILL.NST.WEIGHT") -> List[Tuple[str, list, str]]:
+    """One run of ``name`` per weight: [(run name "<name>, weight 4", overrides [key, 4.0], output
+    folder "<folder>_w4")]; a weight that is not > 0 is a ValueError naming --nst-weights."""
+    variants = []
+    for weight in weights:
+        if not weight > 0:
+            raise ValueError(f"--nst-weights: every weight must be > 0, got {weight}")
+        variants.append((f"{name}, weight {weight:g}", [key, float(weight)],
+                         f"{folder}_w{weight:g}"))
+    return variants
 
 
 def mean_std(values: Sequence[float]) -> Tuple[float, float]:
