@@ -30,8 +30,10 @@ def test_table_gives_mean_sample_std_each_seed_and_the_differences():
     assert "| teacher | 99.00 | 0 |" in table
     assert "| student: student alone | 92.00 ± 2.83 (90.00, 94.00) | 0, 1 |" in table
     assert "| student: NST (poly) | 96.00 ± 1.41 (95.00, 97.00) | 0, 1 |" in table
-    assert "- NST (poly) against student alone: +4.00 points" in table
-    assert "- NST (poly) + KD against KD: +1.00 points" in table
+    # 96 - 92, standard error sqrt(1.41^2 / 2 + 2.83^2 / 2) = sqrt(1 + 4); the KD pair:
+    # sample deviations 0.354 each, sqrt(2 * 0.354^2 / 2) = 0.35
+    assert "- NST (poly) against student alone: +4.00 ± 2.24 points" in table
+    assert "- NST (poly) + KD against KD: +1.00 ± 0.35 points" in table
     assert "- KD against KD" not in table
 
 
@@ -75,7 +77,7 @@ def test_normalised_maps_have_unit_norm_and_peaked_channels_rank_first():
 
 def test_selectivity_figure_for_two_student_checkpoints(tmp_path):
     teacher = save_teacher(tmp_path, "demo_teacher", num_classes=10)
-    after = save_teacher(tmp_path, "demo_student", num_classes=10, seed=3)
+    after = save_teacher(tmp_path, "demo_student_wide", num_classes=10, seed=3)
     config = os.path.join(DEMO_CONFIGS, "cls_student_nst.yaml")
     path = save_selectivity_figure(config, ["DISTILL.TEACHER.WEIGHTS", teacher], "init", after,
                                    str(tmp_path / "sel.png"), image_index=3, top_k=4)
@@ -111,7 +113,7 @@ def test_demo_tool_runs_every_weight_and_seed_and_reuses_a_teacher_of_the_same_c
     out = tmp_path / "output" / "demo_cls"
     report = (out / "results.md").read_text()
     assert report.startswith("command: `python tools/demo_cls.py --epochs 1 --teacher-epochs 1 "
-                             "--seeds 2 --methods 'student alone' 'NST (poly)' --nst-weights 5 10 "
+                             "--seeds 2 --methods \"student alone\" \"NST (poly)\" --nst-weights 5 10 "
                              "-- DATA.IMAGE_SIZE 16`")
     assert "1 torch threads" in report and report in first
     for method in ("student alone", "NST (poly), weight 5", "NST (poly), weight 10"):

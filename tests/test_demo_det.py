@@ -132,10 +132,20 @@ def test_table_gives_mean_std_each_seed_and_the_gap_closed():
     assert "| teacher | 500 | 0 | 90.0 | 91.0 | 70.0 | 72.0 | 10 |" in table
     assert "| student | 300 | 0, 1, 2 | 62.0 ± 2.0 (60.0, 62.0, 64.0) |" in table
     assert "| student + NST | 300 | 0, 1, 2 | 72.0 ± 2.0 (70.0, 74.0, 72.0) |" in table
-    # (72 - 62) / (90 - 62) = 36 % of the VOC gap; (52 - 42) / (70 - 42) = 36 % of the COCO gap
-    assert "VOC AP50 (07 11-point) +10.0 (36% of the gap); COCO AP +10.0 (36% of the gap)" in table
+    # (72 - 62) / (90 - 62) = 36 % of the VOC gap; (52 - 42) / (70 - 42) = 36 % of the COCO gap;
+    # standard error of the difference sqrt(2^2 / 3 + 2^2 / 3) = 1.6
+    assert ("VOC AP50 (07 11-point) +10.0 ± 1.6 (36% of the gap to the teacher); COCO AP +10.0 ± "
+            "1.6 (36% of the gap to the teacher)") in table
     assert "iteration 19 (mean over seeds): task loss 1.500, loss_nst 3.000" in table
     assert "p2 0.2, p3 0.1" in table
+
+
+def test_difference_has_the_standard_error_of_two_means():
+    from nst_det.engine.seed_report import format_difference
+
+    # means 3 and 1; sample variances 1 and 4, three values each: sqrt(1/3 + 4/3)
+    assert format_difference([2.0, 3.0, 4.0], [3.0, 1.0, -1.0]) == "+2.00 ± 1.29"
+    assert format_difference([2.0], [3.0], 1) == "-1.0"
 
 
 def test_mean_std_is_the_sample_deviation():

@@ -171,7 +171,8 @@ def test_distill_settings_that_cannot_work_are_refused_at_load_time_in_detection
 
 
 @pytest.mark.parametrize("opts, message", [
-    (["DISTILL.STUDENT_FEATURES", "['block2', 'block3']", "DISTILL.LEVEL_WEIGHTS", "[1.0]"],
+    (["DISTILL.STUDENT_FEATURES", "['block2', 'block3']", "DISTILL.TEACHER_FEATURES",
+      "['block2', 'block3']", "DISTILL.LEVEL_WEIGHTS", "[1.0]"],
      r"DISTILL\.LEVEL_WEIGHTS \[1\.0\] needs one weight per entry"),
     (["DISTILL.AT.WEIGHT", "-1.0"], r"DISTILL\.AT\.WEIGHT is -1\.0: a distillation weight"),
     (["DISTILL.FITNET.WEIGHT", "1e999"], r"DISTILL\.FITNET\.WEIGHT is inf: a distillation weight"),

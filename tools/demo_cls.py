@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """The classification demo on scikit-learn's bundled handwritten digits (real images, no download).
 
-Trains the demo teacher once, then the demo student alone, with NST and with NST + KD over several
-seeds; prints a table of student validation top-1 (mean ± std and each seed's value) beside the
+Trains the demo teacher once, then the demo student alone, with NST, with KD and with NST + KD over
+several seeds; prints a table of student validation top-1 (mean ± std and each seed's value) beside the
 teacher's, with the differences that say whether a term helps, and writes it to results.md
 (with the command, the machine and the wall time), the accuracy curves (curves.png), every seed's
 result beside the loss curves (seeds.png) and a picture of the channel maps (selectivity.png) in
@@ -26,8 +26,8 @@ import nst_det.classification  # noqa: F401  (first: makes Detectron2 usable on 
 import torch
 from detectron2.utils.logger import setup_logger
 
-from nst_det.classification.demo import (DEMO_CONFIGS, DEMO_METHODS, format_table, plot_curves,
-                                         plot_seeds, run_demo)
+from nst_det.classification.demo import (DEFAULT_METHODS, DEMO_CONFIGS, DEMO_METHODS,
+                                         format_table, plot_curves, plot_seeds, run_demo)
 from nst_det.classification.visualize import save_selectivity_figure
 from nst_det.engine.measure import load_average
 from nst_det.engine.seed_report import write_report
@@ -41,8 +41,7 @@ def main():
     parser.add_argument("--epochs", type=int, default=None,
                         help="student epochs (default: the configs'); the lr drops at 3/4")
     parser.add_argument("--teacher-epochs", type=int, default=None)
-    parser.add_argument("--methods", nargs="+", default=["student alone", "NST (poly)",
-                                                          "NST (poly) + KD"],
+    parser.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS),
                         choices=list(DEMO_METHODS))
     parser.add_argument("--nst-weights", type=float, nargs="+", default=[],
                         help="DISTILL.NST.WEIGHT of each NST run (default: the configs')")

@@ -19,11 +19,11 @@ from nst_det.classification.config import load_cls_config
 from nst_det.classification.data import DigitsDataset
 from nst_det.classification.engine import ClsTrainer
 from nst_det.engine.config_paths import REPO_ROOT
-from nst_det.engine.seed_report import (format_mean_std, loss_curve, mean_std, plot_seed_runs,
-                                        weight_variants)
+from nst_det.engine.seed_report import (format_difference, format_mean_std, loss_curve,
+                                        mean_std, plot_seed_runs, weight_variants)
 
-__all__ = ["DEMO_METHODS", "method_variants", "teacher_overrides", "run_demo", "format_table",
-           "plot_curves", "plot_seeds", "val_curve"]
+__all__ = ["DEMO_METHODS", "DEFAULT_METHODS", "method_variants", "teacher_overrides", "run_demo",
+           "format_table", "plot_curves", "plot_seeds", "val_curve"]
 
 logger = logging.getLogger(__name__)
 
@@ -32,10 +32,15 @@ DEMO_CONFIGS = os.path.join(REPO_ROOT, "configs", "demo")
 DEMO_METHODS = {
     "student alone": "cls_student.yaml",
     "NST (poly)": "cls_student_nst.yaml",
-    "NST (poly) + KD": "cls_student_nst_kd.yaml",
     "KD": "cls_student_kd.yaml",
+    "NST (poly) + KD": "cls_student_nst_kd.yaml",
+    "NST (gaussian)": "cls_student_nst_gaussian.yaml",
+    "NST (linear)": "cls_student_nst_linear.yaml",
     "AT": "cls_student_at.yaml",
 }
+# What the demo runs unless told otherwise: the two comparisons that say whether NST helps
+# (NST against the student alone, NST + KD against KD).
+DEFAULT_METHODS = ("student alone", "NST (poly)", "KD", "NST (poly) + KD")
 
 
 def val_curve(output_dir: str):
@@ -112,7 +117,7 @@ def teacher_overrides(opts):
             for x in (key, value)]
 
 
-def run_demo(output_dir, methods=("student alone", "NST (poly)", "NST (poly) + KD"),
+def run_demo(output_dir, methods=DEFAULT_METHODS,
              seeds=(0, 1, 2), epochs=None, teacher_epochs=None, config_dir=DEMO_CONFIGS, opts=(),
              nst_weights=()):
     """Train the teacher (unless ``output_dir/teacher`` holds one trained with the same config),
@@ -171,14 +176,17 @@ def format_table(results) -> str:
     for method, runs in results["runs"].items():
         seeds = ", ".join(str(r["seed"]) for r in runs)
         lines.append(f"| student: {method} | {format_mean_std(_top1(runs), 2)} | {seeds} |")
-    means = {m: mean_std(_top1(runs))[0] for m, runs in results["runs"].items()}
-    compared = [(m, "student alone") for m in means if m != "student alone"]
-    compared += [(m, "KD") for m in means if " + KD" in m]
-    compared = [(m, base) for m, base in compared if base in means]
+    runs = results["runs"]
+    compared = [(m, "student alone") for m in runs if m != "student alone"]
+    compared += [(m, "KD") for m in runs if " + KD" in m]
+    compared = [(m, base) for m, base in compared if base in runs]
     if compared:
         lines.append("")
     for method, base in compared:
-        lines.append(f"- {method} against {base}: {means[method] - means[base]:+.2f} points")
+        lines.append(f"- {method} against {base}: "
+                     f"{format_difference(_top1(runs[method]), _top1(runs[base]))} points")
+    if compared and len(next(iter(runs.values()))) > 1:
+        lines.append("(difference of the means ± its standard error over the seeds)")
     return "\n".join(lines)
 
 
@@ -211,7 +219,8 @@ def plot_curves(results, path: str) -> str:
 def plot_seeds(results, path: str) -> str:
     """seeds.png: every seed's final val top-1 per method (the teacher as a line) and, per method,
     the task loss (loss_cls) against loss_nst over the iterations (metrics.json of each run)."""
-    metrics = {"val top-1 (%)": OrderedDict((m, _top1(runs)) for m, runs in results["runs"].items())}
+    metrics = {"val top-1 (%)": OrderedDict((m, _top1(runs))
+                                            for m, runs in results["runs"].items())}
     references = {"val top-1 (%)": {"teacher": results["teacher"]["top1"]}}
     curves = OrderedDict()
     for method, runs in results["runs"].items():

@@ -95,18 +95,18 @@ _TORCHVISION_NAMES = (
 
 _BUILDERS = OrderedDict((name, _torchvision(name)) for name in _TORCHVISION_NAMES)
 _BUILDERS["inception_bn"] = lambda num_classes, in_channels: InceptionBNClassifier(num_classes, in_channels)
-# Demo teacher: 6 convs, 32-64-128 channels (~0.29M parameters); student: 3 convs, 16-32-32 (~15k).
+# Demo teacher: 6 convs, 32-64-128 channels (~0.29M parameters); a narrow student: 3 convs,
+# 16-32-32 (~15k).
 _BUILDERS["demo_teacher"] = lambda num_classes, in_channels: DemoNet(
     num_classes, widths=(32, 64, 128), convs_per_block=2, in_channels=in_channels
 )
 _BUILDERS["demo_student"] = lambda num_classes, in_channels: DemoNet(
     num_classes, widths=(16, 32, 32), convs_per_block=1, in_channels=in_channels
 )
+# The digits demo's student: as demo_student with twice the channels in its last block (16-32-64,
+# ~24k parameters), half the teacher's width there, as Inception-BN's 1024 against ResNet-101's 2048.
 _BUILDERS["demo_student_wide"] = lambda num_classes, in_channels: DemoNet(
     num_classes, widths=(16, 32, 64), convs_per_block=1, in_channels=in_channels
-)
-_BUILDERS["demo_student_wider"] = lambda num_classes, in_channels: DemoNet(
-    num_classes, widths=(32, 64, 64), convs_per_block=1, in_channels=in_channels
 )
 
 

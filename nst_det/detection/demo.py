@@ -15,11 +15,12 @@ from typing import Dict, List, Optional, Sequence
 
 from detectron2.utils.env import seed_all_rng
 
-from nst_det.detection.data import demo_data_exists, demo_root, generate_demo_data, register_demo_datasets
+from nst_det.detection.data import (demo_data_exists, demo_root, generate_demo_data,
+                                   register_demo_datasets)
 from nst_det.detection.load_config import load_nst_cfg
 from nst_det.engine.config_paths import REPO_ROOT
-from nst_det.engine.seed_report import (format_mean_std, logged_rows, loss_curve, mean_std,
-                                        plot_seed_runs, weight_variants)
+from nst_det.engine.seed_report import (format_difference, format_mean_std, logged_rows,
+                                        loss_curve, mean_std, plot_seed_runs, weight_variants)
 
 from .trainer import DistillTrainer
 
@@ -36,7 +37,8 @@ _VOC_TEST, _COCO_TEST = "nst_demo_voc_test", "nst_demo_coco_test"
 # The detector's own losses (Faster R-CNN): their sum is the task loss.
 TASK_LOSSES = ("loss_cls", "loss_box_reg", "loss_rpn_cls", "loss_rpn_loc")
 # (label in tables, key in the evaluator's results, evaluator)
-METRICS = (("VOC AP50 (07 11-point)", "AP50_11point", "voc"), ("VOC AP50 (area)", "AP50_area", "voc"),
+METRICS = (("VOC AP50 (07 11-point)", "AP50_11point", "voc"),
+           ("VOC AP50 (area)", "AP50_area", "voc"),
            ("COCO AP", "AP", "coco"), ("COCO AP50", "AP50", "coco"))
 
 
@@ -164,7 +166,8 @@ def format_table(summary: dict) -> str:
     teacher, variants = summary["teacher"], summary["variants"]
     seeds = ", ".join(str(r["seed"]) for r in next(iter(variants.values())))
     lines = [
-        "| model | iterations | seeds | " + " | ".join(m[0] for m in METRICS) + " | train + eval s |",
+        "| model | iterations | seeds | " + " | ".join(m[0] for m in METRICS)
+        + " | train + eval s |",
         "| --- | --- | --- | " + " | ".join("---" for _ in METRICS) + " | --- |",
         f"| teacher | {teacher['iterations']} | {teacher['seed']} | "
         + " | ".join(f"{teacher[ev][key]:.1f}" for _, key, ev in METRICS)
@@ -173,7 +176,8 @@ def format_table(summary: dict) -> str:
     for variant, results in variants.items():
         seconds = mean_std([r["seconds"] for r in results])[0]
         lines.append(f"| {variant} | {results[0]['iterations']} | {seeds} | "
-                     + " | ".join(format_mean_std(_metric(results, key, ev)) for _, key, ev in METRICS)
+                     + " | ".join(format_mean_std(_metric(results, key, ev))
+                                  for _, key, ev in METRICS)
                      + f" | {seconds:.0f} |")
     alone = variants.get("student")
     if alone:
@@ -186,9 +190,14 @@ def format_table(summary: dict) -> str:
                 base = mean_std(_metric(alone, key, ev))[0]
                 gap = teacher[ev][key] - base
                 gain = mean_std(_metric(results, key, ev))[0] - base
-                closed.append(f"{label} {gain:+.1f} ({100 * gain / gap:.0f}% of the gap)"
-                              if gap > 0 else f"{label} {gain:+.1f}")
-            lines.append(f"- {variant} against the student alone (means): " + "; ".join(closed))
+                difference = format_difference(_metric(results, key, ev),
+                                               _metric(alone, key, ev), 1)
+                text = f"{label} {difference}"
+                closed.append(f"{text} ({100 * gain / gap:.0f}% of the gap to the teacher)"
+                              if gap > 0 else text)
+            lines.append(f"- {variant} against the student alone: " + "; ".join(closed))
+        if len(alone) > 1:
+            lines.append("(difference of the means ± its standard error over the seeds)")
     for variant, runs in summary["losses"].items():
         if "loss_nst" not in runs[0]["last"]:
             continue
@@ -209,7 +218,8 @@ def plot_demo(summary: dict, path: str) -> str:
     loss against loss_nst over the iterations of the distilled runs."""
     metrics, references = OrderedDict(), OrderedDict()
     for label, key, ev in (METRICS[0], METRICS[2]):
-        metrics[label] = OrderedDict((v, _metric(r, key, ev)) for v, r in summary["variants"].items())
+        metrics[label] = OrderedDict((v, _metric(r, key, ev))
+                                     for v, r in summary["variants"].items())
         references[label] = {"teacher": summary["teacher"][ev][key]}
     curves = OrderedDict()
     for variant, results in summary["variants"].items():

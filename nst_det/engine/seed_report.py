@@ -12,8 +12,8 @@ from typing import Dict, List, Sequence, Tuple
 from nst_det.engine.config_paths import REPO_ROOT
 from nst_det.engine.measure import load_average, machine_description
 
-__all__ = ["weight_variants", "mean_std", "format_mean_std", "logged_rows", "loss_curve", "plot_seed_runs",
-           "invoked_command", "write_report"]
+__all__ = ["weight_variants", "mean_std", "format_mean_std", "format_difference", "logged_rows",
+           "loss_curve", "plot_seed_runs", "invoked_command", "write_report"]
 
 
 def weight_variants(name: str, folder: str, weights: Sequence[float],
@@ -50,6 +50,17 @@ def format_mean_std(values: Sequence[float], digits: int = 1) -> str:
     return f"{mean:.{digits}f} ± {std:.{digits}f} ({each})"
 
 
+def format_difference(values: Sequence[float], baseline: Sequence[float], digits: int = 2) -> str:
+    """The difference of the means of ``values`` and ``baseline`` with its standard error
+    sqrt(s_a^2 / n_a + s_b^2 / n_b) (sample deviations), e.g. "+0.72 ± 0.57"; without the error
+    when either side has one value."""
+    (mean_a, std_a), (mean_b, std_b) = mean_std(values), mean_std(baseline)
+    text = f"{mean_a - mean_b:+.{digits}f}"
+    if len(values) > 1 and len(baseline) > 1:
+        text += f" ± {math.sqrt(std_a ** 2 / len(values) + std_b ** 2 / len(baseline)):.{digits}f}"
+    return text
+
+
 def logged_rows(output_dir: str) -> List[dict]:
     """The rows of ``output_dir/metrics.json`` (one JSON object per line, as Detectron2's
     JSONWriter writes them), in file order."""
@@ -62,7 +73,8 @@ def logged_rows(output_dir: str) -> List[dict]:
 
 def loss_curve(output_dir: str, keys: Sequence[str]) -> Tuple[List[int], List[float]]:
     """(iterations, values) of the sum of the loss terms ``keys`` in every row of
-    ``output_dir/metrics.json`` that has all of them (Detectron2 logs the median over its window)."""
+    ``output_dir/metrics.json`` that has all of them (Detectron2 logs the median over its
+    window)."""
     iterations, values = [], []
     for row in logged_rows(output_dir):
         if keys and all(k in row for k in keys):
@@ -142,7 +154,16 @@ def invoked_command(argv: Sequence[str] = None) -> str:
     script = os.path.abspath(argv[0])
     if script.startswith(REPO_ROOT + os.sep):
         script = os.path.relpath(script, REPO_ROOT)
-    return " ".join(["python", shlex.quote(script)] + [shlex.quote(a) for a in argv[1:]])
+    return " ".join(["python", _quoted(script)] + [_quoted(a) for a in argv[1:]])
+
+
+def _quoted(arg: str) -> str:
+    """``arg`` as a shell reads it back: bare when it can be, in double quotes when it holds
+    single quotes only (a list such as "['block3']"), else in single quotes."""
+    quoted = shlex.quote(arg)
+    if quoted != arg and not any(c in arg for c in '"$`\\!'):
+        return f'"{arg}"'
+    return quoted
 
 
 def write_report(path: str, table: str, wall_seconds: float, load_before: float,
