@@ -112,7 +112,7 @@ def test_demo_tool_runs_every_weight_and_seed_and_reuses_a_teacher_of_the_same_c
                        "--nst-weights", "5", "10", "--", "DATA.IMAGE_SIZE", "16")
     out = tmp_path / "output" / "demo_cls"
     report = (out / "results.md").read_text()
-    assert report.startswith("command: `python tools/demo_cls.py --epochs 1 --teacher-epochs 1 "
+    assert report.startswith("- command: `python tools/demo_cls.py --epochs 1 --teacher-epochs 1 "
                              "--seeds 2 --methods \"student alone\" \"NST (poly)\" --nst-weights 5 10 "
                              "-- DATA.IMAGE_SIZE 16`")
     assert "1 torch threads" in report and report in first

@@ -34,8 +34,8 @@ def tiny_demo(tmp_path_factory):
     user = root / "user"
     user.mkdir()
 
-    def run(*args):
-        proc = subprocess.run([sys.executable, TOOL, "--iters", "2", "--threads", "1", *args],
+    def run(*args, iters="2"):
+        proc = subprocess.run([sys.executable, TOOL, "--iters", iters, "--threads", "1", *args],
                               cwd=str(user), env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True, timeout=900)
         assert proc.returncode == 0, proc.stdout[-4000:]
@@ -46,8 +46,12 @@ def tiny_demo(tmp_path_factory):
     first_summary = json.loads((out / "results.json").read_text())
     first_report = (out / "results.md").read_text()
     second = run("--seeds", "1", "--output-dir", "output/demo_det")
+    second_summary = json.loads((out / "results.json").read_text())
+    other_schedule = run("--seeds", "1", "--output-dir", "output/demo_det_3", iters="3")
+    again = run("--seeds", "1", "--output-dir", "output/demo_det_3", iters="4")
     return {"out": out, "first": first, "first_summary": first_summary,
-            "first_report": first_report, "second": second}
+            "first_report": first_report, "second": second, "second_summary": second_summary,
+            "other_schedule": other_schedule, "again": again}
 
 
 def test_every_variant_runs_for_every_seed_and_the_teacher_once(tiny_demo):
@@ -79,7 +83,7 @@ def test_every_variant_runs_for_every_seed_and_the_teacher_once(tiny_demo):
 def test_the_report_is_printed_and_written_with_command_machine_and_wall_time(tiny_demo):
     out = tiny_demo["out"]
     report = tiny_demo["first_report"]
-    assert report.startswith("command: `python tools/demo_det.py --iters 2 --threads 1 --seeds 2 "
+    assert report.startswith("- command: `python tools/demo_det.py --iters 2 --threads 1 --seeds 2 "
                              f"--nst-weights {OTHER:g} {WEIGHT:g}`")
     assert "machine: " in report and "1 torch threads" in report and "wall time: " in report
     assert report in tiny_demo["first"]  # printed as written
@@ -90,10 +94,12 @@ def test_the_report_is_printed_and_written_with_command_machine_and_wall_time(ti
     # the second run reused the finished teacher and replaced the report
     assert "Reusing the trained teacher" in tiny_demo["second"]
     assert "Reusing the trained teacher" not in tiny_demo["first"]
-    summary = json.loads((out / "results.json").read_text())
+    # a teacher of another schedule is trained again, not reused
+    assert "Reusing the trained teacher" not in tiny_demo["again"]
+    summary = tiny_demo["second_summary"]
     assert list(summary["variants"]) == ["student", "student + NST"]
     assert (out / "results.md").read_text().startswith(
-        "command: `python tools/demo_det.py --iters 2 --threads 1 --seeds 1 --output-dir "
+        "- command: `python tools/demo_det.py --iters 2 --threads 1 --seeds 1 --output-dir "
         "output/demo_det`")
 
 
@@ -101,7 +107,7 @@ def test_a_rerun_reproduces_seed_zero(tiny_demo):
     """Seed 0 of the student alone trains to the same metrics and losses in both runs: another
     process, other runs around it, the teacher trained in one and reused in the other."""
     earlier = tiny_demo["first_summary"]
-    again = json.loads((tiny_demo["out"] / "results.json").read_text())
+    again = tiny_demo["second_summary"]
     assert again["variants"]["student"][0]["voc"] == earlier["variants"]["student"][0]["voc"]
     assert again["variants"]["student"][0]["coco"] == earlier["variants"]["student"][0]["coco"]
     assert again["losses"]["student"][0] == earlier["losses"]["student"][0]

@@ -36,7 +36,8 @@ from nst_det.detection.architectures import num_classes
 from nst_det.detection.load_config import student_cfg
 from nst_det.detection.teacher import build_teacher_model
 from nst_det.engine.cpu_memory import freed_memory_is_kept, keep_freed_memory
-from nst_det.engine.measure import machine_description, peak_memory_mib, seconds_and_page_faults
+from nst_det.engine.measure import (load_average, machine_description, peak_memory_mib,
+                                    seconds_and_page_faults)
 
 __all__ = ["StepCost", "DistillBenchmark", "benchmark_distillation", "format_benchmark",
            "synthetic_batch"]
@@ -87,6 +88,7 @@ class DistillBenchmark:
     nst: Optional[StepCost]
     teacher_weights: str
     kept_freed_memory: bool
+    load_average: tuple  # the machine's 1-minute load average before and after the run
 
     def _per_round(self, parts: List[StepCost]) -> float:
         """Median over the rounds of distillation step / sum of ``parts``, each round on its own."""
@@ -197,6 +199,7 @@ def benchmark_distillation(cfg, iters: int = 10, size: Optional[int] = None,
     (:func:`~nst_det.engine.cpu_memory.keep_freed_memory`) unless ``keep_memory`` is False."""
     if iters < 1:
         raise ValueError(f"--iters must be at least 1, got {iters}")
+    load_before = load_average()
     device = cfg.MODEL.DEVICE
     dev = torch.device(device)
     if keep_memory and dev.type == "cpu":
@@ -260,6 +263,7 @@ def benchmark_distillation(cfg, iters: int = 10, size: Optional[int] = None,
         nst=cost("nst", "NST term (forward + backward)") if nst_step is not None else None,
         teacher_weights=teacher_weights,
         kept_freed_memory=kept,
+        load_average=(load_before, load_average()),
     )
 
 
@@ -300,7 +304,9 @@ def format_benchmark(result: DistillBenchmark) -> str:
         f"{result.teacher_weights}",
         f"machine: {machine_description(torch.device(result.device))}; freed memory "
         + ("kept for reuse (as training keeps it)" if result.kept_freed_memory
-           else "managed by malloc's defaults"),
+           else "managed by malloc's defaults")
+        + f"; load average (1 min) {result.load_average[0]:.2f} before, "
+          f"{result.load_average[1]:.2f} after",
         "",
         "| step | median time (ms) | fastest (ms) | page faults (median) | peak memory (MiB) |",
         "| --- | ---: | ---: | ---: | ---: |",

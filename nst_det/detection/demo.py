@@ -85,8 +85,9 @@ def loss_magnitudes(output_dir: str) -> Dict[str, Dict[str, float]]:
 
 
 def _train_and_evaluate(cfg, run_dir: str, opts=()) -> dict:
-    """Train one run from its config's SEED, evaluate it on both test sets, keep the result (and
-    the variant's overrides ``opts``) in ``run_dir/eval.json``; returns that result."""
+    """Train one run from its config's SEED, evaluate it on both test sets, keep the result (the
+    variant's overrides ``opts`` and the whole config with it) in ``run_dir/eval.json``; returns
+    that result."""
     start = time.perf_counter()
     seed_all_rng(cfg.SEED)  # the config's seed for weights, data order and sampling, as train_net
     trainer = DistillTrainer(cfg)
@@ -96,25 +97,26 @@ def _train_and_evaluate(cfg, run_dir: str, opts=()) -> dict:
               "voc": results[_VOC_TEST]["bbox"], "coco": results[_COCO_TEST]["bbox"],
               "seconds": time.perf_counter() - start, "output_dir": run_dir, "opts": list(opts)}
     with open(os.path.join(run_dir, "eval.json"), "w", encoding="utf-8") as f:
-        json.dump(result, f, indent=1)
+        json.dump(dict(result, config=cfg.dump()), f, indent=1)
     return result
 
 
-def _reusable_teacher(teacher_dir: str, iterations: int) -> Optional[dict]:
-    """The teacher's earlier result when ``teacher_dir`` holds a finished run of ``iterations``."""
-    path = os.path.join(teacher_dir, "eval.json")
-    if not (os.path.isfile(path) and os.path.isfile(os.path.join(teacher_dir, "model_final.pth"))):
+def _reusable_teacher(cfg) -> Optional[dict]:
+    """The teacher's earlier result when its OUTPUT_DIR holds a finished run of the same config."""
+    path = os.path.join(cfg.OUTPUT_DIR, "eval.json")
+    weights = os.path.join(cfg.OUTPUT_DIR, "model_final.pth")
+    if not (os.path.isfile(path) and os.path.isfile(weights)):
         return None
     with open(path, encoding="utf-8") as f:
         result = json.load(f)
-    return result if result.get("iterations") == iterations else None
+    return result if result.pop("config", None) == cfg.dump() else None
 
 
 def run_demo(output_dir: str = "output/demo_det", student_iters: Optional[int] = None,
              datasets_root: Optional[str] = None, seeds: Sequence[int] = (0,),
              nst_weights: Sequence[float] = ()) -> dict:
     """Generate the data if missing; train the teacher (or reuse the one finished in
-    ``output_dir/teacher`` with the same schedule), then every variant of
+    ``output_dir/teacher`` with the same config), then every variant of
     :func:`demo_variants` for every seed; write results.json and seeds.png in
     ``output_dir``. Returns {"teacher": result, "variants": {name: [result of each seed]},
     "losses": {name: [loss magnitudes of each seed]}}."""
@@ -128,7 +130,7 @@ def run_demo(output_dir: str = "output/demo_det", student_iters: Optional[int] =
     register_demo_datasets(datasets_root)
     teacher_dir = os.path.join(output_dir, "teacher")
     teacher_cfg = _run_cfg(TEACHER_CONFIG, teacher_dir, student_iters)
-    teacher = _reusable_teacher(teacher_dir, teacher_cfg.SOLVER.MAX_ITER)
+    teacher = _reusable_teacher(teacher_cfg)
     if teacher:
         logger.info(f"Reusing the trained teacher in {teacher_dir}")
     else:

@@ -168,12 +168,13 @@ def _quoted(arg: str) -> str:
 
 def write_report(path: str, table: str, wall_seconds: float, load_before: float,
                  command: str = None) -> str:
-    """Write ``table`` to ``path`` under the lines that say how to get it again: the command, the
-    machine (CPU, torch, threads), the wall time and the load average before and after."""
-    header = [f"command: `{command or invoked_command()}`",
-              f"machine: {machine_description()}; load average (1 min) {load_before:.2f} before, "
-              f"{load_average():.2f} after",
-              f"wall time: {wall_seconds:.0f} s", ""]
+    """Write ``table`` to ``path`` (Markdown) under a list that says how to get it again: the
+    command, the machine (CPU, torch, threads) with the load average before and after, the wall
+    time."""
+    header = [f"- command: `{command or invoked_command()}`",
+              f"- machine: {machine_description()}; load average (1 min) {load_before:.2f} "
+              f"before, {load_average():.2f} after",
+              f"- wall time: {wall_seconds:.0f} s", ""]
     with open(path, "w", encoding="utf-8") as f:
         f.write("\n".join(header) + table.rstrip("\n") + "\n")
     return path
