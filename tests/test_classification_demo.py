@@ -93,6 +93,11 @@ def test_teacher_takes_only_the_overrides_of_its_images_and_device():
     opts = ["MODEL.STUDENT.NAME", "demo_student", "DATA.IMAGE_SIZE", 16, "DISTILL.NST.WEIGHT", 5.0,
             "MODEL.DEVICE", "cpu"]
     assert teacher_overrides(opts) == ["DATA.IMAGE_SIZE", 16, "MODEL.DEVICE", "cpu"]
+    from nst_det.classification.demo import run_demo
+
+    with pytest.raises(ValueError, match=r"config overrides must be KEY VALUE pairs, got 1 items: "
+                                         r"\['DATA.IMAGE_SIZE'\]"):
+        run_demo("unused", opts=["DATA.IMAGE_SIZE"])
 
 
 def _demo_tool(cwd, *args):

@@ -168,3 +168,6 @@ def test_variants_refuse_a_weight_that_is_not_positive():
     assert demo_variants([2, 0.5])["student + NST, weight 0.5"][1] == ["DISTILL.NST.WEIGHT", 0.5]
     with pytest.raises(ValueError, match="--nst-weights: every weight must be > 0, got 0"):
         demo_variants([0])
+    proc = subprocess.run([sys.executable, TOOL, "--seeds", "0"], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2 and "--seeds must be at least 1, got 0" in proc.stderr

@@ -12,8 +12,8 @@ ratio of 1.00 means the distillation step costs its three parts and nothing more
 second preprocessing, the gradient the NST term adds to the student's, the allocations of holding
 both models' activations would show here).
 
-Time: ``iters`` rounds after one warm-up run of each; each round runs the four measurements back
-to back, so each ratio is taken within a round (load that drifts between rounds moves both sides)
+Time: ``iters`` rounds after a warm-up round; each round runs the four measurements back to back,
+so each ratio is taken within a round (load that drifts between rounds moves both sides)
 and the median over the rounds is reported, beside each step's median and fastest time. Peak
 memory: the largest rise over the start of one run of each (peak_memory_mib: torch's allocated
 memory on CUDA, the process's resident set on the CPU), in a separate round after the timed ones.
@@ -235,9 +235,8 @@ def benchmark_distillation(cfg, iters: int = 10, size: Optional[int] = None,
         measured = {"student": student_step, "teacher": teacher_forward, "distill": distill_step}
         if nst_step is not None:
             measured["nst"] = nst_step
-        for name, fn in measured.items():
-            if name != "distill":  # the recording step above was the distillation's warm-up
-                fn()
+        for fn in measured.values():  # a warm-up round, in the order of the timed ones
+            fn()
         times: Dict[str, List[float]] = {k: [] for k in measured}
         faults: Dict[str, List[int]] = {k: [] for k in measured}
         for _ in range(iters):
