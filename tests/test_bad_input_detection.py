@@ -151,7 +151,7 @@ def test_nan_or_integer_weight_on_the_command_line_is_refused_naming_the_key(val
     # literal_eval cannot make a float NaN: "nan" stays a string; an integer is not a float.
     with pytest.raises(ValueError, match=(
             rf"Type mismatch \(<class 'float'> vs\. <class '{type_name}'>\) with values "
-            rf"\(8\.0 vs\. {shown}\) for config key: DISTILL\.NST\.WEIGHT")):
+            rf"\(4\.0 vs\. {shown}\) for config key: DISTILL\.NST\.WEIGHT")):
         load_nst_cfg(STUDENT_NST, ["DISTILL.NST.WEIGHT", value])
 
 

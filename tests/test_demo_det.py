@@ -142,7 +142,7 @@ def test_table_gives_mean_std_each_seed_and_the_gap_closed():
     # standard error of the difference sqrt(2^2 / 3 + 2^2 / 3) = 1.6
     assert ("VOC AP50 (07 11-point) +10.0 ± 1.6 (36% of the gap to the teacher); COCO AP +10.0 ± "
             "1.6 (36% of the gap to the teacher)") in table
-    assert "iteration 19 (mean over seeds): task loss 1.500, loss_nst 3.000" in table
+    assert "- student + NST, iteration 19: task loss 1.500, loss_nst 3.000" in table
     assert "p2 0.2, p3 0.1" in table
 
 

@@ -381,9 +381,9 @@ def test_converted_student_initialises_the_voc_detector(imagenet, voc, workspace
 # ------------------------------------------------------------------------------------------------
 def test_benchmark_commands(voc, workspace, env, cmd):
     for command in (
-            "python tools/benchmark_distill.py --config-file configs/voc_frcnn_nst.yaml --iters 5 "
+            "python tools/benchmark_distill.py --config-file configs/voc_frcnn_nst.yaml --iters 10 "
             "--threads 2 MODEL.DEVICE cpu",
-            "python tools/benchmark_distill.py --config-file configs/voc_frcnn_nst.yaml --iters 5 "
+            "python tools/benchmark_distill.py --config-file configs/voc_frcnn_nst.yaml --iters 10 "
             "--threads 2 --default-malloc MODEL.DEVICE cpu",
             "python tools/benchmark_distill.py --config-file configs/voc_frcnn_nst.yaml --size 320 "
             "--iters 5 --threads 1 MODEL.DEVICE cpu",

@@ -5,7 +5,7 @@ lines are ``parts ratio: X.XX`` = distillation step / (student step + teacher fo
 and ``overhead: X.XX`` = distillation step / (student step + teacher forward), each the median of
 the rounds' ratios. See nst_det/detection/benchmark.py.
 
-    python tools/benchmark_distill.py --config-file configs/voc_frcnn_nst.yaml --iters 5 --threads 2 MODEL.DEVICE cpu
+    python tools/benchmark_distill.py --config-file configs/voc_frcnn_nst.yaml --iters 10 --threads 2 MODEL.DEVICE cpu
     python tools/benchmark_distill.py --config-file configs/voc_frcnn_nst.yaml --size 320 --iters 5 --threads 1 MODEL.DEVICE cpu
 
 The models run on the config's MODEL.DEVICE (teacher and student alike).

@@ -181,12 +181,12 @@ def format_table(results) -> str:
     compared += [(m, "KD") for m in runs if " + KD" in m]
     compared = [(m, base) for m, base in compared if base in runs]
     if compared:
-        lines.append("")
+        lines += ["", "Differences of the means"
+                  + (" ± their standard error over the seeds:"
+                     if len(next(iter(runs.values()))) > 1 else ":")]
     for method, base in compared:
         lines.append(f"- {method} against {base}: "
                      f"{format_difference(_top1(runs[method]), _top1(runs[base]))} points")
-    if compared and len(next(iter(runs.values()))) > 1:
-        lines.append("(difference of the means ± its standard error over the seeds)")
     return "\n".join(lines)
 
 

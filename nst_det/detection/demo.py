@@ -182,8 +182,10 @@ def format_table(summary: dict) -> str:
                                   for _, key, ev in METRICS)
                      + f" | {seconds:.0f} |")
     alone = variants.get("student")
-    if alone:
-        lines.append("")
+    if alone and len(variants) > 1:
+        lines += ["", "Against the student alone"
+                  + (" (difference of the means ± its standard error over the seeds):"
+                     if len(alone) > 1 else ":")]
         for variant, results in variants.items():
             if variant == "student":
                 continue
@@ -197,21 +199,21 @@ def format_table(summary: dict) -> str:
                 text = f"{label} {difference}"
                 closed.append(f"{text} ({100 * gain / gap:.0f}% of the gap to the teacher)"
                               if gap > 0 else text)
-            lines.append(f"- {variant} against the student alone: " + "; ".join(closed))
-        if len(alone) > 1:
-            lines.append("(difference of the means ± its standard error over the seeds)")
-    for variant, runs in summary["losses"].items():
-        if "loss_nst" not in runs[0]["last"]:
-            continue
+            lines.append(f"- {variant}: " + "; ".join(closed))
+    distilled = [(v, runs) for v, runs in summary["losses"].items()
+                 if "loss_nst" in runs[0]["last"]]
+    if distilled:
+        lines += ["", "Loss magnitudes at the first and the last logged iteration (mean over "
+                      "seeds; Detectron2's median over its window):"]
+    for variant, runs in distilled:
         for when in ("first", "last"):
             task = mean_std([r[when]["task_loss"] for r in runs])[0]
             nst = mean_std([r[when]["loss_nst"] for r in runs])[0]
             levels = ", ".join(
                 f"{k[4:]} {mean_std([r[when][k] for r in runs])[0]:.3g}"
                 for k in runs[0][when] if k.startswith("nst/"))
-            lines.append(f"- {variant}, iteration {runs[0][when]['iteration']} (mean over seeds): "
-                         f"task loss {task:.3f}, loss_nst {nst:.3f} (unweighted MMD^2 per level: "
-                         f"{levels})")
+            lines.append(f"- {variant}, iteration {runs[0][when]['iteration']}: task loss "
+                         f"{task:.3f}, loss_nst {nst:.3f} (unweighted MMD^2 per level: {levels})")
     return "\n".join(lines)
 
 

@@ -174,7 +174,7 @@ def write_report(path: str, table: str, wall_seconds: float, load_before: float,
     header = [f"- command: `{command or invoked_command()}`",
               f"- machine: {machine_description()}; load average (1 min) {load_before:.2f} "
               f"before, {load_average():.2f} after",
-              f"- wall time: {wall_seconds:.0f} s", ""]
+              f"- wall time: {wall_seconds:.0f} s"]
     with open(path, "w", encoding="utf-8") as f:
-        f.write("\n".join(header) + table.rstrip("\n") + "\n")
+        f.write("\n".join(header) + "\n\n" + table.rstrip("\n") + "\n")
     return path
