@@ -4,16 +4,16 @@ torch allocates CPU tensors with the C library's malloc. glibc serves every bloc
 more (and smaller ones past its adaptive threshold) with a fresh ``mmap`` and returns it with
 ``munmap`` when the tensor is freed, and gives the top of its heap back once more than its trim
 threshold is free. A training step allocates and frees the same large activations every
-iteration, so each step faults all of them in again, page by page, each page zeroed by the kernel:
-at VOC size a distillation step of ``configs/voc_frcnn_nst.yaml`` took 2.5 million page faults,
-more than its three parts measured alone (the teacher's activations, allocated while the
-student's are alive, land on fresh pages), and the step cost 1.04-1.10 times its parts
-(``tools/benchmark_distill.py --default-malloc``; docs/BENCHMARKS.md).
+iteration, so each step faults all of them in again, page by page, each page zeroed by the kernel;
+a distillation step, which runs the teacher while the student's activations are alive, took more
+such faults than its three parts measured alone, and cost more than they did
+(``tools/benchmark_distill.py --default-malloc``; the numbers: docs/BENCHMARKS.md).
 
 :func:`keep_freed_memory` tells glibc to serve every block from its heap (``M_MMAP_MAX`` 0) and
 never to trim it (``M_TRIM_THRESHOLD`` -1), so the memory of one step is reused by the next with
-no page fault. The process then keeps its peak memory until it ends, which a training process
-reaches every step anyway. It changes no number, only where memory comes from.
+no page fault. The process then keeps the memory of its largest step until it ends, which a
+training process needs every step anyway (the resident set of a detection demo process stayed
+flat over 16 trainings). It changes no number, only where memory comes from.
 """
 import ctypes
 import ctypes.util
