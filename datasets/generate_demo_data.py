@@ -16,7 +16,9 @@ import argparse
 import os
 
 import nst_det  # noqa: F401  (first: makes Detectron2 usable on this stack)
-from nst_det.detection.data import demo_root, generate_demo_data, write_coco, write_imagenet, write_voc
+from nst_det.detection.data import demo_root
+from nst_det.research.demo_data import generate_demo_data
+from nst_det.research.official_layout import write_coco, write_imagenet, write_voc
 
 
 def write_official_layout(root, num_train, num_test, seed):

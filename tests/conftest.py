@@ -33,8 +33,8 @@ class OfficialDatasets:
 @pytest.fixture(scope="session")
 def official_datasets(tmp_path_factory) -> OfficialDatasets:
     """Tiny sets (96 x 128 detection images, 64 x 64 ImageNet images) in the official layouts
-    of :mod:`nst_det.detection.data.official_layout`, under one session temporary directory."""
-    from nst_det.detection.data.official_layout import IMAGENET_CLASSES, write_coco, write_imagenet, write_voc
+    of :mod:`nst_det.research.official_layout`, under one session temporary directory."""
+    from nst_det.research.official_layout import IMAGENET_CLASSES, write_coco, write_imagenet, write_voc
 
     root = str(tmp_path_factory.mktemp("official_datasets"))
     voc2007, voc2012 = {"trainval": 5, "test": 3}, {"trainval": 4}

@@ -9,7 +9,8 @@ import torch
 
 import nst_det.detection  # noqa: F401  (first: makes Detectron2 usable here, registers nst_det's models)
 from detectron2.modeling import build_model
-from nst_det.detection.data import generate_demo_data, register_demo_datasets
+from nst_det.detection.data import register_demo_datasets
+from nst_det.research.demo_data import generate_demo_data
 from nst_det.detection.load_config import load_nst_cfg, load_teacher_cfg
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

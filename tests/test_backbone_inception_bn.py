@@ -10,7 +10,8 @@ from detectron2.config import get_cfg
 from detectron2.layers import FrozenBatchNorm2d
 from detectron2.modeling import build_backbone
 
-from nst_det.detection.backbone.inception_bn import InceptionBN, add_inception_bn_config
+from nst_det.detection.backbone.inception_bn import add_inception_bn_config
+from nst_det.inception_bn import InceptionBN
 
 # The documented table: stage -> (channels, stride).
 TABLE = {"stem": (192, 4), "inc3": (320, 8), "inc4": (608, 16), "inc5": (1024, 32)}

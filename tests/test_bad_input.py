@@ -26,8 +26,8 @@ from nst_det.detection.data import (
     RobustDatasetMapper,
     build_test_loader,
     build_train_loader,
-    generate_demo_data,
 )
+from nst_det.research.demo_data import generate_demo_data
 from nst_det.detection.trainer import DistillTrainer
 from nst_det.engine.checkpointer import WeightsMismatchError
 

@@ -29,7 +29,8 @@ from nst_det.engine import atomic
 from nst_det.classification.models import build_classifier
 from nst_det.detection.load_config import get_nst_cfg, load_nst_cfg, load_teacher_cfg
 from nst_det.engine.config_paths import REPO_ROOT
-from nst_det.detection.data import generate_demo_data, register_demo_datasets
+from nst_det.detection.data import register_demo_datasets
+from nst_det.research.demo_data import generate_demo_data
 from nst_det.detection.trainer import DistillTrainer
 from nst_det.engine import checkpointer as checkpointer_module
 from nst_det.engine.checkpointer import WeightsMismatchError, load_weights_strictly
@@ -308,7 +309,7 @@ def test_training_from_weights_of_another_architecture_is_refused(tmp_path, demo
 # 7. A classifier's weights as MODEL.WEIGHTS
 # ------------------------------------------------------------------------------------------------
 def _classification_checkpoint(path):
-    """A checkpoint as tools/train_cls.py writes it (nst_det.classification.engine state_dict)."""
+    """A checkpoint as tools/train_cls.py writes it (nst_det.classification.trainer state_dict)."""
     classifier = build_classifier("demo_student", 10)
     optimizer = torch.optim.SGD(classifier.parameters(), lr=0.1, momentum=0.9)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, [30])

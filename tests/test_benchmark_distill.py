@@ -1,4 +1,4 @@
-"""Tests of nst_det/detection/benchmark.py and tools/benchmark_distill.py on a tiny config: the table,
+"""Tests of nst_det/research/benchmark_distill.py and tools/benchmark_distill.py on a tiny config: the table,
 its ``parts ratio: X.XX`` and last line ``overhead: X.XX``, each the median of the rounds' ratios. (That the teacher runs without autograd and only as far as
 distillation needs is tested in tests/test_ddp_distill.py, on the model built there.)"""
 import os

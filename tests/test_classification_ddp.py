@@ -11,7 +11,7 @@ from cls_testing import PatternDataset, tiny_cfg
 
 from nst_det.engine.atomic import load_checkpoint
 from nst_det.classification.distill import DistillationStudent, FrozenTeacher
-from nst_det.classification.engine import ClsTrainer
+from nst_det.classification.trainer import ClsTrainer
 from nst_det.engine.launch import launch
 from nst_det.classification.taps import FeatureTaps
 

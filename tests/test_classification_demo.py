@@ -1,4 +1,4 @@
-"""Tests of nst_det/classification/demo.py and visualize.py: the table, the curves, the maps."""
+"""Tests of nst_det/research/demo_cls.py and visualize.py: the table, the curves, the maps."""
 import json
 import os
 
@@ -7,8 +7,8 @@ import torch
 
 from cls_testing import save_teacher
 
-from nst_det.classification.demo import DEMO_CONFIGS, format_table, plot_curves, plot_seeds, val_curve
-from nst_det.classification.visualize import (
+from nst_det.research.demo_cls import DEMO_CONFIGS, format_table, plot_curves, plot_seeds, val_curve
+from nst_det.research.selectivity_cls import (
     normalised_maps,
     save_selectivity_figure,
     selective_channels,
@@ -88,12 +88,12 @@ def test_selectivity_figure_for_two_student_checkpoints(tmp_path):
 
 
 def test_teacher_takes_only_the_overrides_of_its_images_and_device():
-    from nst_det.classification.demo import teacher_overrides
+    from nst_det.research.demo_cls import teacher_overrides
 
     opts = ["MODEL.STUDENT.NAME", "demo_student", "DATA.IMAGE_SIZE", 16, "DISTILL.NST.WEIGHT", 5.0,
             "MODEL.DEVICE", "cpu"]
     assert teacher_overrides(opts) == ["DATA.IMAGE_SIZE", 16, "MODEL.DEVICE", "cpu"]
-    from nst_det.classification.demo import run_demo
+    from nst_det.research.demo_cls import run_demo
 
     with pytest.raises(ValueError, match=r"config overrides must be KEY VALUE pairs, got 1 items: "
                                          r"\['DATA.IMAGE_SIZE'\]"):

@@ -1,4 +1,4 @@
-"""Tests of the classification trainer (nst_det/classification/engine.py, distill.py, the shared
+"""Tests of the classification trainer (nst_det/classification/trainer.py, distill.py, the shared
 engine in nst_det/engine and tools/train_cls.py): every method learns, the teacher stays frozen and out of
 checkpoints, resume is exact, bad input and NaN give clear errors, checkpoints are atomic."""
 import itertools
@@ -19,7 +19,7 @@ from cls_testing import PatternDataset, save_teacher, tiny_cfg
 import nst_det.losses
 from nst_det.classification.config import load_cls_config
 from nst_det.classification.distill import FrozenTeacher, build_distillation
-from nst_det.classification.engine import ClsTrainer, accuracy_counts
+from nst_det.classification.trainer import ClsTrainer, accuracy_counts
 from nst_det.engine.atomic import UnreadableCheckpointError, load_checkpoint
 from nst_det.engine.checkpointer import AtomicCheckpointer, WeightsMismatchError
 from nst_det.engine.train_loop import NonFiniteLossError

@@ -16,7 +16,7 @@ import pytest
 
 import nst_det.detection  # noqa: F401  (first: makes Detectron2 usable here, registers nst_det's models)
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from nst_det.detection.data import write_coco, write_voc
+from nst_det.research.official_layout import write_coco, write_voc
 from nst_det.detection.data.custom import register_custom_datasets
 from nst_det.detection.evaluation import build_evaluator
 from nst_det.detection.evaluation.evaluators import COCODetectionEvaluator, VOCDetectionEvaluator

@@ -1,4 +1,4 @@
-"""Tests of nst_det/_d2_compat.py and nst_det/_d2_stand_in_C.py: Detectron2 usable on this stack."""
+"""Tests of nst_det/_d2_compat/__init__.py and nst_det/_d2_compat/stand_in_C.py: Detectron2 usable on this stack."""
 import itertools
 import logging
 import os
@@ -62,7 +62,7 @@ def _tiny_fast_coco_eval():
     ids=["box_iou_rotated", "nms_rotated", "deform_conv_cuda", "fast_coco_eval"],
 )
 def test_missing_ops_say_what_is_missing(call):
-    from nst_det._d2_stand_in_C import MissingCompiledOpError
+    from nst_det._d2_compat.stand_in_C import MissingCompiledOpError
 
     with pytest.raises(MissingCompiledOpError) as err:
         call()

@@ -17,8 +17,9 @@ from torch.nn.parallel import DistributedDataParallel
 from distill_testing import tiny_distill_cfg
 
 from nst_det.engine.launch import launch
-from nst_det.detection.data import generate_demo_data, register_demo_datasets
-from nst_det.detection.benchmark import synthetic_batch
+from nst_det.detection.data import register_demo_datasets
+from nst_det.research.demo_data import generate_demo_data
+from nst_det.research.benchmark_distill import synthetic_batch
 
 # Settings under which a batch's losses are exactly the mean of its images' losses: every anchor
 # and every proposal is sampled (no random subsampling), each image keeps 20 proposals + its

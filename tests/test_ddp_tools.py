@@ -20,7 +20,7 @@ from PIL import Image
 import nst_det.detection  # noqa: F401  (first: makes Detectron2 usable here, registers nst_det's models)
 from detectron2.modeling import build_model
 from nst_det.detection.load_config import load_teacher_cfg
-from nst_det.detection.data import generate_demo_data
+from nst_det.research.demo_data import generate_demo_data
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["MODEL.DEVICE", "cpu", "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", "80",

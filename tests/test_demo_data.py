@@ -11,7 +11,8 @@ import pytest
 import nst_det.detection  # noqa: F401  (first: makes Detectron2 usable here, registers nst_det's models)
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
-from nst_det.detection.data import CLASS_NAMES, demo_data_exists, generate_demo_data, register_demo_datasets
+from nst_det.detection.data import CLASS_NAMES, demo_data_exists, register_demo_datasets
+from nst_det.research.demo_data import generate_demo_data
 from nst_det.detection.data.demo_datasets import demo_dataset_names
 
 SIZES = dict(num_train=6, num_val=2, num_test=4, height=64, width=80)
@@ -110,7 +111,7 @@ def test_split_of_one_image_and_empty_split_load(tmp_path):
 def test_box_is_tight_around_the_painted_shape(cls):
     from PIL import Image
 
-    from nst_det.detection.data.demo_generator import draw_shape
+    from nst_det.research.demo_data import draw_shape
 
     image = Image.new("RGB", (40, 30), (0, 0, 0))
     painted_shape = draw_shape(image, cls, (5, 4, 25, 24), (255, 0, 0))
@@ -134,7 +135,7 @@ def test_box_is_tight_around_the_painted_shape(cls):
 def test_unknown_shape_is_named():
     from PIL import Image
 
-    from nst_det.detection.data.demo_generator import draw_shape
+    from nst_det.research.demo_data import draw_shape
 
     with pytest.raises(KeyError, match="unknown shape 'star'; shapes: circle, square, triangle"):
         draw_shape(Image.new("RGB", (8, 8)), "star", (0, 0, 4, 4), (255, 0, 0))

@@ -1,4 +1,4 @@
-"""Tests of nst_det/detection/demo.py through tools/demo_det.py, run as a user runs it (a subprocess
+"""Tests of nst_det/research/demo_det.py through tools/demo_det.py, run as a user runs it (a subprocess
 from a folder outside the repository, the generated set under $DETECTRON2_DATASETS): the teacher
 once, the student alone and the NST variants for every seed, the table with mean ± std and every
 seed's value, the report files; and the table's arithmetic on known numbers."""
@@ -10,10 +10,10 @@ import sys
 import pytest
 
 import nst_det.detection  # noqa: F401  (first: makes Detectron2 usable here, registers nst_det's models)
-from nst_det.detection.data import generate_demo_data
-from nst_det.detection.demo import DEMO_CONFIGS, NST_CONFIG, demo_variants, format_table
+from nst_det.research.demo_data import generate_demo_data
+from nst_det.research.demo_det import DEMO_CONFIGS, NST_CONFIG, demo_variants, format_table
 from nst_det.detection.load_config import load_nst_cfg
-from nst_det.engine.seed_report import format_mean_std, mean_std
+from nst_det.research.seed_report import format_mean_std, mean_std
 
 # the shipped weight of the NST student, and another
 WEIGHT = load_nst_cfg(os.path.join(DEMO_CONFIGS, NST_CONFIG)).DISTILL.NST.WEIGHT
@@ -147,7 +147,7 @@ def test_table_gives_mean_std_each_seed_and_the_gap_closed():
 
 
 def test_difference_has_the_standard_error_of_two_means():
-    from nst_det.engine.seed_report import format_difference
+    from nst_det.research.seed_report import format_difference
 
     # means 3 and 1; sample variances 1 and 4, three values each: sqrt(1/3 + 4/3)
     assert format_difference([2.0, 3.0, 4.0], [3.0, 1.0, -1.0]) == "+2.00 ± 1.29"

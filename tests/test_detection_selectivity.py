@@ -1,4 +1,4 @@
-"""Tests of the detection selectivity picture (nst_det/detection/selectivity.py) and of how
+"""Tests of the detection selectivity picture (nst_det/research/selectivity_det.py) and of how
 tools/visualize_selectivity.py tells the stages apart: the tool run as a user runs it on the
 shipped demo NST config, the MMD^2 it reports against nst_loss on features computed here without
 the library, the levels, and the errors naming a missing checkpoint, mismatched levels and a
@@ -15,9 +15,10 @@ from PIL import Image
 
 import nst_det.detection  # noqa: F401  (first: makes Detectron2 usable here, registers nst_det's models)
 from detectron2.modeling import build_model
-from nst_det.detection.data import generate_demo_data, register_demo_datasets
+from nst_det.detection.data import register_demo_datasets
+from nst_det.research.demo_data import generate_demo_data
 from nst_det.detection.load_config import load_nst_cfg, load_teacher_cfg
-from nst_det.detection.selectivity import detection_selectivity, save_detection_selectivity_figure
+from nst_det.research.selectivity_det import detection_selectivity, save_detection_selectivity_figure
 from nst_det.losses import nst_loss
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

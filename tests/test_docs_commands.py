@@ -445,7 +445,7 @@ def test_documented_demo_runs(workspace, env, cmd, tmp_path):
     assert list(narrow["runs"]) == ["student alone", "NST (poly), weight 50", "KD",
                                     "NST (poly) + KD, weight 50"]
     # the detection runs on a tiny generated set, one seed, one student iteration
-    from nst_det.detection.data import generate_demo_data
+    from nst_det.research.demo_data import generate_demo_data
 
     tiny = tmp_path / "datasets"
     generate_demo_data(str(tiny / "demo_det"), num_train=4, num_val=0, num_test=2, seed=4,

@@ -13,7 +13,7 @@ import nst_det.detection  # noqa: F401  (first: makes Detectron2 usable here, re
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
-from nst_det.detection.data import generate_demo_data
+from nst_det.research.demo_data import generate_demo_data
 from nst_det.detection.load_config import load_nst_cfg, load_teacher_cfg
 from nst_det.engine.checkpointer import WeightsMismatchError
 

@@ -1,4 +1,4 @@
-"""Tests of nst_det/detection/data/official_layout.py: tiny sets in the official VOC, COCO and ImageNet
+"""Tests of nst_det/research/official_layout.py: tiny sets in the official VOC, COCO and ImageNet
 layouts, read by Detectron2's OWN built-in data sets (``voc_2007_trainval``, ``coco_2017_val``,
 ...) and by nst_det's ImageNet reader, as a user's real downloads are.
 
@@ -16,7 +16,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from nst_det.detection.data.official_layout import (
+from nst_det.research.official_layout import (
     SHAPE_CLASSES,
     coco_categories,
     voc_class_names,

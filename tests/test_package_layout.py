@@ -1,10 +1,12 @@
 """The package layout: nst_det.losses needs torch alone; the packages of nst_det import each other
-in one direction only (losses <- engine <- detection <- classification <- convert), never in a
-cycle, and no library module imports a tool."""
+in one direction only, down the levels of ``LEVELS`` (losses, _d2_compat <- engine <- inception_bn
+<- classification | detection, side by side <- convert <- research), so never in a cycle; the
+classification stage loads no module of the detection stage; no library module imports a tool."""
 import ast
 import os
 import subprocess
 import sys
+import tempfile
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE = os.path.join(REPO, "nst_det")
@@ -26,9 +28,16 @@ def test_losses_import_without_detectron2():
         "          and sys.modules[m] is not None]\n"
         "assert not loaded, loaded\n"
         "print('ok')\n")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=os.path.dirname(REPO),
-                          capture_output=True, text=True, timeout=120)
+    proc = _run_fresh(code)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
+
+
+def _run_fresh(code):
+    """Run ``code`` in a fresh interpreter from an empty folder: the checkout's own folder (which
+    may itself be named ``nst_det``) is then no namespace package that shadows the installed one."""
+    with tempfile.TemporaryDirectory() as cwd:
+        return subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True,
+                              text=True, timeout=300)
 
 
 def _imports_of(path):
@@ -66,18 +75,48 @@ def _package_graph():
     return graph
 
 
-def test_packages_import_each_other_without_cycles():
+# Each package (or top-level module) of nst_det with its level: a package imports only packages
+# of a lower level, so the two stages (level 3) never import each other.
+LEVELS = {"losses": 0, "_d2_compat": 0, "engine": 1, "inception_bn": 2, "classification": 3,
+          "detection": 3, "convert": 4, "research": 5}
+
+
+def upward_imports(graph):
+    """[(importer, imported)] of every import that does not point to a lower level."""
+    return sorted((p, q) for p, imported in graph.items() for q in imported
+                  if LEVELS[q] >= LEVELS[p])
+
+
+def test_every_package_has_a_level():
+    assert set(_package_graph()) == set(LEVELS)
+
+
+def test_imports_point_down_only():
     graph = _package_graph()
     assert graph["losses"] == set()  # pure torch: nothing else of nst_det
-    assert "detection" not in graph["engine"] and "classification" not in graph["engine"]
-    assert "classification" not in graph["detection"]
+    assert upward_imports(graph) == []
 
-    def reaches(start, target, seen=()):
-        return any(n == target or (n not in seen and reaches(n, target, seen + (n,)))
-                   for n in graph.get(start, ()))
 
-    cycles = [p for p in graph if reaches(p, p)]
-    assert not cycles, {p: sorted(graph[p]) for p in cycles}
+def test_an_upward_import_is_caught():
+    """The broken variant: the classification stage importing the detection stage (as its models
+    once did for the Inception-BN trunk), and the engine importing a research driver."""
+    graph = {p: set(q) for p, q in _package_graph().items()}
+    graph["classification"].add("detection")
+    graph["engine"].add("research")
+    assert upward_imports(graph) == [("classification", "detection"), ("engine", "research")]
+
+
+def test_classification_stage_loads_no_detection_module():
+    """Importing every module of the classification stage and the converter, in a fresh
+    interpreter, loads no module of nst_det.detection or nst_det.research."""
+    code = (
+        "import sys\n"
+        "import nst_det.classification.trainer, nst_det.classification.config, nst_det.convert\n"
+        "print(sorted(m for m in sys.modules\n"
+        "             if m.startswith(('nst_det.detection', 'nst_det.research'))))\n")
+    proc = _run_fresh(code)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
 
 
 def test_no_library_module_imports_a_tool():

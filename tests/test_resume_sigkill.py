@@ -22,7 +22,7 @@ import torch
 
 from distill_testing import ROOT, TINY, save_random_teacher
 
-from nst_det.detection.data import generate_demo_data
+from nst_det.research.demo_data import generate_demo_data
 
 CONFIG = os.path.join(ROOT, "configs", "demo", "det_student_nst.yaml")
 TEACHER_CONFIG = os.path.join(ROOT, "configs", "demo", "det_teacher.yaml")

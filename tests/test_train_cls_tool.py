@@ -1,7 +1,7 @@
 """tools/train_cls.py as a user runs it: a subprocess started from a directory outside the
 repository, a shipped ImageNet config (configs/imagenet/*.yaml) with only the overrides a CPU run
 needs, and a tiny ImageNet in the official layout ($NST_DATASETS/imagenet/{train,val}/<wnid>/*.JPEG,
-nst_det.detection.data.official_layout.write_imagenet). Every bad input ends the run with a nonzero exit and
+nst_det.research.official_layout.write_imagenet). Every bad input ends the run with a nonzero exit and
 a message naming the culprit; MODEL.DEVICE is checked before anything is built."""
 import os
 import subprocess
@@ -12,7 +12,7 @@ import torch
 
 import nst_det.detection  # noqa: F401  (first: makes Detectron2 usable here, registers nst_det's models)
 from nst_det.classification.models import build_classifier
-from nst_det.detection.data.official_layout import IMAGENET_CLASSES, write_imagenet
+from nst_det.research.official_layout import IMAGENET_CLASSES, write_imagenet
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOL = os.path.join(ROOT, "tools", "train_cls.py")

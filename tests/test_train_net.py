@@ -10,7 +10,8 @@ import torch
 
 import nst_det.detection  # noqa: F401  (first: makes Detectron2 usable here, registers nst_det's models)
 from detectron2.engine import HookBase
-from nst_det.detection.data import generate_demo_data, register_demo_datasets
+from nst_det.detection.data import register_demo_datasets
+from nst_det.research.demo_data import generate_demo_data
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", "80", "INPUT.MIN_SIZE_TEST", "64",

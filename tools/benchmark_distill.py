@@ -3,7 +3,7 @@
 teacher's forward, the NST term and the distillation step on the same two images; the last two
 lines are ``parts ratio: X.XX`` = distillation step / (student step + teacher forward + NST term)
 and ``overhead: X.XX`` = distillation step / (student step + teacher forward), each the median of
-the rounds' ratios. See nst_det/detection/benchmark.py.
+the rounds' ratios. See nst_det/research/benchmark_distill.py.
 
     python tools/benchmark_distill.py --config-file configs/voc_frcnn_nst.yaml --iters 10 --threads 2 MODEL.DEVICE cpu
     python tools/benchmark_distill.py --config-file configs/voc_frcnn_nst.yaml --size 320 --iters 5 --threads 1 MODEL.DEVICE cpu
@@ -18,7 +18,7 @@ import torch
 import nst_det.detection  # noqa: F401  (first: makes Detectron2 usable here, registers nst_det's models and data sets)
 from nst_det.detection.load_config import load_nst_cfg
 from nst_det.engine.device import check_device
-from nst_det.detection.benchmark import benchmark_distillation, format_benchmark
+from nst_det.research.benchmark_distill import benchmark_distillation, format_benchmark
 
 
 def argument_parser():

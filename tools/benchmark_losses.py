@@ -34,7 +34,7 @@ import time
 
 import torch
 
-from nst_det.engine.measure import load_average, machine_description, seconds, seconds_and_peak_mib
+from nst_det.research.measure import load_average, machine_description, seconds, seconds_and_peak_mib
 from nst_det.losses import nst_loss
 from nst_det.losses.nst import normalise_maps
 

@@ -26,11 +26,11 @@ import nst_det.classification  # noqa: F401  (first: makes Detectron2 usable on 
 import torch
 from detectron2.utils.logger import setup_logger
 
-from nst_det.classification.demo import (DEFAULT_METHODS, DEMO_CONFIGS, DEMO_METHODS,
+from nst_det.research.demo_cls import (DEFAULT_METHODS, DEMO_CONFIGS, DEMO_METHODS,
                                          format_table, plot_curves, plot_seeds, run_demo)
-from nst_det.classification.visualize import save_selectivity_figure
-from nst_det.engine.measure import load_average
-from nst_det.engine.seed_report import write_report
+from nst_det.research.selectivity_cls import save_selectivity_figure
+from nst_det.research.measure import load_average
+from nst_det.research.seed_report import write_report
 
 
 def main():
@@ -59,7 +59,7 @@ def main():
     torch.set_num_threads(args.threads)
     os.makedirs(args.output_dir, exist_ok=True)
     setup_logger(args.output_dir, name="nst_det", abbrev_name="nst_det")
-    logging.getLogger("nst_det.classification.engine").setLevel(logging.WARNING)
+    logging.getLogger("nst_det.classification.trainer").setLevel(logging.WARNING)
     load_before, start = load_average(), time.perf_counter()
     results = run_demo(args.output_dir, methods=args.methods, seeds=range(args.seeds),
                        epochs=args.epochs, teacher_epochs=args.teacher_epochs, opts=args.opts,

@@ -27,12 +27,12 @@ import nst_det.detection  # noqa: E402,F401  (first: makes Detectron2 usable her
 import torch  # noqa: E402
 from detectron2.utils.logger import setup_logger  # noqa: E402
 
-from nst_det.detection.demo import DEMO_CONFIGS, NST_CONFIG, format_table, run_demo  # noqa: E402
+from nst_det.research.demo_det import DEMO_CONFIGS, NST_CONFIG, format_table, run_demo  # noqa: E402
 from nst_det.detection.load_config import load_nst_cfg  # noqa: E402
-from nst_det.detection.selectivity import (detection_selectivity,  # noqa: E402
+from nst_det.research.selectivity_det import (detection_selectivity,  # noqa: E402
                                            save_detection_selectivity_figure)
-from nst_det.engine.measure import load_average  # noqa: E402
-from nst_det.engine.seed_report import write_report  # noqa: E402
+from nst_det.research.measure import load_average  # noqa: E402
+from nst_det.research.seed_report import write_report  # noqa: E402
 
 
 def main(argv=None):

@@ -18,7 +18,7 @@ import nst_det.classification  # noqa: F401  (first: makes Detectron2 usable on 
 from detectron2.engine import default_argument_parser
 
 from nst_det.classification.config import load_cls_config
-from nst_det.classification.engine import ClsTrainer, default_cls_setup
+from nst_det.classification.trainer import ClsTrainer, default_cls_setup
 from nst_det.engine.launch import launch
 from nst_det.engine.device import check_device
 

@@ -32,9 +32,9 @@ import logging
 
 import nst_det.classification  # noqa: F401  (first: makes Detectron2 usable on this stack)
 from nst_det.classification.config import load_cls_config
-from nst_det.classification.visualize import save_selectivity_figure
+from nst_det.research.selectivity_cls import save_selectivity_figure
 from nst_det.detection.load_config import load_nst_cfg
-from nst_det.detection.selectivity import detection_selectivity, save_detection_selectivity_figure
+from nst_det.research.selectivity_det import detection_selectivity, save_detection_selectivity_figure
 
 STAGE_LOADERS = {"detection": load_nst_cfg, "classification": load_cls_config}
 

@@ -1,9 +1,7 @@
-"""Classification stage: classifiers by name, feature taps, and (in the training modules) the loop.
-Importing it makes Detectron2 usable on this stack (:mod:`nst_det._d2_compat`): the Inception-BN
-trunk and the training loop use Detectron2's layers and engine."""
-from nst_det import _d2_compat
-
-_d2_compat.install()
+"""Classification stage: classifiers by name, feature taps, data, distillation and the trainer
+(:mod:`.trainer`). Importing it makes Detectron2 usable on this stack first (through
+:mod:`nst_det.engine`): the Inception-BN trunk and the trainer use Detectron2's layers and engine."""
+import nst_det.engine  # noqa: F401  (first: applies nst_det._d2_compat)
 
 from .models import (  # noqa: E402,F401
     available_classifiers,

@@ -11,7 +11,7 @@ import torch
 import torchvision
 from torch import nn
 
-from nst_det.detection.backbone.inception_bn import InceptionBN, init_xavier_fan_in
+from nst_det.inception_bn import InceptionBN, init_xavier_fan_in
 
 __all__ = [
     "InceptionBNClassifier",

@@ -1,10 +1,8 @@
 """The detection stage, a Detectron2 project: importing it makes Detectron2 usable on this stack
-(:mod:`nst_det._d2_compat`) and registers nst_det's meta-architectures (DistillGeneralizedRCNN,
+first (through :mod:`nst_det.engine`) and registers nst_det's meta-architectures (DistillGeneralizedRCNN,
 DistillRetinaNet, DistillFCOS, YamlFCOS),
 backbones (Inception-BN, with FPN) and demo data sets in Detectron2's registries."""
-from nst_det import _d2_compat
-
-_d2_compat.install()
+import nst_det.engine  # noqa: F401  (first: applies nst_det._d2_compat)
 
 from . import backbone, data  # noqa: E402,F401  (registers backbones and the demo data sets)
 from .config import add_nst_config  # noqa: E402,F401

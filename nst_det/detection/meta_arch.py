@@ -31,7 +31,7 @@ from .fcos import YamlFCOS
 from .teacher import build_teacher
 
 __all__ = ["DistillDetector", "DistillGeneralizedRCNN", "DistillRetinaNet", "DistillFCOS",
-           "head_family", "pair_features", "check_features"]
+           "head_family", "pair_features"]
 
 logger = logging.getLogger(__name__)
 
@@ -70,12 +70,13 @@ def _available_features(backbone: nn.Module) -> Dict[str, object]:
 def pair_features(student_backbone: nn.Module, teacher_backbone: nn.Module,
                   student_features: Sequence[str], teacher_features: Sequence[str],
                   match_levels: str = "name"):
-    """The features NST matches, (student names, teacher names), from DISTILL.STUDENT_FEATURES /
-    TEACHER_FEATURES, filled where the config leaves them empty: with DISTILL.MATCH_LEVELS
-    "name", every student backbone output the teacher also gives, in the student's order, with
-    the same names; with "stride", each student backbone output with the teacher's output of the
-    same stride; teacher features of named student features: the same names. No pair at all is a
-    ValueError naming the keys."""
+    """The features NST matches, (student names, teacher names, {student name: ShapeSpec},
+    {teacher name: ShapeSpec}), from DISTILL.STUDENT_FEATURES / TEACHER_FEATURES, filled where the
+    config leaves them empty: with DISTILL.MATCH_LEVELS "name", every student backbone output the
+    teacher also gives, in the student's order, with the same names; with "stride", each student
+    backbone output with the teacher's output of the same stride; teacher features of named
+    student features: the same names. No pair at all, lists of different lengths or a name a
+    backbone does not give are a ValueError naming the key."""
     student_features, teacher_features = list(student_features), list(teacher_features)
     if not student_features:
         student_outputs = student_backbone.output_shape()
@@ -98,10 +99,19 @@ def pair_features(student_backbone: nn.Module, teacher_backbone: nn.Module,
             teacher_features = [t for _, t in pairs]
     if not teacher_features:
         teacher_features = list(student_features)
-    return student_features, teacher_features
+    if len(teacher_features) != len(student_features):
+        raise ValueError(
+            f"DISTILL.STUDENT_FEATURES {student_features} and "
+            f"DISTILL.TEACHER_FEATURES {teacher_features} must have the same length"
+        )
+    student_shapes = _check_features(
+        "student", "DISTILL.STUDENT_FEATURES", student_features, student_backbone)
+    teacher_shapes = _check_features(
+        "teacher", "DISTILL.TEACHER_FEATURES", teacher_features, teacher_backbone)
+    return student_features, teacher_features, student_shapes, teacher_shapes
 
 
-def check_features(role: str, key: str, names: Sequence[str], backbone: nn.Module):
+def _check_features(role: str, key: str, names: Sequence[str], backbone: nn.Module):
     """{name: ShapeSpec} of what ``backbone`` gives; a ValueError naming ``key`` when one of
     ``names`` is not among them."""
     available = _available_features(backbone)
@@ -211,8 +221,7 @@ class DistillDetector:
         # A plain attribute holding a list is not registered as a submodule: the teacher stays out
         # of state_dict(), parameters(), train()/eval() and DistributedDataParallel.
         self._teacher_holder = [teacher]
-        self._default_features()
-        self._check_distillation()
+        self._check_distillation(*self._default_features())
         teacher.to(self.device)
         logger.info(f"Distilling a {type(teacher).__name__} teacher into a "
                     f"{type(self).__name__} student; NST on student {self.student_features} / "
@@ -262,31 +271,25 @@ class DistillDetector:
     # build-time checks
     # ----------------------------------------------------------------------------------------
     def _default_features(self):
-        """Fill what the config leaves empty: the matched features (:func:`pair_features`) and
-        the level weights (1.0 each)."""
-        self.student_features, self.teacher_features = pair_features(
-            self.backbone, self.teacher.backbone, self.student_features, self.teacher_features,
-            self.match_levels)
+        """Fill what the config leaves empty: the matched features (:func:`pair_features`, which
+        checks them) and the level weights (1.0 each); returns the matched features' shapes
+        ({student name: ShapeSpec}, {teacher name: ShapeSpec})."""
+        self.student_features, self.teacher_features, student_shapes, teacher_shapes = \
+            pair_features(self.backbone, self.teacher.backbone, self.student_features,
+                          self.teacher_features, self.match_levels)
         if not self.level_weights:
             self.level_weights = [1.0] * len(self.student_features)
+        return student_shapes, teacher_shapes
 
-    def _check_distillation(self):
-        """Raise a ValueError naming the key when the distillation settings cannot work."""
+    def _check_distillation(self, student_shapes, teacher_shapes):
+        """Raise a ValueError naming the key when the distillation settings cannot work;
+        ``student_shapes`` / ``teacher_shapes``: {name: ShapeSpec} of the matched features."""
         n = len(self.student_features)
-        if len(self.teacher_features) != n:
-            raise ValueError(
-                f"DISTILL.STUDENT_FEATURES {self.student_features} and "
-                f"DISTILL.TEACHER_FEATURES {self.teacher_features} must have the same length"
-            )
         if len(self.level_weights) != n:
             raise ValueError(
                 f"DISTILL.LEVEL_WEIGHTS {self.level_weights} needs one weight per entry of "
                 f"DISTILL.STUDENT_FEATURES {self.student_features}"
             )
-        student_shapes = check_features(
-            "student", "DISTILL.STUDENT_FEATURES", self.student_features, self.backbone)
-        teacher_shapes = check_features(
-            "teacher", "DISTILL.TEACHER_FEATURES", self.teacher_features, self.teacher.backbone)
         for s_name, t_name in zip(self.student_features, self.teacher_features):
             s_stride, t_stride = student_shapes[s_name].stride, teacher_shapes[t_name].stride
             if s_stride != t_stride and not self.resize:

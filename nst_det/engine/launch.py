@@ -13,23 +13,21 @@ In every case Detectron2's ``comm`` helpers (rank, world size, local rank) work 
 An exception in one process ends the job with that exception (``torch.multiprocessing`` stops
 the other processes).
 """
-import importlib
-import inspect
 import logging
 import os
 import socket
-from datetime import timedelta
 
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from detectron2.engine import launch as d2_launch
 from detectron2.utils import comm
 
-__all__ = ["launch", "free_port", "init_from_torchrun_env", "detectron2_launch_runs_on_cpu"]
+from nst_det._d2_compat.cpu_launch import (DEFAULT_TIMEOUT, detectron2_launch_runs_on_cpu,
+                                           launch_cpu_processes, make_local_group)
+
+__all__ = ["launch", "free_port", "init_from_torchrun_env"]
 
 logger = logging.getLogger(__name__)
-DEFAULT_TIMEOUT = timedelta(minutes=30)
 
 
 def free_port() -> int:
@@ -37,29 +35,6 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def detectron2_launch_runs_on_cpu() -> bool:
-    """Whether the installed Detectron2's ``launch`` starts CPU processes (gloo) without CUDA:
-    its worker does not assert CUDA (v0.6's does)."""
-    # (the attribute detectron2.engine.launch is the function: take the module by its name)
-    launch_module = importlib.import_module("detectron2.engine.launch")
-    worker = getattr(launch_module, "_distributed_worker", None)
-    if worker is None:
-        return True
-    try:
-        source = inspect.getsource(worker)
-    except (OSError, TypeError):
-        return True
-    return "assert torch.cuda.is_available()" not in source
-
-
-def _make_local_group(world_size: int, local_size: int, machine_rank: int) -> None:
-    """Create the per-machine process group that ``comm.get_local_rank`` needs."""
-    for i in range(world_size // local_size):
-        group = dist.new_group(list(range(i * local_size, (i + 1) * local_size)))
-        if i == machine_rank:
-            comm._LOCAL_PROCESS_GROUP = group
 
 
 def init_from_torchrun_env() -> bool:
@@ -77,21 +52,9 @@ def init_from_torchrun_env() -> bool:
         torch.cuda.set_device(local_rank)
     dist.init_process_group(backend=backend, init_method="env://", world_size=world_size,
                             rank=rank, timeout=DEFAULT_TIMEOUT)
-    _make_local_group(world_size, local_size, rank // local_size)
+    make_local_group(world_size, local_size, rank // local_size)
     comm.synchronize()
     return True
-
-
-def _cpu_worker(local_rank, main_func, world_size, num_per_machine, machine_rank, dist_url, args):
-    rank = machine_rank * num_per_machine + local_rank
-    dist.init_process_group(backend="gloo", init_method=dist_url, world_size=world_size,
-                            rank=rank, timeout=DEFAULT_TIMEOUT)
-    _make_local_group(world_size, num_per_machine, machine_rank)
-    comm.synchronize()
-    try:
-        main_func(*args)
-    finally:
-        dist.destroy_process_group()
 
 
 def launch(main_func, num_processes_per_machine: int, num_machines: int = 1,
@@ -102,15 +65,15 @@ def launch(main_func, num_processes_per_machine: int, num_machines: int = 1,
     world_size = num_processes_per_machine * num_machines
     if world_size <= 1:
         return main_func(*args)
-    if torch.cuda.is_available() or detectron2_launch_runs_on_cpu():
-        return d2_launch(main_func, num_processes_per_machine, num_machines=num_machines,
-                         machine_rank=machine_rank, dist_url=dist_url, args=args)
     if dist_url is None or dist_url == "auto":
         if num_machines != 1:
             raise ValueError("--dist-url auto works on one machine only; give tcp://HOST:PORT")
+        # A rendezvous on this machine: Detectron2's main hands None on to torch, which then
+        # asks for MASTER_ADDR.
         dist_url = f"tcp://127.0.0.1:{free_port()}"
+    if torch.cuda.is_available() or detectron2_launch_runs_on_cpu():
+        return d2_launch(main_func, num_processes_per_machine, num_machines=num_machines,
+                         machine_rank=machine_rank, dist_url=dist_url, args=args)
     logger.info(f"No GPU: running {num_processes_per_machine} CPU processes per machine on gloo")
-    mp.start_processes(
-        _cpu_worker, nprocs=num_processes_per_machine,
-        args=(main_func, world_size, num_processes_per_machine, machine_rank, dist_url, args),
-        daemon=False, start_method="spawn")
+    launch_cpu_processes(main_func, num_processes_per_machine, num_machines, machine_rank,
+                         dist_url, args)

@@ -1,4 +1,5 @@
-"""Registration of the generated demo detection set (``datasets/generate_demo_data.py``) in
+"""Registration of the generated demo detection set (``datasets/generate_demo_data.py``; its
+writer is :mod:`nst_det.research.demo_data`) in
 Detectron2's catalogs, once as PASCAL VOC (``nst_demo_voc_<split>``, evaluated by the VOC
 evaluator) and once as COCO JSON (``nst_demo_coco_<split>``, evaluated by the COCO evaluator).
 
@@ -12,9 +13,13 @@ from typing import Callable, Optional
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import register_coco_instances, register_pascal_voc
 
-from .demo_generator import CLASS_NAMES, SPLITS, demo_data_exists
+__all__ = ["CLASS_NAMES", "SPLITS", "DEMO_DIRNAME", "demo_root", "demo_dataset_names",
+           "demo_data_exists", "register_demo_datasets"]
 
-__all__ = ["DEMO_DIRNAME", "demo_root", "demo_dataset_names", "register_demo_datasets"]
+# The demo set's classes, in the order of their contiguous ids (COCO category ids 1, 2, 3).
+CLASS_NAMES = ("circle", "square", "triangle")
+# The splits it has, each in both formats.
+SPLITS = ("train", "val", "trainval", "test")
 
 DEMO_DIRNAME = "demo_det"
 # VOC year of the demo set: the VOC evaluator then uses the 2007 (11-point) metric as for VOC2007.
@@ -25,6 +30,15 @@ def demo_root(datasets_root: Optional[str] = None) -> str:
     """Directory of the demo set: ``<datasets_root or $DETECTRON2_DATASETS or ./datasets>/demo_det``."""
     root = datasets_root or os.getenv("DETECTRON2_DATASETS", "datasets")
     return os.path.join(root, DEMO_DIRNAME)
+
+
+def demo_data_exists(root: str) -> bool:
+    """True when ``root`` holds a complete generated set (every split list and COCO file)."""
+    return all(
+        os.path.isfile(os.path.join(root, "ImageSets", "Main", f"{s}.txt"))
+        and os.path.isfile(os.path.join(root, "annotations", f"instances_{s}.json"))
+        for s in SPLITS
+    )
 
 
 def demo_dataset_names(fmt: str, split: str) -> str:

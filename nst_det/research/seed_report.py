@@ -10,7 +10,7 @@ import sys
 from typing import Dict, List, Sequence, Tuple
 
 from nst_det.engine.config_paths import REPO_ROOT
-from nst_det.engine.measure import load_average, machine_description
+from nst_det.research.measure import load_average, machine_description
 
 __all__ = ["weight_variants", "mean_std", "format_mean_std", "format_difference", "logged_rows",
            "loss_curve", "plot_seed_runs", "invoked_command", "write_report"]

@@ -36,7 +36,7 @@ from nst_det.detection.architectures import num_classes
 from nst_det.detection.load_config import student_cfg
 from nst_det.detection.teacher import build_teacher_model
 from nst_det.engine.cpu_memory import freed_memory_is_kept, keep_freed_memory
-from nst_det.engine.measure import (load_average, machine_description, peak_memory_mib,
+from nst_det.research.measure import (load_average, machine_description, peak_memory_mib,
                                     seconds_and_page_faults)
 
 __all__ = ["StepCost", "DistillBenchmark", "benchmark_distillation", "format_benchmark",

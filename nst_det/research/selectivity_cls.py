@@ -2,14 +2,14 @@
 selective L2-normalised channel maps of the teacher's and the student's tapped layer, the student
 before and after distillation, with the NST loss (MMD^2, the config's kernel) of each student to
 the teacher. The stage-independent parts (normalising, ranking, drawing) are
-:mod:`nst_det.selectivity`.
+:mod:`nst_det.research.selectivity`.
 """
 import os
 
 import torch
 
 from nst_det.engine.device import check_device
-from nst_det.selectivity import (
+from nst_det.research.selectivity import (
     SelectivityRow,
     kernel_text,
     mmd2_to_teacher,

@@ -17,9 +17,9 @@ import numpy as np
 
 from nst_det.classification.config import load_cls_config
 from nst_det.classification.data import DigitsDataset
-from nst_det.classification.engine import ClsTrainer
+from nst_det.classification.trainer import ClsTrainer
 from nst_det.engine.config_paths import REPO_ROOT
-from nst_det.engine.seed_report import (format_difference, format_mean_std, loss_curve,
+from nst_det.research.seed_report import (format_difference, format_mean_std, loss_curve,
                                         mean_std, plot_seed_runs, weight_variants)
 
 __all__ = ["DEMO_METHODS", "DEFAULT_METHODS", "method_variants", "teacher_overrides", "run_demo",

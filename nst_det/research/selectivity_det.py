@@ -7,7 +7,7 @@ Each detector sees the image as in inference: read in its own colour order (``in
 resized by the config's test-time resize (INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST, as Detectron2's
 DefaultPredictor), normalised and padded by its own ``preprocess_image``; the features are its
 backbone's outputs (and its bottom-up network's, for matched ``res*`` stages), in eval mode. The
-stage-independent parts (normalising, ranking, drawing) are :mod:`nst_det.selectivity`.
+stage-independent parts (normalising, ranking, drawing) are :mod:`nst_det.research.selectivity`.
 """
 import logging
 import os
@@ -23,7 +23,7 @@ from torch import nn
 
 from nst_det.engine.checkpointer import load_weights_strictly
 from nst_det.engine.device import check_device
-from nst_det.selectivity import (
+from nst_det.research.selectivity import (
     SelectivityRow,
     kernel_text,
     mmd2_to_teacher,
@@ -31,9 +31,9 @@ from nst_det.selectivity import (
     save_selectivity_grid,
 )
 
-from .load_config import student_cfg
-from .meta_arch import check_features, pair_features
-from .teacher import build_teacher
+from nst_det.detection.load_config import student_cfg
+from nst_det.detection.meta_arch import pair_features
+from nst_det.detection.teacher import build_teacher
 
 __all__ = ["LevelSelectivity", "DetectionSelectivity", "selectivity_image_file",
            "build_student_with_weights", "matched_features", "backbone_features",
@@ -109,17 +109,12 @@ def build_student_with_weights(cfg, weights: str, role: str) -> nn.Module:
 def matched_features(cfg, student: nn.Module, teacher: nn.Module) -> List[Tuple[str, str]]:
     """[(student feature, teacher feature)] that NST matches: DISTILL.STUDENT_FEATURES /
     TEACHER_FEATURES, filled when empty as the distilling detector fills them
-    (:func:`~nst_det.detection.meta_arch.pair_features`, DISTILL.MATCH_LEVELS); a name that a backbone does
-    not give is a ValueError naming the key."""
+    (:func:`~nst_det.detection.meta_arch.pair_features`, DISTILL.MATCH_LEVELS, with its checks:
+    lists of different lengths or a name a backbone does not give are a ValueError naming the
+    key)."""
     d = cfg.DISTILL
-    student_names, teacher_names = pair_features(student.backbone, teacher.backbone,
-                                                 d.STUDENT_FEATURES, d.TEACHER_FEATURES,
-                                                 d.MATCH_LEVELS)
-    if len(student_names) != len(teacher_names):
-        raise ValueError(f"DISTILL.STUDENT_FEATURES {student_names} and DISTILL.TEACHER_FEATURES "
-                         f"{teacher_names} must have the same length")
-    check_features("student", "DISTILL.STUDENT_FEATURES", student_names, student.backbone)
-    check_features("teacher", "DISTILL.TEACHER_FEATURES", teacher_names, teacher.backbone)
+    student_names, teacher_names, _, _ = pair_features(
+        student.backbone, teacher.backbone, d.STUDENT_FEATURES, d.TEACHER_FEATURES, d.MATCH_LEVELS)
     return list(zip(student_names, teacher_names))
 
 

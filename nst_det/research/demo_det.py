@@ -15,14 +15,13 @@ from typing import Dict, List, Optional, Sequence
 
 from detectron2.utils.env import seed_all_rng
 
-from nst_det.detection.data import (demo_data_exists, demo_root, generate_demo_data,
-                                   register_demo_datasets)
+from nst_det.detection.data import demo_data_exists, demo_root, register_demo_datasets
 from nst_det.detection.load_config import load_nst_cfg
+from nst_det.detection.trainer import DistillTrainer
 from nst_det.engine.config_paths import REPO_ROOT
-from nst_det.engine.seed_report import (format_difference, format_mean_std, logged_rows,
-                                        loss_curve, mean_std, plot_seed_runs, weight_variants)
-
-from .trainer import DistillTrainer
+from nst_det.research.demo_data import generate_demo_data
+from nst_det.research.seed_report import (format_difference, format_mean_std, logged_rows,
+                                          loss_curve, mean_std, plot_seed_runs, weight_variants)
 
 __all__ = ["DEMO_CONFIGS", "TEACHER_CONFIG", "demo_variants", "run_demo", "format_table",
            "loss_magnitudes", "plot_demo"]

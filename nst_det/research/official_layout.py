@@ -1,5 +1,5 @@
 """Tiny but real data sets in the official layouts of PASCAL VOC, COCO and ImageNet, drawn by the
-demo's shapes generator (:mod:`nst_det.detection.data.demo_generator`), deterministic per seed.
+demo's shapes generator (:mod:`nst_det.research.demo_data`), deterministic per seed.
 
 They let Detectron2's own built-in data sets (``voc_2007_trainval``, ``coco_2017_val``, ...) and
 nst_det's ImageNet reader run on files laid out exactly as the real ones, in seconds. Layouts
@@ -31,8 +31,8 @@ from typing import Dict, Optional, Sequence
 import numpy as np
 from PIL import Image
 
-from .demo_generator import CLASS_NAMES as SHAPES
-from .demo_generator import (
+from nst_det.detection.data.demo_datasets import CLASS_NAMES as SHAPES
+from nst_det.research.demo_data import (
     draw_shape,
     random_colour,
     shapes_image,

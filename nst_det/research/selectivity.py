@@ -5,8 +5,8 @@ under a config's NST kernel, and one PNG grid of maps (a row per network, the im
 NST treats each channel's spatial map, L2-normalised over the positions, as one sample of the
 network's "selectivity" distribution. ``selective_channels`` ranks channels by the peak of that
 normalised map (a map that fires at a few positions has a high peak; a flat one has 1/sqrt(HW)).
-The classification stage (:mod:`nst_det.classification.visualize`) draws one tapped layer, the
-detection stage (:mod:`nst_det.detection.selectivity`) every matched backbone level.
+The classification stage (:mod:`nst_det.research.selectivity_cls`) draws one tapped layer, the
+detection stage (:mod:`nst_det.research.selectivity_det`) every matched backbone level.
 
 Needs torch, matplotlib and :mod:`nst_det.losses` only.
 """

@@ -5,7 +5,7 @@ behaviour or by the missing module, never by version string (the official latest
 calls itself 0.6). With an official, compiled, up-to-date Detectron2 nothing here changes anything.
 
 - ``detectron2._C`` missing (pip install from the ``pb1-detectron2`` sdist): install
-  :mod:`nst_det._d2_stand_in_C`, and a ``torch.ops.detectron2.nms_rotated`` that says why it fails.
+  :mod:`nst_det._d2_compat.stand_in_C`, and a ``torch.ops.detectron2.nms_rotated`` that says why it fails.
 - ``hooks.LRScheduler`` saves torch's own schedulers only if they derive from ``_LRScheduler``
   (torch >= 2 schedulers derive from ``LRScheduler``): their state was lost on ``--resume``.
 - ``MapDataset``'s fallback calls ``Random.sample`` on a set, which Python >= 3.11 refuses.
@@ -28,8 +28,12 @@ calls itself 0.6). With an official, compiled, up-to-date Detectron2 nothing her
 ``APPLIED`` lists the names of the fixes that are active in this process, e.g. ``"stand_in_C"``,
 ``"numpy_aliases:detectron2.data.datasets.pascal_voc"``.
 
-``install()`` runs first in ``nst_det/__init__.py``: the stand-in ``_C`` must be in place before
-any fix imports a Detectron2 module that imports ``detectron2.layers``. The fixes import only
+- Detectron2 v0.6's ``launch`` asserts CUDA: :mod:`nst_det._d2_compat.cpu_launch` starts the
+  gloo processes of ``--num-gpus N`` on a CPU itself (used by :mod:`nst_det.engine.launch`).
+
+``install()`` is called in one place, ``nst_det/engine/__init__.py``, which both stages import
+first: within it the stand-in ``_C`` is put in place before any fix imports a Detectron2 module
+that imports ``detectron2.layers``. The fixes import only
 Detectron2 modules (never nst_det's), so none of them can import nst_det half-initialised.
 """
 import importlib
@@ -68,11 +72,11 @@ def _install_stand_in_C():
     """Put the stand-in in ``sys.modules`` before ``detectron2.layers`` first imports ``_C``."""
     if has_compiled_ops():
         return
-    from nst_det import _d2_stand_in_C
+    from nst_det._d2_compat import stand_in_C
     import detectron2
 
-    sys.modules["detectron2._C"] = _d2_stand_in_C
-    detectron2._C = _d2_stand_in_C
+    sys.modules["detectron2._C"] = stand_in_C
+    detectron2._C = stand_in_C
     _register_missing_nms_rotated()
     APPLIED.append("stand_in_C")
     logger.info("detectron2._C is missing: nst_det's stand-in is active (no rotated boxes, "
@@ -84,7 +88,7 @@ def _register_missing_nms_rotated():
     global _nms_rotated_library
     if hasattr(torch.ops, "detectron2") and _has_op("nms_rotated"):
         return
-    from nst_det._d2_stand_in_C import MissingCompiledOpError, missing_op_message
+    from nst_det._d2_compat.stand_in_C import MissingCompiledOpError, missing_op_message
 
     def nms_rotated(boxes, scores, iou_threshold):
         raise MissingCompiledOpError(missing_op_message("nms_rotated"))

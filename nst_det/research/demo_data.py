@@ -10,7 +10,7 @@ Layout under ``root`` (``$DETECTRON2_DATASETS/demo_det`` by default)::
 
 Its drawing functions (:func:`textured_background`, :func:`draw_shape`, :func:`random_colour`,
 :func:`shapes_image`) and :func:`voc_annotation` also draw the tiny sets in the official VOC,
-COCO and ImageNet layouts (:mod:`nst_det.detection.data.official_layout`).
+COCO and ImageNet layouts (:mod:`nst_det.research.official_layout`).
 """
 import json
 import os
@@ -20,21 +20,12 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image, ImageDraw
 
+from nst_det.detection.data.demo_datasets import CLASS_NAMES, SPLITS, demo_data_exists
+
 __all__ = ["CLASS_NAMES", "SPLITS", "generate_demo_data", "demo_data_exists", "draw_shape",
            "random_colour", "shapes_image", "textured_background", "voc_annotation"]
 
-CLASS_NAMES = ("circle", "square", "triangle")
-SPLITS = ("train", "val", "trainval", "test")
 _IMAGE_SET_DIR = os.path.join("ImageSets", "Main")
-
-
-def demo_data_exists(root: str) -> bool:
-    """True when ``root`` holds a complete generated set (every split list and COCO file)."""
-    return all(
-        os.path.isfile(os.path.join(root, _IMAGE_SET_DIR, f"{s}.txt"))
-        and os.path.isfile(os.path.join(root, "annotations", f"instances_{s}.json"))
-        for s in SPLITS
-    )
 
 
 def textured_background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
