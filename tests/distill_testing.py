@@ -8,10 +8,10 @@ import pickle
 import torch
 
 import nst_det.detection  # noqa: F401  (first: makes Detectron2 usable here, registers nst_det's models)
-from detectron2.modeling import build_model
 from nst_det.detection.data import register_demo_datasets
 from nst_det.research.demo_data import generate_demo_data
-from nst_det.detection.load_config import load_nst_cfg, load_teacher_cfg
+from nst_det.detection.load_config import load_nst_cfg
+from nst_det.detection.teacher import build_teacher_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO_BASE = os.path.join(ROOT, "configs", "demo", "Base-det-demo.yaml")
@@ -39,7 +39,7 @@ def write_teacher_config(folder, extra: str = "") -> str:
 def save_random_teacher(teacher_config: str, path: str, seed: int = 123) -> str:
     """Weights file of the teacher of ``teacher_config`` with random weights (a .pth with "model")."""
     torch.manual_seed(seed)
-    teacher = build_model(load_teacher_cfg(teacher_config, device="cpu"))
+    teacher = build_teacher_model(teacher_config)
     torch.save({"model": teacher.state_dict()}, path)
     return path
 

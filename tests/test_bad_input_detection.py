@@ -28,6 +28,7 @@ from distill_testing import save_random_teacher, write_teacher_config
 from nst_det.engine import atomic
 from nst_det.classification.models import build_classifier
 from nst_det.detection.load_config import get_nst_cfg, load_nst_cfg, load_teacher_cfg
+from nst_det.detection.teacher import build_teacher_model
 from nst_det.engine.config_paths import REPO_ROOT
 from nst_det.detection.data import register_demo_datasets
 from nst_det.research.demo_data import generate_demo_data
@@ -356,7 +357,7 @@ def teacher_files(tmp_path_factory):
     narrow = save_random_teacher(
         write_teacher_config(root / "narrow", "MODEL:\n  FPN:\n    OUT_CHANNELS: 32\n"),
         str(root / "narrow.pth"))
-    teacher = build_model(load_teacher_cfg(frozen, device="cpu"))
+    teacher = build_teacher_model(frozen)
     return dict(teacher=teacher, bn=bn, narrow=narrow)
 
 

@@ -37,8 +37,8 @@ def test_tool_prints_the_table_and_ends_with_the_overhead(tmp_path, capsys):
     for row in ("student training step", "teacher forward", "distillation training step",
                 "NST term (forward + backward)"):
         assert any(line.startswith(f"| {row}") for line in lines), row
-    for cost in (result.student, result.teacher, result.distill, result.nst):
-        assert cost.time_ms > 0 and cost.peak_mib >= 0
-    # a training step keeps activations for its backward; the teacher's forward does not
+    assert all(cost.time_ms > 0 for cost in (result.student, result.teacher, result.distill,
+                                               result.nst))
+    # (what the peak measures is tested in tests/test_research_measure.py); a training step keeps activations for its backward; the teacher's forward does not
     assert result.distill.peak_mib > result.teacher.peak_mib
     assert 0 < result.nst_share < 1

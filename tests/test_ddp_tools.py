@@ -13,13 +13,11 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 import torch
 from PIL import Image
 
 import nst_det.detection  # noqa: F401  (first: makes Detectron2 usable here, registers nst_det's models)
-from detectron2.modeling import build_model
-from nst_det.detection.load_config import load_teacher_cfg
+from nst_det.detection.teacher import build_teacher_model
 from nst_det.research.demo_data import generate_demo_data
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -47,7 +45,7 @@ def _overflowing_teacher(folder):
         f.write(f'_BASE_: "{os.path.join(REPO, "configs", "demo", "det_teacher.yaml")}"\n'
                 "MODEL:\n  PIXEL_MEAN: [0.0, 0.0, 0.0]\n  PIXEL_STD: [1.0, 1.0, 1.0]\n")
     torch.manual_seed(0)
-    state = build_model(load_teacher_cfg(config, device="cpu")).state_dict()
+    state = build_teacher_model(config).state_dict()
     key = "backbone.bottom_up.stem.conv1.weight"
     state[key] = state[key] * 1e38
     assert torch.isfinite(state[key]).all()

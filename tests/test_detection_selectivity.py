@@ -18,6 +18,7 @@ from detectron2.modeling import build_model
 from nst_det.detection.data import register_demo_datasets
 from nst_det.research.demo_data import generate_demo_data
 from nst_det.detection.load_config import load_nst_cfg, load_teacher_cfg
+from nst_det.detection.teacher import build_teacher_model
 from nst_det.research.selectivity_det import detection_selectivity, save_detection_selectivity_figure
 from nst_det.losses import nst_loss
 
@@ -94,7 +95,7 @@ def test_reported_mmd2_is_nst_loss_of_each_level(files, tmp_path):
     assert os.path.basename(result.image_file) == f"{test_ids.split()[0]}.jpg"
     assert tuple(result.image.shape) == (128, 160, 3)
 
-    teacher = build_model(load_teacher_cfg(os.path.join(DEMO, "det_teacher.yaml"), device="cpu"))
+    teacher = build_teacher_model(os.path.join(DEMO, "det_teacher.yaml"))
     teacher.load_state_dict(torch.load(files["teacher"])["model"])
     t = _features_here(teacher, cfg, result.image_file, ["p3", "p5"])
     student_cfg = load_nst_cfg(os.path.join(DEMO, "det_student.yaml"))

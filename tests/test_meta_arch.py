@@ -12,7 +12,8 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import DatasetCatalog, DatasetMapper
 from detectron2.modeling import GeneralizedRCNN, build_model
 from detectron2.utils.events import EventStorage
-from nst_det.detection.load_config import get_nst_cfg, load_nst_cfg, load_teacher_cfg, student_cfg
+from nst_det.detection.load_config import load_nst_cfg, student_cfg
+from nst_det.detection.teacher import build_teacher_model
 from nst_det.detection.meta_arch import DistillGeneralizedRCNN
 from nst_det.engine.checkpointer import WeightsMismatchError
 
@@ -38,7 +39,7 @@ def batch(tmp_path_factory):
 def teacher_weights(tmp_path_factory):
     """Weights of the demo teacher (random init: the mechanics need no trained teacher)."""
     torch.manual_seed(0)
-    teacher = build_model(load_teacher_cfg(TEACHER, device="cpu"))
+    teacher = build_teacher_model(TEACHER)
     out = tmp_path_factory.mktemp("teacher")
     DetectionCheckpointer(teacher, str(out)).save("teacher")
     return str(out / "teacher.pth")
@@ -389,7 +390,7 @@ def test_a_distillation_config_cannot_be_a_teacher(teacher_weights):
 @pytest.mark.parametrize("name", ["voc_frcnn_nst.yaml", "voc_frcnn_R18_nst.yaml"])
 def test_voc_student_and_r101_teacher_match(name):
     cfg = load_nst_cfg(os.path.join(REPO, "configs", name), ["MODEL.DEVICE", "cpu"])
-    teacher = build_model(load_teacher_cfg(cfg.DISTILL.TEACHER.CONFIG, device="cpu"))
+    teacher = build_teacher_model(cfg.DISTILL.TEACHER.CONFIG)
     student_args = GeneralizedRCNN.from_config(student_cfg(cfg))
     d = cfg.DISTILL
     model = DistillGeneralizedRCNN(

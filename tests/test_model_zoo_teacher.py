@@ -15,6 +15,7 @@ from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 from nst_det.research.demo_data import generate_demo_data
 from nst_det.detection.load_config import load_nst_cfg, load_teacher_cfg
+from nst_det.detection.teacher import build_teacher_model
 from nst_det.engine.checkpointer import WeightsMismatchError
 
 from distill_testing import save_model_zoo_pkl
@@ -30,7 +31,7 @@ TINY = ["INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", "80", "INPUT.MI
 def zoo_teacher(tmp_path_factory):
     """(teacher model, its .pkl) of the model-zoo R-101 FPN config, random weights."""
     torch.manual_seed(0)
-    teacher = build_model(load_teacher_cfg(ZOO_TEACHER, device="cpu"))
+    teacher = build_teacher_model(ZOO_TEACHER)
     path = str(tmp_path_factory.mktemp("zoo") / "model_final_f6e8b1.pkl")
     return teacher, save_model_zoo_pkl(teacher, path)
 

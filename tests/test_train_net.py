@@ -128,12 +128,12 @@ class _Interrupted(RuntimeError):
     """Stands for a run killed between two checkpoints."""
 
 
-_BUILD_HOOKS = train_net.Trainer.build_hooks
+_BUILD_HOOKS = train_net.DistillTrainer.build_hooks
 
 
 def _train_recording(monkeypatch, out, record, stop_at=None, resume=False):
     original = _BUILD_HOOKS
-    monkeypatch.setattr(train_net.Trainer, "build_hooks",
+    monkeypatch.setattr(train_net.DistillTrainer, "build_hooks",
                         lambda self: original(self) + [_RecordLR(record, stop_at)])
     opts = ["SOLVER.MAX_ITER", 6, "SOLVER.STEPS", "(3, 5)", "SOLVER.CHECKPOINT_PERIOD", 2,
             "OUTPUT_DIR", out, "DATASETS.TEST", "()"]

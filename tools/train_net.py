@@ -16,25 +16,15 @@ from nst_det.detection.trainer import DistillTrainer, setup_cfg
 from nst_det.engine.launch import launch
 
 
-class Trainer(DistillTrainer):
-    """The trainer of this tool (VOC/COCO evaluators, student-only and teacher-only evaluation)."""
-
-
-def setup(args):
-    """Config from the command line (get_cfg + add_nst_config + file + opts; paths relative to the
-    yaml naming them; MODEL.DEVICE checked), frozen; logging."""
-    return setup_cfg(args)
-
-
 def main(args):
-    cfg = setup(args)
+    cfg = setup_cfg(args)  # get_cfg + add_nst_config + file + opts, MODEL.DEVICE checked; logging
     if args.eval_only:
         if args.eval_teacher:
-            return Trainer.test_teacher(cfg)
-        return Trainer.test_student(cfg, resume=args.resume)
+            return DistillTrainer.test_teacher(cfg)
+        return DistillTrainer.test_student(cfg, resume=args.resume)
     if args.eval_teacher:
         raise ValueError("--eval-teacher goes with --eval-only")
-    trainer = Trainer(cfg)
+    trainer = DistillTrainer(cfg)
     trainer.resume_or_load(resume=args.resume)
     return trainer.train()
 

@@ -20,7 +20,8 @@ import torch.nn.functional as F
 
 from nst_det import losses as L
 from nst_det.engine.checkpointer import load_weights_strictly, weights_checksum
-from nst_det.engine.distill_config import check_distill_config
+from nst_det.engine.frozen import freeze
+from nst_det.engine.distill_config import check_distill_config, check_feature_lists, nst_loss_kwargs
 
 __all__ = [
     "DistillationStudent",
@@ -70,8 +71,7 @@ class FrozenTeacher(nn.Module):
         super().__init__()
         self.taps = taps
         self.layers = list(layers)
-        self.requires_grad_(False)
-        super().train(False)
+        freeze(self)
 
     def train(self, mode: bool = True):
         """Stays in eval mode whatever ``mode`` says (BatchNorm keeps its running statistics)."""
@@ -103,9 +103,7 @@ class DistillationStudent(nn.Module):
         self.heads = heads
         self.terms = distill_terms(cfg)
         self.weights = {t: float(cfg.DISTILL[t.upper()].WEIGHT) for t in self.terms}
-        nst = cfg.DISTILL.NST
-        self.nst_kwargs = dict(kernel=nst.KERNEL, degree=int(nst.DEGREE), coef=float(nst.COEF),
-                               sigma2=float(nst.SIGMA2) if nst.SIGMA2 > 0 else None)
+        self.nst_kwargs = nst_loss_kwargs(cfg.DISTILL.NST)
         self.kd_temperature = float(cfg.DISTILL.KD.TEMPERATURE)
         self.at_p = cfg.DISTILL.AT.P
 
@@ -224,12 +222,7 @@ def build_distillation(cfg, input_shape=(3, 224, 224), with_teacher: bool = True
             f"of the trained teacher (a random teacher teaches nothing)")
     teacher_net = build_role_net(cfg, "teacher")
     s_layers, t_layers = tap_layers(cfg, "student"), tap_layers(cfg, "teacher")
-    if len(s_layers) != len(t_layers):
-        raise ValueError(f"DISTILL.STUDENT_FEATURES {s_layers} and DISTILL.TEACHER_FEATURES "
-                         f"{t_layers} must name the same number of layers")
-    if cfg.DISTILL.LEVEL_WEIGHTS and len(cfg.DISTILL.LEVEL_WEIGHTS) != len(s_layers):
-        raise ValueError(f"DISTILL.LEVEL_WEIGHTS {list(cfg.DISTILL.LEVEL_WEIGHTS)} needs one weight "
-                         f"per tapped pair (student {s_layers}, teacher {t_layers})")
+    check_feature_lists(s_layers, t_layers, cfg.DISTILL.LEVEL_WEIGHTS)
     s_taps = _build_taps(student_net, s_layers, "DISTILL.STUDENT_FEATURES")
     teacher = FrozenTeacher(_build_taps(teacher_net, t_layers, "DISTILL.TEACHER_FEATURES"), t_layers)
 

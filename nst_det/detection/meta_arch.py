@@ -24,7 +24,8 @@ from torch import nn
 from nst_det.detection.load_config import distills
 from nst_det.losses import binary_kd_loss, kd_loss, nst_loss
 from nst_det.losses.feature_pair import loss_or_nan
-from nst_det.losses.nst import check_kernel_args
+from nst_det.engine.distill_config import check_feature_lists, check_nst_kwargs, nst_loss_kwargs
+from nst_det.engine.frozen import freeze
 from nst_det.engine.warmup import current_iteration, warmup_factor
 
 from .fcos import YamlFCOS
@@ -99,11 +100,7 @@ def pair_features(student_backbone: nn.Module, teacher_backbone: nn.Module,
             teacher_features = [t for _, t in pairs]
     if not teacher_features:
         teacher_features = list(student_features)
-    if len(teacher_features) != len(student_features):
-        raise ValueError(
-            f"DISTILL.STUDENT_FEATURES {student_features} and "
-            f"DISTILL.TEACHER_FEATURES {teacher_features} must have the same length"
-        )
+    check_feature_lists(student_features, teacher_features, [])
     student_shapes = _check_features(
         "student", "DISTILL.STUDENT_FEATURES", student_features, student_backbone)
     teacher_shapes = _check_features(
@@ -216,8 +213,7 @@ class DistillDetector:
                            "no teacher is built, the student trains alone.")
             self._teacher_holder = []
             return
-        teacher.eval()
-        teacher.requires_grad_(False)
+        freeze(teacher)
         # A plain attribute holding a list is not registered as a submodule: the teacher stays out
         # of state_dict(), parameters(), train()/eval() and DistributedDataParallel.
         self._teacher_holder = [teacher]
@@ -238,10 +234,7 @@ class DistillDetector:
             teacher_features=d.TEACHER_FEATURES,
             level_weights=d.LEVEL_WEIGHTS,
             nst_weight=d.NST.WEIGHT,
-            nst_kernel=d.NST.KERNEL,
-            nst_degree=d.NST.DEGREE,
-            nst_coef=d.NST.COEF,
-            nst_sigma2=d.NST.SIGMA2 if d.NST.SIGMA2 > 0 else None,
+            **{f"nst_{name}": value for name, value in nst_loss_kwargs(d.NST).items()},
             kd_weight=d.KD.WEIGHT,
             kd_temperature=d.KD.TEMPERATURE,
             warmup_iters=d.WARMUP_ITERS,
@@ -284,12 +277,7 @@ class DistillDetector:
     def _check_distillation(self, student_shapes, teacher_shapes):
         """Raise a ValueError naming the key when the distillation settings cannot work;
         ``student_shapes`` / ``teacher_shapes``: {name: ShapeSpec} of the matched features."""
-        n = len(self.student_features)
-        if len(self.level_weights) != n:
-            raise ValueError(
-                f"DISTILL.LEVEL_WEIGHTS {self.level_weights} needs one weight per entry of "
-                f"DISTILL.STUDENT_FEATURES {self.student_features}"
-            )
+        check_feature_lists(self.student_features, self.teacher_features, self.level_weights)
         for s_name, t_name in zip(self.student_features, self.teacher_features):
             s_stride, t_stride = student_shapes[s_name].stride, teacher_shapes[t_name].stride
             if s_stride != t_stride and not self.resize:
@@ -313,10 +301,7 @@ class DistillDetector:
                 f"student INPUT.FORMAT '{self.input_format}' and teacher INPUT.FORMAT "
                 f"'{self.teacher.input_format}' differ and only RGB<->BGR can be converted"
             )
-        try:
-            check_kernel_args(resize=None, **self.nst_kwargs)
-        except ValueError as e:
-            raise ValueError(f"DISTILL.NST: {e}") from e
+        check_nst_kwargs(self.nst_kwargs)
         if self.kd_on:
             self._check_kd()
 

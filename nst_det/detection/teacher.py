@@ -15,6 +15,7 @@ from nst_det.detection.load_config import (
 )
 from nst_det.engine.checkpointer import load_weights_strictly, weights_checksum
 from nst_det.engine.config_paths import missing_path_message
+from nst_det.engine.frozen import freeze
 
 __all__ = ["build_teacher", "build_teacher_model", "build_lazy_teacher"]
 
@@ -34,9 +35,7 @@ def build_teacher(cfg) -> nn.Module:
                           loaded_into="the teacher built from DISTILL.TEACHER.CONFIG")
     if is_lazy_config(config_file):
         _freeze_batch_norms(teacher, config_file)
-        teacher.to(cfg.MODEL.DEVICE)  # the teacher lives where the student lives
-    teacher.eval()
-    teacher.requires_grad_(False)
+    freeze(teacher)
     logger.info(
         f"Teacher: {type(teacher).__name__}, config {config_file}, weights {weights_file} "
         f"(sha256 {weights_checksum(weights_file)}), "
@@ -47,10 +46,10 @@ def build_teacher(cfg) -> nn.Module:
 
 def build_teacher_model(config_file: str, device: str = "cpu") -> nn.Module:
     """The detector of ``config_file`` (DISTILL.TEACHER.CONFIG: a yaml or a LazyConfig, local or
-    ``zoo://``) as its config initialises it: no weights loaded, not frozen; a yaml's on
-    ``device``."""
+    ``zoo://``) as its config initialises it, on ``device`` (where the student lives): no weights
+    loaded, not frozen."""
     if is_lazy_config(config_file):
-        return build_lazy_teacher(config_file)
+        return build_lazy_teacher(config_file).to(device)
     teacher_cfg = load_teacher_cfg(config_file, device=device)
     if teacher_cfg.MODEL.META_ARCHITECTURE in DISTILL_META_ARCHITECTURES:
         raise ValueError(

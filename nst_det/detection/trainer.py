@@ -4,7 +4,7 @@ import logging
 import os
 import weakref
 
-from detectron2.engine import DefaultTrainer, TrainerBase, create_ddp_model, default_setup
+from detectron2.engine import DefaultTrainer, default_setup
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
@@ -63,40 +63,34 @@ class DistillTrainer(ResumableTrainer, DefaultTrainer):
     atomic checkpoints that resume exactly, a stop at a non-finite loss term, and unusable
     training images skipped.
 
-    Built as DefaultTrainer builds itself, with nst_det's TrainLoop (nst_det.engine.train_loop) as
-    the inner loop and AtomicCheckpointer as the checkpointer; the hooks are DefaultTrainer's, with
-    the random state of every process kept for the checkpoints (RNGCheckpointHook)."""
+    Built by DefaultTrainer's own ``__init__`` (model, optimizer, data loader, DDP, scheduler,
+    hooks); :meth:`build_hooks`, which that ``__init__`` calls once its inner trainer and
+    checkpointer exist and before any hook holds them, puts nst_det's TrainLoop
+    (nst_det.engine.train_loop) and AtomicCheckpointer in their places. The hooks are
+    DefaultTrainer's, led by the one that keeps every process's random state for the checkpoints
+    (RNGCheckpointHook)."""
 
     def __init__(self, cfg):
-        TrainerBase.__init__(self)
-        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
-            setup_logger()
         check_num_classes(cfg, cfg.DATASETS.TEST, "DATASETS.TEST")
         if check_device(cfg.MODEL.DEVICE).type == "cpu":
             keep_freed_memory()  # no page faults on every step's tensors (nst_det.engine.cpu_memory)
-        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
-        model = self.build_model(cfg)
-        optimizer = self.build_optimizer(cfg, model)
-        data_loader = self.build_train_loader(cfg)
-        model = create_ddp_model(model, broadcast_buffers=False)
+        super().__init__(cfg)
+
+    def build_hooks(self):
+        """nst_det's inner loop and checkpointer in place of DefaultTrainer's (same model, data
+        loader and optimizer), then DefaultTrainer's hooks led by the one that keeps every
+        process's random state for the checkpoints (it runs first, before anything else of the
+        iteration's end)."""
+        cfg, plain = self.cfg, self._trainer
         amp = cfg.SOLVER.AMP.ENABLED and cfg.MODEL.DEVICE.startswith("cuda")
         if cfg.SOLVER.AMP.ENABLED and not amp:
             logger.warning(f"SOLVER.AMP.ENABLED is on but MODEL.DEVICE is '{cfg.MODEL.DEVICE}': "
                            f"mixed precision is used on CUDA only, running in float32")
-        self._trainer = TrainLoop(model, data_loader, optimizer, amp=amp)
-        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self._trainer = TrainLoop(plain.model, plain.data_loader, plain.optimizer, amp=amp)
         self.checkpointer = detection_checkpointer(
-            cfg, model, "partial" if cfg.MODEL.ALLOW_PARTIAL_WEIGHTS else "most",
+            cfg, plain.model, "partial" if cfg.MODEL.ALLOW_PARTIAL_WEIGHTS else "most",
             trainer=weakref.proxy(self))
-        self.start_iter = 0
-        self.max_iter = cfg.SOLVER.MAX_ITER
-        self.cfg = cfg
-        self.register_hooks(self.build_hooks())
-
-    def build_hooks(self):
-        """DefaultTrainer's hooks, led by the one that keeps every process's random state for the
-        checkpoints (it runs first, before anything else of the iteration's end)."""
-        rng = RNGCheckpointHook(self.cfg.SOLVER.CHECKPOINT_PERIOD, self.cfg.SOLVER.MAX_ITER)
+        rng = RNGCheckpointHook(cfg.SOLVER.CHECKPOINT_PERIOD, cfg.SOLVER.MAX_ITER)
         return [rng] + super().build_hooks()
 
     def resume_or_load(self, resume=True):

@@ -1,7 +1,7 @@
 """File paths inside configs, read relative to the yaml file that names them.
 
 Detectron2 reads ``_BASE_`` relative to the yaml that names it; nst_det reads every file-path key
-(``MODEL.WEIGHTS``, ``MODEL.DISTILL.TEACHER_CONFIG``, ...) the same way, so a command works from any
+(``MODEL.WEIGHTS``, ``DISTILL.TEACHER.CONFIG``, ...) the same way, so a command works from any
 working directory. A relative path set in a yaml is looked for, in order, next to that yaml, in the
 current directory and in the repository root; one given on the command line (``KEY VALUE``) in the
 current directory and the repository root. The first that exists replaces the value by its absolute

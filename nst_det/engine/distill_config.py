@@ -17,8 +17,8 @@ from typing import Optional, Sequence
 from nst_det.engine.config_paths import yaml_chain
 from nst_det.losses.nst import check_kernel_args
 
-__all__ = ["add_distill_config", "check_distill_config", "check_renamed_keys", "RENAMED_KEYS",
-           "distill_weight_keys"]
+__all__ = ["add_distill_config", "check_distill_config", "check_feature_lists", "check_nst_kwargs",
+           "nst_loss_kwargs", "check_renamed_keys", "RENAMED_KEYS", "distill_weight_keys"]
 
 # Old key -> the key that replaces it, or a sentence saying why it has none.
 RENAMED_KEYS = {
@@ -109,6 +109,37 @@ def _check_number(key: str, value, valid, rule: str) -> None:
         raise ValueError(f"{key} is {value!r}: {rule}")
 
 
+def nst_loss_kwargs(nst) -> dict:
+    """The kernel arguments of :func:`nst_det.losses.nst_loss` that a ``DISTILL.NST`` node sets:
+    ``{"kernel", "degree", "coef", "sigma2"}``, with SIGMA2 0 as None (the data-driven bandwidth)."""
+    return dict(kernel=nst.KERNEL, degree=nst.DEGREE, coef=nst.COEF,
+                sigma2=nst.SIGMA2 if nst.SIGMA2 > 0 else None)
+
+
+def check_nst_kwargs(kwargs: dict) -> None:
+    """ValueError "DISTILL.NST: ..." for kernel arguments (as :func:`nst_loss_kwargs` gives them)
+    that :func:`nst_det.losses.nst_loss` refuses."""
+    try:
+        check_kernel_args(resize=None, **kwargs)
+    except ValueError as e:
+        raise ValueError(f"DISTILL.NST: {e}") from e
+
+
+def check_feature_lists(student_features: Sequence[str], teacher_features: Sequence[str],
+                        level_weights: Sequence[float]) -> None:
+    """ValueError naming the keys when DISTILL.TEACHER_FEATURES or DISTILL.LEVEL_WEIGHTS, where
+    given, has another length than DISTILL.STUDENT_FEATURES (the pairs are matched in order).
+    Checked on the config as loaded (empty lists are filled later, by each stage from its
+    networks) and again on the filled lists."""
+    student, teacher, weights = list(student_features), list(teacher_features), list(level_weights)
+    if teacher and len(teacher) != len(student):
+        raise ValueError(f"DISTILL.STUDENT_FEATURES {student} and DISTILL.TEACHER_FEATURES "
+                         f"{teacher} must name the same number of features (matched in order)")
+    if student and weights and len(weights) != len(student):
+        raise ValueError(f"DISTILL.LEVEL_WEIGHTS {weights} needs one weight per "
+                         f"entry of DISTILL.STUDENT_FEATURES {student} ([] = 1.0 each)")
+
+
 def check_distill_config(cfg) -> None:
     """ValueError naming the key and its value for a ``DISTILL`` setting that cannot be right: a
     negative or non-finite term weight or level weight, a DISTILL.LEVEL_WEIGHTS or
@@ -121,21 +152,11 @@ def check_distill_config(cfg) -> None:
         _check_number(key, d[key.split(".")[1]].WEIGHT, lambda w: w >= 0, weight_rule)
     for i, w in enumerate(d.LEVEL_WEIGHTS):
         _check_number(f"DISTILL.LEVEL_WEIGHTS[{i}]", w, lambda w: w >= 0, weight_rule)
-    student, teacher = list(d.STUDENT_FEATURES), list(d.TEACHER_FEATURES)
-    if teacher and len(teacher) != len(student):
-        raise ValueError(f"DISTILL.STUDENT_FEATURES {student} and DISTILL.TEACHER_FEATURES "
-                         f"{teacher} must name the same number of features (matched in order)")
-    if student and d.LEVEL_WEIGHTS and len(d.LEVEL_WEIGHTS) != len(student):
-        raise ValueError(f"DISTILL.LEVEL_WEIGHTS {list(d.LEVEL_WEIGHTS)} needs one weight per "
-                         f"entry of DISTILL.STUDENT_FEATURES {student} ([] = 1.0 each)")
+    check_feature_lists(d.STUDENT_FEATURES, d.TEACHER_FEATURES, d.LEVEL_WEIGHTS)
     _check_number("DISTILL.NST.SIGMA2", d.NST.SIGMA2, lambda s: s >= 0,
                   "the Gaussian bandwidth must be a finite number > 0, or 0 for the data-driven "
                   "rule")
-    try:
-        check_kernel_args(d.NST.KERNEL, d.NST.DEGREE, d.NST.COEF, d.NST.SIGMA2 or None,
-                          resize=None)
-    except ValueError as e:
-        raise ValueError(f"DISTILL.NST: {e}") from e
+    check_nst_kwargs(nst_loss_kwargs(d.NST))
     _check_number("DISTILL.KD.TEMPERATURE", d.KD.TEMPERATURE, lambda t: t > 0,
                   "the KD temperature must be a finite number > 0")
     _check_number("DISTILL.WARMUP_ITERS", d.WARMUP_ITERS, lambda n: n >= 0,

@@ -15,6 +15,7 @@ from typing import NamedTuple, Sequence
 
 import torch
 
+from nst_det.engine.distill_config import nst_loss_kwargs
 from nst_det.losses import nst_loss
 from nst_det.losses.nst import normalise_maps
 
@@ -47,9 +48,7 @@ def mmd2_to_teacher(student: torch.Tensor, teacher: torch.Tensor, nst) -> float:
     """The NST loss (MMD^2) of one image's student features [C_S, H, W] to the teacher's
     [C_T, H, W] with the kernel of ``nst`` (a config's DISTILL.NST: KERNEL, DEGREE, COEF, SIGMA2;
     SIGMA2 <= 0 = the data-driven bandwidth)."""
-    sigma2 = nst.SIGMA2 if nst.SIGMA2 > 0 else None
-    return nst_loss(student[None], teacher[None], kernel=nst.KERNEL, degree=nst.DEGREE,
-                    coef=nst.COEF, sigma2=sigma2).item()
+    return nst_loss(student[None], teacher[None], **nst_loss_kwargs(nst)).item()
 
 
 def kernel_text(nst) -> str:
