@@ -9,6 +9,7 @@ import sys
 
 import pytest
 import torch
+import yaml
 
 import nst_det.detection  # noqa: F401  (first: makes Detectron2 usable here, registers nst_det's models)
 from nst_det.classification.models import build_classifier
@@ -85,6 +86,11 @@ def test_training_skips_a_truncated_jpeg_and_zero_weights_need_no_teacher(tmp_pa
     assert "loss_cls" in out and "loss_nst" not in out and "loss_kd" not in out
     assert "epoch 1/1: val top-1" in out
     assert (tmp_path / "out" / "model_final.pth").is_file()
+    # Detectron2's default_setup: the run's config in config.yaml, the log in log.txt
+    saved = yaml.safe_load((tmp_path / "out" / "config.yaml").read_text())
+    assert saved["OUTPUT_DIR"] == str(tmp_path / "out")
+    assert saved["DISTILL"]["NST"]["WEIGHT"] == 0.0 and saved["MODEL"]["DEVICE"] == "cpu"
+    assert "epoch 1/1: val top-1" in (tmp_path / "out" / "log.txt").read_text()
 
 
 def test_distillation_with_a_teacher_file_next_to_its_yaml(tmp_path, imagenet):
