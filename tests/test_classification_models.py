@@ -1,6 +1,7 @@
 """Tests of nst_det/classification/models.py: classifiers by name and loading their weights."""
 import pytest
 import torch
+import torchvision
 
 import nst_det.detection  # noqa: F401  (first: makes Detectron2 usable here, registers nst_det's models)
 from nst_det.classification.models import available_classifiers, build_classifier
@@ -43,8 +44,24 @@ def test_demo_teacher_is_bigger_and_last_maps_share_spatial_size():
 
 
 def test_unknown_name_lists_available_names():
-    with pytest.raises(KeyError, match="resnet18.*inception_bn"):
+    with pytest.raises(KeyError, match=r"unknown classifier 'resnet19'; available: .*resnet18.*"
+                                       r"inception_bn, demo_teacher, demo_student, "
+                                       r"demo_student_wide"):
         build_classifier("resnet19", 10)
+
+
+def test_torchvision_names_come_from_torchvision_and_take_three_channels():
+    names = available_classifiers()
+    # torchvision's own names (list_models) of the families with a default tap, nst_det's after them
+    assert names[-4:] == ["inception_bn", "demo_teacher", "demo_student", "demo_student_wide"]
+    assert set(names[:-4]) <= set(torchvision.models.list_models(module=torchvision.models))
+    for name in ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d",
+                 "resnext101_32x8d", "wide_resnet50_2", "wide_resnet101_2", "mobilenet_v2",
+                 "mobilenet_v3_large", "efficientnet_b0", "densenet121"):
+        assert name in names
+    with pytest.raises(ValueError, match="torchvision model 'resnet18' takes 3-channel images, "
+                                         "not 1"):
+        build_classifier("resnet18", 10, in_channels=1)
 
 
 def _loaded(name, num_classes, path):
