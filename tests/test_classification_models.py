@@ -4,7 +4,8 @@ import torch
 import torchvision
 
 import nst_det.detection  # noqa: F401  (first: makes Detectron2 usable here, registers nst_det's models)
-from nst_det.classification.models import available_classifiers, build_classifier
+from nst_det.classification.models import (available_classifiers, build_classifier,
+                                           load_classifier_state_dict)
 from nst_det.classification.taps import FeatureTaps, default_tap
 from nst_det.engine.checkpointer import WeightsMismatchError, load_weights_strictly
 
@@ -84,6 +85,21 @@ def test_weights_round_trip_from_torchvision_state_dict_and_nst_det_checkpoint(t
                tmp_path / "ddp.pth")
     for path in ("plain.pth", "ckpt.pth", "ddp.pth"):
         torch.testing.assert_close(_loaded("demo_student", 4, tmp_path / path)(x), expected)
+
+
+def test_wrapper_prefixes_shared_by_all_keys_are_stripped_outermost_first(tmp_path):
+    weights = build_classifier("demo_student", 4).state_dict()
+    # DDP around the distillation student (FeatureTaps in "student.model"), beside other keys
+    wrapped = {f"module.student.model.{k}": v for k, v in weights.items()}
+    wrapped["module.heads.fitnet.weight"] = torch.zeros(1)
+    torch.save({"model": wrapped, "iteration": 3}, tmp_path / "wrapped.pth")
+    state = load_classifier_state_dict(str(tmp_path / "wrapped.pth"))
+    assert list(state) == list(weights)
+    # a prefix that only some keys have is kept
+    torch.save({"module.fc.weight": torch.zeros(1), "fc.bias": torch.zeros(1)},
+               tmp_path / "mixed.pth")
+    assert list(load_classifier_state_dict(str(tmp_path / "mixed.pth"))) == ["module.fc.weight",
+                                                                           "fc.bias"]
 
 
 def test_missing_weights_file_is_named(tmp_path):

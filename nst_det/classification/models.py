@@ -10,6 +10,7 @@ from typing import Dict
 import torch
 import torchvision
 from torch import nn
+from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
 from nst_det.inception_bn import InceptionBN, init_xavier_fan_in
 
@@ -147,6 +148,6 @@ def load_classifier_state_dict(path: str) -> Dict[str, torch.Tensor]:
             state = {k: v for k, v in state.items() if k.startswith("student.")}
         for prefix in _WRAPPER_PREFIXES:
             if state and all(k.startswith(prefix) for k in state):
-                state = {k[len(prefix):]: v for k, v in state.items()}
+                consume_prefix_in_state_dict_if_present(state, prefix)  # in place
                 changed = True
     return state
