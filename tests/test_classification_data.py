@@ -135,6 +135,11 @@ def test_train_and_val_with_other_class_folders_are_refused(tmp_path):
     shutil.rmtree(tmp_path / "imagenet" / "val" / "ant")
     with pytest.raises(ValueError, match=r"\(2 folders\): only in train/: \[cat\]\. A label"):
         build_cls_dataset(_cfg(root, 2), train=False)
+    shutil.rmtree(tmp_path / "imagenet" / "val")
+    (tmp_path / "imagenet" / "val").mkdir()  # a val/ without class folders
+    with pytest.raises(ValueError, match=r"'.*imagenet/val' \(0 folders\): only in train/: "
+                                         r"\[cat, dog, owl\]\. A label"):
+        build_cls_dataset(_cfg(root, 3), train=True)
 
 
 def test_num_classes_other_than_the_class_folders_is_refused(tmp_path):

@@ -1,9 +1,11 @@
 """Tests of nst_det/classification/models.py: classifiers by name and loading their weights."""
 import pytest
 import torch
+import torchvision
 
 import nst_det.detection  # noqa: F401  (first: makes Detectron2 usable here, registers nst_det's models)
-from nst_det.classification.models import available_classifiers, build_classifier
+from nst_det.classification.models import (available_classifiers, build_classifier,
+                                           load_classifier_state_dict)
 from nst_det.classification.taps import FeatureTaps, default_tap
 from nst_det.engine.checkpointer import WeightsMismatchError, load_weights_strictly
 
@@ -43,8 +45,24 @@ def test_demo_teacher_is_bigger_and_last_maps_share_spatial_size():
 
 
 def test_unknown_name_lists_available_names():
-    with pytest.raises(KeyError, match="resnet18.*inception_bn"):
+    with pytest.raises(KeyError, match=r"unknown classifier 'resnet19'; available: .*resnet18.*"
+                                       r"inception_bn, demo_teacher, demo_student, "
+                                       r"demo_student_wide"):
         build_classifier("resnet19", 10)
+
+
+def test_torchvision_names_come_from_torchvision_and_take_three_channels():
+    names = available_classifiers()
+    # torchvision's own names (list_models) of the families with a default tap, nst_det's after them
+    assert names[-4:] == ["inception_bn", "demo_teacher", "demo_student", "demo_student_wide"]
+    assert set(names[:-4]) <= set(torchvision.models.list_models(module=torchvision.models))
+    for name in ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d",
+                 "resnext101_32x8d", "wide_resnet50_2", "wide_resnet101_2", "mobilenet_v2",
+                 "mobilenet_v3_large", "efficientnet_b0", "densenet121"):
+        assert name in names
+    with pytest.raises(ValueError, match="torchvision model 'resnet18' takes 3-channel images, "
+                                         "not 1"):
+        build_classifier("resnet18", 10, in_channels=1)
 
 
 def _loaded(name, num_classes, path):
@@ -67,6 +85,21 @@ def test_weights_round_trip_from_torchvision_state_dict_and_nst_det_checkpoint(t
                tmp_path / "ddp.pth")
     for path in ("plain.pth", "ckpt.pth", "ddp.pth"):
         torch.testing.assert_close(_loaded("demo_student", 4, tmp_path / path)(x), expected)
+
+
+def test_wrapper_prefixes_shared_by_all_keys_are_stripped_outermost_first(tmp_path):
+    weights = build_classifier("demo_student", 4).state_dict()
+    # DDP around the distillation student (FeatureTaps in "student.model"), beside other keys
+    wrapped = {f"module.student.model.{k}": v for k, v in weights.items()}
+    wrapped["module.heads.fitnet.weight"] = torch.zeros(1)
+    torch.save({"model": wrapped, "iteration": 3}, tmp_path / "wrapped.pth")
+    state = load_classifier_state_dict(str(tmp_path / "wrapped.pth"))
+    assert list(state) == list(weights)
+    # a prefix that only some keys have is kept
+    torch.save({"module.fc.weight": torch.zeros(1), "fc.bias": torch.zeros(1)},
+               tmp_path / "mixed.pth")
+    assert list(load_classifier_state_dict(str(tmp_path / "mixed.pth"))) == ["module.fc.weight",
+                                                                           "fc.bias"]
 
 
 def test_missing_weights_file_is_named(tmp_path):

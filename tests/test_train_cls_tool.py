@@ -4,11 +4,14 @@ needs, and a tiny ImageNet in the official layout ($NST_DATASETS/imagenet/{train
 nst_det.research.official_layout.write_imagenet). Every bad input ends the run with a nonzero exit and
 a message naming the culprit; MODEL.DEVICE is checked before anything is built."""
 import os
+import pickle
+import runpy
 import subprocess
 import sys
 
 import pytest
 import torch
+import yaml
 
 import nst_det.detection  # noqa: F401  (first: makes Detectron2 usable here, registers nst_det's models)
 from nst_det.classification.models import build_classifier
@@ -85,6 +88,11 @@ def test_training_skips_a_truncated_jpeg_and_zero_weights_need_no_teacher(tmp_pa
     assert "loss_cls" in out and "loss_nst" not in out and "loss_kd" not in out
     assert "epoch 1/1: val top-1" in out
     assert (tmp_path / "out" / "model_final.pth").is_file()
+    # Detectron2's default_setup: the run's config in config.yaml, the log in log.txt
+    saved = yaml.safe_load((tmp_path / "out" / "config.yaml").read_text())
+    assert saved["OUTPUT_DIR"] == str(tmp_path / "out")
+    assert saved["DISTILL"]["NST"]["WEIGHT"] == 0.0 and saved["MODEL"]["DEVICE"] == "cpu"
+    assert "epoch 1/1: val top-1" in (tmp_path / "out" / "log.txt").read_text()
 
 
 def test_distillation_with_a_teacher_file_next_to_its_yaml(tmp_path, imagenet):
@@ -150,3 +158,61 @@ def test_negative_distillation_weight_is_refused_before_anything_is_built(tmp_pa
     assert ("ValueError: DISTILL.KD.WEIGHT is -1.0: a distillation weight must be a finite "
             "number >= 0 (0 turns the term off)") in out, out
     assert not (tmp_path / "out").exists()
+
+
+def test_a_bad_config_stops_two_processes_before_either_starts(tmp_path):
+    """The config is loaded and checked in the launching process: the error comes from there, not
+    from a spawned process."""
+    code, out = _train_cls(tmp_path, _config("nst_poly_kd.yaml"), "--num-gpus", "2", *CPU,
+                           "DISTILL.KD.WEIGHT", "-1.0")
+    assert code != 0
+    assert "ValueError: DISTILL.KD.WEIGHT is -1.0" in out, out
+    # torch.multiprocessing's report of an error raised in a spawned process
+    assert "terminated with the following error" not in out, out
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_config_is_loaded_once_and_handed_to_every_process(tmp_path, monkeypatch):
+    """tools/train_cls.py --num-gpus 2 reads and checks its config once; each process gets that
+    config (through pickle, as spawn hands it over) and reads no file again."""
+    import nst_det.classification.config as config
+    import nst_det.classification.trainer as trainer
+    import nst_det.engine.launch as launch
+
+    loaded, setups = [], []
+
+    def load_cls_config(*args, **kwargs):
+        loaded.append(args)
+        return load(*args, **kwargs)
+
+    def fake_launch(main_func, num_processes, num_machines=1, machine_rank=0, dist_url=None,
+                    args=()):
+        for _ in range(num_processes):
+            main_func(*pickle.loads(pickle.dumps(args)))
+
+    class Trainer:
+        def __init__(self, cfg, eval_only, eval_teacher):
+            setups.append(("trainer", cfg))
+
+        def resume_or_load(self, resume):
+            pass
+
+        def train(self):
+            return {}
+
+    load = config.load_cls_config
+    monkeypatch.setattr(config, "load_cls_config", load_cls_config)
+    monkeypatch.setattr(launch, "launch", fake_launch)
+    monkeypatch.setattr(trainer, "ClsTrainer", Trainer)
+    monkeypatch.setattr(trainer, "default_cls_setup",
+                        lambda cfg, args: setups.append(("setup", cfg)))
+    monkeypatch.setattr(sys, "argv", [TOOL, "--num-gpus", "2", "--config-file",
+                                      os.path.join(ROOT, "configs", "demo", "cls_student.yaml"),
+                                      "OUTPUT_DIR", str(tmp_path / "out")])
+    runpy.run_path(TOOL, run_name="__main__")
+    assert len(loaded) == 1
+    expected = load(os.path.join(ROOT, "configs", "demo", "cls_student.yaml"),
+                    ["OUTPUT_DIR", str(tmp_path / "out")])
+    assert [step for step, _ in setups] == ["setup", "trainer"] * 2
+    for _, cfg in setups:
+        assert cfg == expected and cfg.is_frozen()

@@ -31,15 +31,11 @@ def load_config(args):
     return cfg
 
 
-def setup(args):
-    """:func:`load_config`; logging; config.yaml in OUTPUT_DIR."""
-    cfg = load_config(args)
+def main(args, cfg):
+    """One process of the job: ``cfg`` is the config that :func:`load_config` loaded and checked
+    once, before any process started; Detectron2's setup (nst_det.classification.trainer.
+    default_cls_setup: logging, config.yaml in OUTPUT_DIR, seed), then training or evaluation."""
     default_cls_setup(cfg, args)
-    return cfg
-
-
-def main(args):
-    cfg = setup(args)
     trainer = ClsTrainer(cfg, eval_only=args.eval_only,
                          eval_teacher=args.eval_only and args.eval_teacher)
     trainer.resume_or_load(resume=args.resume)
@@ -62,6 +58,6 @@ def argument_parser():
 if __name__ == "__main__":
     args = argument_parser().parse_args()
     print("Command Line Args:", args)
-    load_config(args)  # a bad config or MODEL.DEVICE stops here, before any process starts
+    cfg = load_config(args)  # a bad config or MODEL.DEVICE stops here, before any process starts
     launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
-               dist_url=args.dist_url, args=(args,))
+           dist_url=args.dist_url, args=(args, cfg))

@@ -22,6 +22,7 @@ from detectron2.data.samplers import InferenceSampler
 from detectron2.utils import comm
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchvision import datasets
+from torchvision.datasets.folder import find_classes
 
 from nst_det.engine.config_paths import missing_path_message
 from nst_det.engine.distill_config import _check_number
@@ -145,8 +146,12 @@ class ImageNetFolder(datasets.ImageFolder):
 
 
 def _class_folders(path: str):
-    """Class folder names of one split, as ImageFolder finds them (sorted sub-folders)."""
-    return sorted(entry.name for entry in os.scandir(path) if entry.is_dir())
+    """Class folder names of one split, as ImageFolder finds them (torchvision's find_classes:
+    sorted sub-folders); [] where there is none."""
+    try:
+        return find_classes(path)[0]
+    except FileNotFoundError:  # find_classes: "Couldn't find any class folder"
+        return []
 
 
 def _few(names, k: int = 8) -> str:

@@ -10,6 +10,7 @@ from typing import Dict
 import torch
 import torchvision
 from torch import nn
+from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
 from nst_det.inception_bn import InceptionBN, init_xavier_fan_in
 
@@ -67,31 +68,24 @@ class DemoNet(nn.Module):
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
+# torchvision's classification models (torchvision.models.list_models) of the families whose last
+# feature map nst_det.classification.taps knows (its default tap), built by torchvision's
+# get_model.
+_TORCHVISION_FAMILIES = ("resnet*", "resnext*", "wide_resnet*", "mobilenet*", "efficientnet*",
+                         "densenet*")
+_TORCHVISION_NAMES = tuple(torchvision.models.list_models(module=torchvision.models,
+                                                          include=_TORCHVISION_FAMILIES))
+
+
 def _torchvision(builder_name):
     def build(num_classes, in_channels):
         if in_channels != 3:
             raise ValueError(f"torchvision model '{builder_name}' takes 3-channel images, not {in_channels}")
         # weights=None: random init; trained weights come from a local file (``weights=``).
-        return getattr(torchvision.models, builder_name)(weights=None, num_classes=num_classes)
+        return torchvision.models.get_model(builder_name, weights=None, num_classes=num_classes)
 
     return build
 
-
-_TORCHVISION_NAMES = (
-    "resnet18",
-    "resnet34",
-    "resnet50",
-    "resnet101",
-    "resnet152",
-    "resnext50_32x4d",
-    "resnext101_32x8d",
-    "wide_resnet50_2",
-    "wide_resnet101_2",
-    "mobilenet_v2",
-    "mobilenet_v3_large",
-    "efficientnet_b0",
-    "densenet121",
-)
 
 _BUILDERS = OrderedDict((name, _torchvision(name)) for name in _TORCHVISION_NAMES)
 _BUILDERS["inception_bn"] = lambda num_classes, in_channels: InceptionBNClassifier(num_classes, in_channels)
@@ -154,6 +148,6 @@ def load_classifier_state_dict(path: str) -> Dict[str, torch.Tensor]:
             state = {k: v for k, v in state.items() if k.startswith("student.")}
         for prefix in _WRAPPER_PREFIXES:
             if state and all(k.startswith(prefix) for k in state):
-                state = {k[len(prefix):]: v for k, v in state.items()}
+                consume_prefix_in_state_dict_if_present(state, prefix)  # in place
                 changed = True
     return state

@@ -7,7 +7,8 @@ and SOLVER.CHECKPOINT_PERIOD count epochs -- converted to iterations once, by
 :func:`epoch_schedule`. Everything runs on ``MODEL.DEVICE`` (CUDA asked for on a machine without
 one is an error, never a silent fall-back to the CPU). On CUDA, ``SOLVER.AMP`` turns on autocast +
 ``GradScaler``. Under torch.distributed the student is wrapped by ``DistributedDataParallel``; the
-frozen teacher is not. Only rank 0 writes files.
+frozen teacher is not. Only rank 0 writes files (apart from Detectron2's log of each process,
+``log.txt.rank<N>``, when :func:`default_cls_setup` ran).
 
 Hooks (Detectron2's): ``IterationTimer``, ``LRScheduler`` (the step schedule),
 ``PeriodicCheckpointer`` (atomic checkpoints every SOLVER.CHECKPOINT_PERIOD epochs and after the
@@ -16,16 +17,17 @@ validation set after each epoch) and ``PeriodicWriter`` (console with ETA, ``met
 TensorBoard, every LOG_PERIOD iterations).
 """
 import logging
-import os
 import weakref
 from typing import Iterator
 
 import torch
+from detectron2.config import CfgNode as D2CfgNode
 from detectron2.engine import TrainerBase, hooks
-from detectron2.engine.defaults import default_writers
+from detectron2.engine.defaults import default_setup, default_writers
 from detectron2.solver import LRMultiplier
 from detectron2.utils import comm
 from detectron2.utils.env import seed_all_rng
+from detectron2.utils.logger import setup_logger
 from fvcore.common.param_scheduler import MultiStepParamScheduler
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -281,21 +283,14 @@ class ClsTrainer(ResumableTrainer, TrainerBase):
 
 
 def default_cls_setup(cfg, args=None) -> None:
-    """Logging (console; rank 0 also to OUTPUT_DIR/log.txt), the run's config saved by rank 0 to
-    OUTPUT_DIR/config.yaml. No other process writes a file."""
-    from detectron2.utils.logger import setup_logger
-
-    rank = comm.get_rank()
-    output = None
-    if comm.is_main_process():
-        os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
-        output = cfg.OUTPUT_DIR
-    setup_logger(output, distributed_rank=rank, name="fvcore")
-    setup_logger(output, distributed_rank=rank, name="detectron2")
-    setup_logger(output, distributed_rank=rank, name="nst_det", abbrev_name="nst_det")
-    logger.info(f"Rank {rank} of {comm.get_world_size()}; command line arguments: {args}")
-    if comm.is_main_process():
-        path = os.path.join(cfg.OUTPUT_DIR, "config.yaml")
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(cfg.dump())
-        logger.info(f"Running with full config (saved to {path}):\n{cfg.dump()}")
+    """Detectron2's ``default_setup`` (as ``tools/train_net.py``): OUTPUT_DIR made by rank 0, the
+    fvcore and detectron2 loggers (console; OUTPUT_DIR/log.txt, ``log.txt.rank<N>`` above rank 0),
+    the environment, command line and config logged, the config saved by rank 0 to
+    OUTPUT_DIR/config.yaml, SEED + rank seeded (as :class:`ClsTrainer` does), cudnn benchmark off
+    (the classification config has no CUDNN_BENCHMARK); then the nst_det logger to the same
+    files."""
+    # default_setup reads and saves a config it recognises as Detectron2's CfgNode; the
+    # classification config is fvcore's (no VERSION key): the same tree, the same dump().
+    default_setup(D2CfgNode(cfg), args)
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="nst_det",
+                 abbrev_name="nst_det")

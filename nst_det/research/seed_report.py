@@ -6,6 +6,7 @@ import json
 import math
 import os
 import shlex
+import statistics
 import sys
 from typing import Dict, List, Sequence, Tuple
 
@@ -34,10 +35,10 @@ def mean_std(values: Sequence[float]) -> Tuple[float, float]:
     values = [float(v) for v in values]
     if not values:
         raise ValueError("mean_std of no values")
-    mean = sum(values) / len(values)
-    if len(values) == 1:
+    mean = statistics.mean(values)
+    if len(values) == 1:  # statistics.stdev needs two
         return mean, 0.0
-    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+    return mean, statistics.stdev(values, mean)
 
 
 def format_mean_std(values: Sequence[float], digits: int = 1) -> str:
@@ -131,7 +132,7 @@ def plot_seed_runs(path: str, title: str, metrics: Dict[str, Dict[str, List[floa
                     ax.plot(iterations, values, color=color, ls=style, lw=0.6, alpha=0.35)
                 common = min(len(r[0]) for r in runs)
                 if common:
-                    mean = [sum(r[1][i] for r in runs) / len(runs) for i in range(common)]
+                    mean = [statistics.mean(r[1][i] for r in runs) for i in range(common)]
                     ax.plot(runs[0][0][:common], mean, color=color, ls=style, lw=1.6,
                             label=f"{variant}: {label}")
         ax.set_xlabel("iteration")
