@@ -1,7 +1,7 @@
 """Tiny generated data and configs for the tests of the classification stage (CPU, seconds)."""
 import torch
 
-import nst_det.detection  # noqa: F401  (first: makes Detectron2 usable here, registers nst_det's models)
+import nst_det.classification  # noqa: F401  (first: makes Detectron2 usable here)
 from nst_det.classification.config import get_cls_config
 from nst_det.classification.models import build_classifier
 

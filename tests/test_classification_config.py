@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-import nst_det.detection  # noqa: F401  (first: makes Detectron2 usable here, registers nst_det's models)
+import nst_det.classification  # noqa: F401  (first: makes Detectron2 usable here)
 from nst_det.classification.config import get_cls_config, load_cls_config
 from nst_det.engine.distill_config import check_distill_config
 

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 from torchvision import transforms
 
-import nst_det.detection  # noqa: F401  (first: makes Detectron2 usable here, registers nst_det's models)
+import nst_det.classification  # noqa: F401  (first: makes Detectron2 usable here)
 from nst_det.classification.config import get_cls_config
 from nst_det.classification.data import (
     DIGITS_NUM_TRAIN,

@@ -3,7 +3,7 @@ import pytest
 import torch
 import torchvision
 
-import nst_det.detection  # noqa: F401  (first: makes Detectron2 usable here, registers nst_det's models)
+import nst_det.classification  # noqa: F401  (first: makes Detectron2 usable here)
 from nst_det.classification.models import (available_classifiers, build_classifier,
                                            load_classifier_state_dict)
 from nst_det.classification.taps import FeatureTaps, default_tap

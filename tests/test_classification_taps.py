@@ -5,7 +5,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
-import nst_det.detection  # noqa: F401  (first: makes Detectron2 usable here, registers nst_det's models)
+import nst_det.classification  # noqa: F401  (first: makes Detectron2 usable here)
 from nst_det.classification.models import build_classifier
 from nst_det.classification.taps import FeatureTaps, default_tap, tappable_layers
 

@@ -323,7 +323,6 @@ ALIAS_CALLS = {
 
 
 def _uses_alias(module_name):
-    import importlib
 
     return bool(_d2_compat.missing_numpy_aliases(importlib.import_module(module_name),
                                                  numpy_module=types.ModuleType("no_aliases")))
@@ -356,7 +355,6 @@ def test_numpy_alias_fix_makes_the_crashing_call_work(module_name, monkeypatch, 
     'str'``; ``get_detection_dataset_dicts`` logs no class histogram (its ``np.int`` error is
     swallowed); ``SemSegEvaluator``: ``... no attribute 'int'``; the VOC evaluator, polygon
     masks and the visualizers: ``... no attribute 'bool'``."""
-    import importlib
 
     module = importlib.import_module(module_name)
     call, alias, broken = ALIAS_CALLS[module_name]
@@ -389,7 +387,6 @@ def test_alias_using_calls_work_after_import_nst_det(module_name, tmp_path, capl
 def test_numpy_alias_fixes_active_on_this_stack():
     """After ``import nst_det``: every listed module that uses an alias this numpy lacks has its
     proxy and its entry in APPLIED; numpy itself gained nothing."""
-    import importlib
 
     for module_name in _d2_compat.NUMPY_ALIAS_MODULES:
         module = importlib.import_module(module_name)
@@ -416,7 +413,6 @@ def test_numpy_alias_fixes_active_on_this_stack():
 
 def test_numpy_alias_fix_is_inactive_where_numpy_has_the_aliases(monkeypatch):
     """With a numpy that has every alias (numpy < 1.24) the fix changes no module."""
-    import importlib
 
     with warnings.catch_warnings():  # numpy >= 2.4 warns on looking up np.str / np.object
         warnings.simplefilter("ignore", FutureWarning)

@@ -13,7 +13,7 @@ import pytest
 import torch
 import yaml
 
-import nst_det.detection  # noqa: F401  (first: makes Detectron2 usable here, registers nst_det's models)
+import nst_det.classification  # noqa: F401  (first: makes Detectron2 usable here)
 from nst_det.classification.models import build_classifier
 from nst_det.research.official_layout import IMAGENET_CLASSES, write_imagenet
 
