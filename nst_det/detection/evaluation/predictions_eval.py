@@ -23,12 +23,13 @@ from collections import OrderedDict, defaultdict
 from typing import Iterable, List, Optional, Sequence, Union
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.data.datasets import register_coco_instances, register_pascal_voc
+from detectron2.data.datasets import register_coco_instances
 from detectron2.data.datasets.coco import convert_to_coco_json
 from detectron2.data.datasets.pascal_voc import CLASS_NAMES as VOC_CLASS_NAMES
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from ..data.registration import register_voc, unregister
 from .evaluators import coco_summary, voc_metrics
 
 __all__ = ["load_coco_predictions", "check_predictions", "dataset_metadata", "dataset_description",
@@ -177,9 +178,7 @@ def dataset_description(dataset_name: str) -> str:
 def _private_name(kind: str, *key) -> str:
     digest = hashlib.sha1(repr(key).encode()).hexdigest()[:12]
     name = f"_eval_predictions_{kind}_{digest}"
-    if name in DatasetCatalog.list():  # registered again: the files may have changed
-        DatasetCatalog.remove(name)
-        MetadataCatalog.remove(name)
+    unregister(name)  # registered again: the files may have changed
     return name
 
 
@@ -200,8 +199,7 @@ def register_coco_ground_truth(json_file: str, image_root: Optional[str] = None)
         with contextlib.redirect_stdout(io.StringIO()):
             DatasetCatalog.get(name)
     except (ValueError, KeyError, TypeError, AssertionError) as e:
-        DatasetCatalog.remove(name)
-        MetadataCatalog.remove(name)
+        unregister(name)
         raise ValueError(f"ground-truth file '{json_file}' (--gt) is not a COCO instances JSON: "
                          f"{type(e).__name__}: {e}") from e
     return name
@@ -229,15 +227,12 @@ def register_voc_folder(dirname: str, split: str = "test", year: Optional[int] =
     if not class_names or not all(class_names) or len(set(class_names)) != len(class_names):
         raise ValueError(f"--classes must name distinct, non-empty classes, got {class_names}")
     name = _private_name("voc", os.path.abspath(dirname), split, int(year), class_names)
-    register_pascal_voc(name, dirname, split, int(year), class_names)
-    MetadataCatalog.get(name).set(
-        evaluator_type="pascal_voc",
-        description=f"VOC folder '{dirname}' split '{split}' (--voc-root)")
+    register_voc(name, dirname, split, int(year), class_names,
+                 description=f"VOC folder '{dirname}' split '{split}' (--voc-root)")
     try:
         DatasetCatalog.get(name)  # Detectron2's loader: every listed annotation, known classes
     except ValueError as e:
-        DatasetCatalog.remove(name)
-        MetadataCatalog.remove(name)
+        unregister(name)
         if "is not in list" not in str(e):  # load_voc_instances' class_names.index(name)
             raise
         raise ValueError(f"VOC folder '{dirname}' (--voc-root): an annotation names a class that "
