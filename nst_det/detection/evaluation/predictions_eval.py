@@ -14,6 +14,7 @@ error naming the file, the entry's index and image id, the field and its value, 
 """
 import contextlib
 import hashlib
+import inspect
 import io
 import json
 import math
@@ -26,6 +27,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import register_coco_instances
 from detectron2.data.datasets.coco import convert_to_coco_json
 from detectron2.data.datasets.pascal_voc import CLASS_NAMES as VOC_CLASS_NAMES
+from detectron2.evaluation.coco_evaluation import _evaluate_predictions_on_coco
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
@@ -38,6 +40,14 @@ __all__ = ["load_coco_predictions", "check_predictions", "dataset_metadata", "da
            "evaluate_predictions_file"]
 
 _REQUIRED_KEYS = ("image_id", "category_id", "bbox", "score")
+
+# pycocotools' own COCOeval (not Detectron2's faster, unofficial one) in Detectron2's
+# _evaluate_predictions_on_coco: chosen by `cocoeval_fn` on Detectron2's main, by
+# `use_fast_impl` on v0.6.
+_OFFICIAL_COCOEVAL = (
+    {"cocoeval_fn": COCOeval}
+    if "cocoeval_fn" in inspect.signature(_evaluate_predictions_on_coco).parameters
+    else {"use_fast_impl": False})
 
 
 def _is_number(value) -> bool:
@@ -326,13 +336,9 @@ def evaluate_predictions_coco(predictions: List[dict], dataset_name: str,
         with contextlib.redirect_stdout(io.StringIO()):
             coco_gt = COCO(json_file)
     check_predictions(predictions, path, coco_gt.getImgIds(), coco_gt.getCatIds(), dataset_name)
-    summary = io.StringIO()
-    with contextlib.redirect_stdout(summary):
-        coco_dt = coco_gt.loadRes(predictions)
-        coco_eval = COCOeval(coco_gt, coco_dt, "bbox")
-        coco_eval.evaluate()
-        coco_eval.accumulate()
-        coco_eval.summarize()
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools' prints
+        coco_eval = _evaluate_predictions_on_coco(coco_gt, predictions, "bbox",
+                                                  **_OFFICIAL_COCOEVAL)
     return coco_summary(coco_eval, meta.thing_classes)
 
 
