@@ -159,3 +159,43 @@ def test_not_rank_zero_writes_nothing(tmp_path):
     model = nn.Linear(3, 2)
     AtomicCheckpointer(model, str(tmp_path), save_to_disk=False).save("model_final")
     assert _files(tmp_path) == []
+
+
+def test_resume_candidates_are_the_trainer_checkpoints_only(tmp_path):
+    ckpt, _, _ = _checkpointer(tmp_path)
+    ckpt.save("model_0000005")
+    for name in ("teacher.pth", "model_best.pth", ".model_0000009.pth.x1.tmp"):
+        (tmp_path / name).write_bytes(b"")
+    (tmp_path / "model_0000009.pth").mkdir()  # a folder, not a checkpoint
+    atomic_write_text("", str(tmp_path / "last_checkpoint"))  # an empty tag names nothing
+    assert [os.path.basename(p) for p in ckpt.resume_candidates()] == ["model_0000005.pth"]
+    assert _checkpointer(tmp_path / "not_yet_created")[0].resume_candidates() == []
+
+
+def test_resume_falls_back_also_where_a_failed_load_leaves_detectron2_mains_state(tmp_path,
+                                                                                monkeypatch):
+    """Detectron2's main asserts in DetectionCheckpointer.load that no load is under way
+    (``_parsed_url_during_load`` is None), sets it, and clears it only after a successful load:
+    after the newest checkpoint fails to load, the same checkpointer loads the one before."""
+    from urllib.parse import urlparse
+
+    from detectron2.checkpoint import DetectionCheckpointer
+    from fvcore.common.checkpoint import Checkpointer
+
+    def load_as_on_main(self, path, *args, **kwargs):
+        assert getattr(self, "_parsed_url_during_load", None) is None
+        self._parsed_url_during_load = urlparse(path)
+        loaded = Checkpointer.load(self, path, *args, **kwargs)
+        self._parsed_url_during_load = None
+        return loaded
+
+    monkeypatch.setattr(DetectionCheckpointer, "load", load_as_on_main)
+    ckpt, _, counter = _checkpointer(tmp_path)
+    for iteration in (3, 7):
+        counter.value = iteration
+        ckpt.save(f"model_{iteration:07d}")
+    _truncate(str(tmp_path / "model_0000007.pth"))
+    fresh, _, fresh_counter = _checkpointer(tmp_path, seed=1)
+    fresh.resume_or_load("", resume=True)
+    assert fresh_counter.value == 3
+    assert fresh._parsed_url_during_load is None

@@ -20,7 +20,6 @@ __all__ = [
     "atomic_write_text",
     "unreadable_checkpoint",
     "load_checkpoint",
-    "read_last_checkpoint",
     "load_newest_readable",
 ]
 
@@ -100,16 +99,6 @@ def load_checkpoint(path: str, source: str = "nst_det") -> dict:
         raise UnreadableCheckpointError(
             f"checkpoint file '{path}' is not a checkpoint of {source} (no 'model' key)")
     return ckpt
-
-
-def read_last_checkpoint(folder: str) -> Optional[str]:
-    """The path that ``folder/last_checkpoint`` names, or None when there is no such tag."""
-    tag = os.path.join(folder, LAST_CHECKPOINT)
-    if not os.path.isfile(tag):
-        return None
-    with open(tag, encoding="utf-8") as f:
-        name = f.read().strip()
-    return os.path.join(folder, name) if name else None
 
 
 def load_newest_readable(candidates: Iterable[str], load: Callable[[str], object], folder: str

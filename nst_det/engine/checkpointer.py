@@ -3,7 +3,6 @@ fvcore ``Checkpointer``) with checkpoints that are never half-written, errors th
 ``--resume`` that falls back to the newest complete checkpoint when the last one cannot be read,
 and weights refused when they leave the model (partly) unloaded; and :func:`load_weights_strictly`,
 the one strict loader of a teacher's (or any fixed model's) weights."""
-import glob
 import hashlib
 import os
 import re
@@ -20,7 +19,6 @@ from .atomic import (
     atomic_save,
     atomic_write_text,
     load_newest_readable,
-    read_last_checkpoint,
     unreadable_checkpoint,
 )
 
@@ -182,20 +180,30 @@ class AtomicCheckpointer(DetectionCheckpointer):
         FileNotFoundError naming it (URLs are left to Detectron2's path manager)."""
         if path and "://" not in path and not os.path.isfile(path):
             raise FileNotFoundError(f"checkpoint file '{path}' does not exist")
-        return super().load(path, *args, **kwargs)
+        try:
+            return super().load(path, *args, **kwargs)
+        except BaseException:
+            # Detectron2's main sets _parsed_url_during_load while loading and clears it only
+            # after a success (v0.6 has no such state); the next load, the fallback of --resume
+            # to an older checkpoint, would fail its assert.
+            if getattr(self, "_parsed_url_during_load", None) is not None:
+                self._parsed_url_during_load = None
+            raise
 
     def resume_candidates(self) -> List[str]:
         """Checkpoints in ``save_dir``, newest first: the one ``last_checkpoint`` names, then
-        ``model_final.pth`` and ``model_<iteration>.pth`` by decreasing iteration."""
-        if not self.save_dir:
+        ``model_final.pth`` and ``model_<iteration>.pth`` by decreasing iteration (fvcore's
+        ``get_checkpoint_file`` and ``get_all_checkpoint_files``)."""
+        if not self.save_dir or not self.path_manager.isdir(self.save_dir):
             return []
         paths = []
-        tagged = read_last_checkpoint(self.save_dir)
-        if tagged:
+        tagged = self.get_checkpoint_file()  # "" without a tag, save_dir/ for an empty one
+        if os.path.basename(tagged):
             paths.append(tagged)
         by_iteration = []
-        for path in glob.glob(os.path.join(glob.escape(self.save_dir), "model_*.pth")):
-            m = _ITERATION_FILE.search(path)
+        for path in self.get_all_checkpoint_files():
+            name = os.path.basename(path)
+            m = _ITERATION_FILE.search(name) if name.startswith("model_") else None
             if m:
                 iteration = float("inf") if m.group(1) == "final" else int(m.group(1))
                 by_iteration.append((iteration, path))

@@ -15,9 +15,11 @@ import os
 from typing import Dict, List
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.data.datasets import register_coco_instances, register_pascal_voc
+from detectron2.data.datasets import register_coco_instances
 
 from nst_det.engine.config_paths import missing_path_message
+
+from .registration import register_voc
 
 __all__ = ["COCO_CUSTOM_KEY", "VOC_CUSTOM_KEY", "CUSTOM_PATH_ENTRIES",
            "add_custom_datasets_config", "check_custom_datasets", "register_custom_datasets"]
@@ -168,8 +170,7 @@ def _register_voc(index: int, name: str, dirname: str, split: str, year: int,
     definition = {"dirname": dirname, "split": split, "year": year, "thing_classes": class_names,
                   "evaluator_type": "pascal_voc"}
     if not _already_registered(name, definition, _label(key, index)):
-        register_pascal_voc(name, os.path.abspath(dirname), split, year, class_names)
-        MetadataCatalog.get(name).set(evaluator_type="pascal_voc")
+        register_voc(name, os.path.abspath(dirname), split, year, class_names)
 
 
 _REGISTER = {COCO_CUSTOM_KEY: _register_coco, VOC_CUSTOM_KEY: _register_voc}

@@ -10,8 +10,10 @@ Both go through Detectron2's own ``register_pascal_voc`` / ``load_voc_instances`
 import os
 from typing import Callable, Optional
 
-from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.data.datasets import register_coco_instances, register_pascal_voc
+from detectron2.data import DatasetCatalog
+from detectron2.data.datasets import register_coco_instances
+
+from .registration import register_voc, unregister
 
 __all__ = ["CLASS_NAMES", "SPLITS", "DEMO_DIRNAME", "demo_root", "demo_dataset_names",
            "demo_data_exists", "register_demo_datasets"]
@@ -85,12 +87,8 @@ def register_demo_datasets(datasets_root: Optional[str] = None) -> str:
     for split in SPLITS:
         voc_name, coco_name = demo_dataset_names("voc", split), demo_dataset_names("coco", split)
         for name in (voc_name, coco_name):
-            if name in DatasetCatalog.list():
-                DatasetCatalog.remove(name)
-            if name in MetadataCatalog.list():
-                MetadataCatalog.remove(name)
-        register_pascal_voc(voc_name, dirname, split, DEMO_VOC_YEAR, list(CLASS_NAMES))
-        MetadataCatalog.get(voc_name).set(evaluator_type="pascal_voc")
+            unregister(name)
+        register_voc(voc_name, dirname, split, DEMO_VOC_YEAR, CLASS_NAMES)
         _check_data_when_loading(voc_name, dirname)
         register_coco_instances(
             coco_name,

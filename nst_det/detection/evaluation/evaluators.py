@@ -5,6 +5,7 @@ import math
 import os
 import tempfile
 from collections import OrderedDict, defaultdict
+from types import SimpleNamespace
 from typing import Dict, List, Optional, Sequence
 
 from detectron2.data import MetadataCatalog
@@ -79,30 +80,45 @@ class VOCDetectionEvaluator(PascalVOCDetectionEvaluator):
         return OrderedDict(bbox=results)
 
 
+def _silent_logger() -> logging.Logger:
+    silent = logging.Logger(f"{__name__}.silent")  # in no hierarchy: reaches no handler
+    silent.disabled = True
+    return silent
+
+
+# The ``self`` of Detectron2's ``COCOEvaluator._derive_coco_results``, which uses nothing of its
+# evaluator but the logger: a silent one, as nst_det logs its own table of the 12 numbers.
+_DERIVE_SELF = SimpleNamespace(_logger=_silent_logger())
+
+
 def coco_summary(coco_eval, class_names: Optional[Sequence[str]] = None) -> "OrderedDict[str, float]":
-    """The 12 summary numbers (percent, NaN when undefined) of a summarized box ``COCOeval``, and
-    ``AP-<class>`` (IoU 0.50:0.95, all areas, 100 detections) when ``class_names`` is given."""
-    if coco_eval is None:
-        return OrderedDict((name, math.nan) for name in COCO_STAT_NAMES)
-    results = OrderedDict(
-        (name, float(value * 100) if value >= 0 else math.nan)
-        for name, value in zip(COCO_STAT_NAMES, coco_eval.stats)
-    )
-    if class_names and len(class_names) > 1:
-        precisions = coco_eval.eval["precision"]  # [IoU, recall, class, area, max detections]
-        if precisions.shape[2] != len(class_names):
-            raise ValueError(f"COCO evaluation has {precisions.shape[2]} categories but the data set "
+    """The 12 summary numbers (percent, NaN when undefined) of a summarized box ``COCOeval`` (None:
+    no predictions), and ``AP-<class>`` (IoU 0.50:0.95, all areas, 100 detections) when
+    ``class_names`` names more than one class.
+
+    AP, AP50, AP75, APs/m/l and AP per class are Detectron2's
+    (``COCOEvaluator._derive_coco_results``); the six recall numbers it leaves out follow APl."""
+    if coco_eval is not None and class_names and len(class_names) > 1:
+        num_categories = coco_eval.eval["precision"].shape[2]  # [IoU, recall, class, area, dets]
+        if num_categories != len(class_names):
+            raise ValueError(f"COCO evaluation has {num_categories} categories but the data set "
                              f"names {len(class_names)} classes: {list(class_names)}")
-        for idx, name in enumerate(class_names):
-            precision = precisions[:, :, idx, 0, -1]
-            precision = precision[precision > -1]
-            results[f"AP-{name}"] = float(precision.mean() * 100) if precision.size else math.nan
+    derived = COCOEvaluator._derive_coco_results(_DERIVE_SELF, coco_eval, "bbox", class_names)
+    results = OrderedDict()
+    for i, name in enumerate(COCO_STAT_NAMES):
+        if name in derived:
+            results[name] = derived[name]
+        elif coco_eval is None or coco_eval.stats[i] < 0:
+            results[name] = math.nan
+        else:
+            results[name] = float(coco_eval.stats[i] * 100)
+    results.update((name, value) for name, value in derived.items() if name not in results)
     return results
 
 
 class COCODetectionEvaluator(COCOEvaluator):
     """Detectron2's COCO evaluator, reporting for boxes all 12 numbers of pycocotools' summary
-    (AP, AP50, AP75, APs/m/l, AR1/10/100, ARs/m/l) and AP per class."""
+    (AP, AP50, AP75, APs/m/l, AR1/10/100, ARs/m/l) and AP per class (``coco_summary``)."""
 
     def _derive_coco_results(self, coco_eval, iou_type, class_names=None):
         if iou_type != "bbox":

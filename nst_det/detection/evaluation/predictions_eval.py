@@ -14,6 +14,7 @@ error naming the file, the entry's index and image id, the field and its value, 
 """
 import contextlib
 import hashlib
+import inspect
 import io
 import json
 import math
@@ -23,12 +24,14 @@ from collections import OrderedDict, defaultdict
 from typing import Iterable, List, Optional, Sequence, Union
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.data.datasets import register_coco_instances, register_pascal_voc
+from detectron2.data.datasets import register_coco_instances
 from detectron2.data.datasets.coco import convert_to_coco_json
 from detectron2.data.datasets.pascal_voc import CLASS_NAMES as VOC_CLASS_NAMES
+from detectron2.evaluation.coco_evaluation import _evaluate_predictions_on_coco
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from ..data.registration import register_voc, unregister
 from .evaluators import coco_summary, voc_metrics
 
 __all__ = ["load_coco_predictions", "check_predictions", "dataset_metadata", "dataset_description",
@@ -37,6 +40,14 @@ __all__ = ["load_coco_predictions", "check_predictions", "dataset_metadata", "da
            "evaluate_predictions_file"]
 
 _REQUIRED_KEYS = ("image_id", "category_id", "bbox", "score")
+
+# pycocotools' own COCOeval (not Detectron2's faster, unofficial one) in Detectron2's
+# _evaluate_predictions_on_coco: chosen by `cocoeval_fn` on Detectron2's main, by
+# `use_fast_impl` on v0.6.
+_OFFICIAL_COCOEVAL = (
+    {"cocoeval_fn": COCOeval}
+    if "cocoeval_fn" in inspect.signature(_evaluate_predictions_on_coco).parameters
+    else {"use_fast_impl": False})
 
 
 def _is_number(value) -> bool:
@@ -177,9 +188,7 @@ def dataset_description(dataset_name: str) -> str:
 def _private_name(kind: str, *key) -> str:
     digest = hashlib.sha1(repr(key).encode()).hexdigest()[:12]
     name = f"_eval_predictions_{kind}_{digest}"
-    if name in DatasetCatalog.list():  # registered again: the files may have changed
-        DatasetCatalog.remove(name)
-        MetadataCatalog.remove(name)
+    unregister(name)  # registered again: the files may have changed
     return name
 
 
@@ -200,8 +209,7 @@ def register_coco_ground_truth(json_file: str, image_root: Optional[str] = None)
         with contextlib.redirect_stdout(io.StringIO()):
             DatasetCatalog.get(name)
     except (ValueError, KeyError, TypeError, AssertionError) as e:
-        DatasetCatalog.remove(name)
-        MetadataCatalog.remove(name)
+        unregister(name)
         raise ValueError(f"ground-truth file '{json_file}' (--gt) is not a COCO instances JSON: "
                          f"{type(e).__name__}: {e}") from e
     return name
@@ -229,15 +237,12 @@ def register_voc_folder(dirname: str, split: str = "test", year: Optional[int] =
     if not class_names or not all(class_names) or len(set(class_names)) != len(class_names):
         raise ValueError(f"--classes must name distinct, non-empty classes, got {class_names}")
     name = _private_name("voc", os.path.abspath(dirname), split, int(year), class_names)
-    register_pascal_voc(name, dirname, split, int(year), class_names)
-    MetadataCatalog.get(name).set(
-        evaluator_type="pascal_voc",
-        description=f"VOC folder '{dirname}' split '{split}' (--voc-root)")
+    register_voc(name, dirname, split, int(year), class_names,
+                 description=f"VOC folder '{dirname}' split '{split}' (--voc-root)")
     try:
         DatasetCatalog.get(name)  # Detectron2's loader: every listed annotation, known classes
     except ValueError as e:
-        DatasetCatalog.remove(name)
-        MetadataCatalog.remove(name)
+        unregister(name)
         if "is not in list" not in str(e):  # load_voc_instances' class_names.index(name)
             raise
         raise ValueError(f"VOC folder '{dirname}' (--voc-root): an annotation names a class that "
@@ -331,13 +336,9 @@ def evaluate_predictions_coco(predictions: List[dict], dataset_name: str,
         with contextlib.redirect_stdout(io.StringIO()):
             coco_gt = COCO(json_file)
     check_predictions(predictions, path, coco_gt.getImgIds(), coco_gt.getCatIds(), dataset_name)
-    summary = io.StringIO()
-    with contextlib.redirect_stdout(summary):
-        coco_dt = coco_gt.loadRes(predictions)
-        coco_eval = COCOeval(coco_gt, coco_dt, "bbox")
-        coco_eval.evaluate()
-        coco_eval.accumulate()
-        coco_eval.summarize()
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools' prints
+        coco_eval = _evaluate_predictions_on_coco(coco_gt, predictions, "bbox",
+                                                  **_OFFICIAL_COCOEVAL)
     return coco_summary(coco_eval, meta.thing_classes)
 
 
