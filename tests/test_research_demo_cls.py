@@ -1,4 +1,4 @@
-"""Tests of nst_det/research/demo_cls.py and visualize.py: the table, the curves, the maps."""
+"""Tests of nst_det/research/demo_cls.py and nst_det/research/selectivity_cls.py: the table, the curves, the maps."""
 import json
 import os
 
