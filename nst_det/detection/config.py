@@ -6,15 +6,18 @@ config file).
 :func:`nst_det.detection.load_config.load_nst_cfg`); yaml files in ``configs/`` inherit through
 ``_BASE_`` and list only what they change.
 """
+import re
+from typing import Mapping
+
 from detectron2.config import CfgNode as CN
 
-from nst_det.engine.distill_config import add_distill_config
+from nst_det.engine.distill_config import add_distill_config, check_distill_config, nst_loss_kwargs
 
 from .backbone.inception_bn import add_inception_bn_config
 from .data.custom import add_custom_datasets_config
 from .fcos import add_fcos_config
 
-__all__ = ["add_nst_config"]
+__all__ = ["add_nst_config", "distill_arguments", "distill_settings"]
 
 
 def add_nst_config(cfg: CN) -> CN:
@@ -42,3 +45,84 @@ def add_nst_config(cfg: CN) -> CN:
     add_custom_datasets_config(_C)
     add_fcos_config(_C)
     return _C
+
+
+def distill_arguments(d) -> dict:
+    """The constructor arguments of :class:`nst_det.detection.meta_arch.DistillDetector` (all but
+    ``teacher``) that a ``DISTILL`` node sets: the one mapping of the yaml configs' ``DISTILL``
+    (``DistillDetector.from_config``) and of a LazyConfig's ``distill`` section
+    (:func:`distill_settings`, :mod:`nst_det.detection.lazy`)."""
+    return dict(
+        student_features=list(d.STUDENT_FEATURES),
+        teacher_features=list(d.TEACHER_FEATURES),
+        level_weights=list(d.LEVEL_WEIGHTS),
+        nst_weight=d.NST.WEIGHT,
+        **{f"nst_{name}": value for name, value in nst_loss_kwargs(d.NST).items()},
+        kd_weight=d.KD.WEIGHT,
+        kd_temperature=d.KD.TEMPERATURE,
+        warmup_iters=d.WARMUP_ITERS,
+        resize=d.RESIZE,
+        match_levels=d.MATCH_LEVELS,
+    )
+
+
+# Keys of DISTILL that a LazyConfig's `distill` section leaves to the teacher builder.
+_LAZY_TEACHER_KEY = "TEACHER"
+
+
+def _as_plain(value):
+    """A DictConfig / ListConfig as plain dicts and lists (interpolations resolved)."""
+    try:
+        from omegaconf import OmegaConf
+    except ImportError:  # pragma: no cover (Detectron2 needs omegaconf)
+        return value
+    if OmegaConf.is_config(value):
+        return OmegaConf.to_container(value, resolve=True)
+    return value
+
+
+def _merge_settings(node: CN, settings: Mapping, key: str) -> None:
+    for name, value in settings.items():
+        path = f"{key}.{name}"
+        if name not in node:
+            raise KeyError(f"{path} is no distillation setting; {key} takes the DISTILL keys of the "
+                           f"yaml configs: {sorted(node)} (table in docs/DISTILLATION.md)")
+        if isinstance(node[name], CN):
+            if not isinstance(value, Mapping):
+                raise ValueError(f"{path} is {value!r}: it must be a dict of "
+                                 f"{sorted(node[name])}")
+            _merge_settings(node[name], value, path)
+        else:
+            node[name] = list(value) if isinstance(value, tuple) else value
+
+
+def distill_settings(settings: Mapping, key: str = "distill") -> CN:
+    """The ``DISTILL`` node of a LazyConfig's distillation settings ``settings`` (a dict or
+    DictConfig with the yaml configs' ``DISTILL`` names: ``dict(NST=dict(WEIGHT=4.0),
+    STUDENT_FEATURES=[...])``; ``key`` is where the config holds them): the defaults of
+    :func:`add_nst_config` with ``settings`` merged in, checked by
+    :func:`~nst_det.engine.distill_config.check_distill_config`. An unknown key is a KeyError,
+    a bad value a ValueError, each naming ``key`` + the DISTILL name (``distill.NST.WEIGHT``)."""
+    from detectron2.config import get_cfg
+
+    settings = _as_plain(settings) if settings is not None else {}
+    if not isinstance(settings, Mapping):
+        raise ValueError(f"{key} is {settings!r}: it must be a dict of DISTILL settings, e.g. "
+                         f"dict(NST=dict(WEIGHT=4.0))")
+    if _LAZY_TEACHER_KEY in settings:
+        raise KeyError(f"{key}.{_LAZY_TEACHER_KEY}: the teacher of a LazyConfig student is the "
+                       f"model's `teacher` argument, e.g. L(build_teacher_from_files)(config=..., "
+                       f"weights=...) (nst_det.detection.lazy), not a distillation setting")
+    cfg = add_nst_config(get_cfg())
+    node = cfg.DISTILL
+    _merge_settings(node, settings, key)
+    try:
+        check_distill_config(cfg)
+    except ValueError as e:
+        raise ValueError(lazy_key_message(str(e), key)) from e
+    return node
+
+
+def lazy_key_message(message: str, key: str = "distill") -> str:
+    """``message`` with the yaml names ``DISTILL.X`` written as a LazyConfig's ``<key>.X``."""
+    return re.sub(r"\bDISTILL\.", f"{key}.", message)

@@ -102,11 +102,11 @@ def is_lazy_config(config_file: str) -> bool:
     return config_file.endswith(".py")
 
 
-def load_teacher_cfg(config_file: str, device: Optional[str] = None) -> CN:
+def load_teacher_cfg(config_file: str, device: Optional[str] = None,
+                     key: str = "DISTILL.TEACHER.CONFIG") -> CN:
     """The frozen config of a teacher detector read from ``config_file``
     (DISTILL.TEACHER.CONFIG: a local yaml, or ``zoo://`` + a yaml of Detectron2's model zoo), on
-    ``device`` (the student's MODEL.DEVICE) when given."""
-    key = "DISTILL.TEACHER.CONFIG"
+    ``device`` (the student's MODEL.DEVICE) when given; ``key`` names the setting in messages."""
     if not config_file:
         raise ValueError(
             f"{key} is empty: a distilling detector needs the teacher detector's config file "

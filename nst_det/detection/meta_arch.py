@@ -24,10 +24,11 @@ from torch import nn
 from nst_det.detection.load_config import distills
 from nst_det.losses import binary_kd_loss, kd_loss, nst_loss
 from nst_det.losses.feature_pair import loss_or_nan
-from nst_det.engine.distill_config import check_feature_lists, check_nst_kwargs, nst_loss_kwargs
+from nst_det.engine.distill_config import check_feature_lists, check_nst_kwargs
 from nst_det.engine.frozen import freeze
 from nst_det.engine.warmup import current_iteration, warmup_factor
 
+from .config import distill_arguments
 from .fcos import YamlFCOS
 from .teacher import build_teacher
 
@@ -227,20 +228,8 @@ class DistillDetector:
     @classmethod
     def from_config(cls, cfg):
         ret = super().from_config(cfg)
-        d = cfg.DISTILL
-        ret.update(
-            teacher=build_teacher(cfg) if distills(cfg) else None,
-            student_features=d.STUDENT_FEATURES,
-            teacher_features=d.TEACHER_FEATURES,
-            level_weights=d.LEVEL_WEIGHTS,
-            nst_weight=d.NST.WEIGHT,
-            **{f"nst_{name}": value for name, value in nst_loss_kwargs(d.NST).items()},
-            kd_weight=d.KD.WEIGHT,
-            kd_temperature=d.KD.TEMPERATURE,
-            warmup_iters=d.WARMUP_ITERS,
-            resize=d.RESIZE,
-            match_levels=d.MATCH_LEVELS,
-        )
+        ret.update(teacher=build_teacher(cfg) if distills(cfg) else None,
+                   **distill_arguments(cfg.DISTILL))
         return ret
 
     @property

@@ -14,10 +14,10 @@ from nst_det.detection.load_config import (
     model_zoo_config_file,
 )
 from nst_det.engine.checkpointer import load_weights_strictly, weights_checksum
-from nst_det.engine.config_paths import missing_path_message
+from nst_det.engine.config_paths import local_path, missing_path_message
 from nst_det.engine.frozen import freeze
 
-__all__ = ["build_teacher", "build_teacher_model", "build_lazy_teacher"]
+__all__ = ["build_teacher", "build_teacher_from_files", "build_teacher_model", "build_lazy_teacher"]
 
 logger = logging.getLogger(__name__)
 
@@ -27,30 +27,42 @@ _KEY = "DISTILL.TEACHER.CONFIG"
 def build_teacher(cfg) -> nn.Module:
     """The teacher of ``cfg`` (DISTILL): built on the student's MODEL.DEVICE, strictly
     loaded, in eval mode, frozen."""
-    config_file = cfg.DISTILL.TEACHER.CONFIG
-    weights_file = cfg.DISTILL.TEACHER.WEIGHTS
-    teacher = build_teacher_model(config_file, device=cfg.MODEL.DEVICE)
-    load_weights_strictly(teacher, weights_file, "DISTILL.TEACHER.WEIGHTS",
-                          what="teacher weights file",
-                          loaded_into="the teacher built from DISTILL.TEACHER.CONFIG")
-    if is_lazy_config(config_file):
-        _freeze_batch_norms(teacher, config_file)
+    return build_teacher_from_files(cfg.DISTILL.TEACHER.CONFIG, cfg.DISTILL.TEACHER.WEIGHTS,
+                                    device=cfg.MODEL.DEVICE, config_key=_KEY,
+                                    weights_key="DISTILL.TEACHER.WEIGHTS")
+
+
+def build_teacher_from_files(config: str, weights: str, device: str = "cpu", *,
+                             config_key: str = "model.teacher.config",
+                             weights_key: str = "model.teacher.weights") -> nn.Module:
+    """The frozen teacher detector of the config file ``config`` (a yaml, a LazyConfig ``.py``, or
+    ``zoo://`` + either of Detectron2's model zoo) with the weights file ``weights`` loaded
+    strictly, on ``device``, in eval mode, without gradients; a LazyConfig teacher's BatchNorm
+    layers become FrozenBatchNorm2d. ``config_key`` / ``weights_key`` name the two settings in
+    messages (the yaml's DISTILL.TEACHER.*, or where a LazyConfig holds them: LazyCall-able as
+    ``L(build_teacher_from_files)(config=..., weights=...)``, see nst_det.detection.lazy)."""
+    config, weights = local_path(config), local_path(weights)
+    teacher = build_teacher_model(config, device=device, key=config_key)
+    load_weights_strictly(teacher, weights, weights_key, what="teacher weights file",
+                          loaded_into=f"the teacher built from {config_key}")
+    if is_lazy_config(config):
+        _freeze_batch_norms(teacher, config)
     freeze(teacher)
     logger.info(
-        f"Teacher: {type(teacher).__name__}, config {config_file}, weights {weights_file} "
-        f"(sha256 {weights_checksum(weights_file)}), "
+        f"Teacher: {type(teacher).__name__}, config {config}, weights {weights} "
+        f"(sha256 {weights_checksum(weights)}), "
         f"{sum(p.numel() for p in teacher.parameters()) / 1e6:.2f}M parameters, frozen."
     )
     return teacher
 
 
-def build_teacher_model(config_file: str, device: str = "cpu") -> nn.Module:
+def build_teacher_model(config_file: str, device: str = "cpu", key: str = _KEY) -> nn.Module:
     """The detector of ``config_file`` (DISTILL.TEACHER.CONFIG: a yaml or a LazyConfig, local or
     ``zoo://``) as its config initialises it, on ``device`` (where the student lives): no weights
     loaded, not frozen."""
     if is_lazy_config(config_file):
-        return build_lazy_teacher(config_file).to(device)
-    teacher_cfg = load_teacher_cfg(config_file, device=device)
+        return build_lazy_teacher(config_file, key).to(device)
+    teacher_cfg = load_teacher_cfg(config_file, device=device, key=key)
     if teacher_cfg.MODEL.META_ARCHITECTURE in DISTILL_META_ARCHITECTURES:
         raise ValueError(
             f"teacher config '{config_file}' has MODEL.META_ARCHITECTURE "
@@ -60,29 +72,29 @@ def build_teacher_model(config_file: str, device: str = "cpu") -> nn.Module:
     return build_model(teacher_cfg)
 
 
-def build_lazy_teacher(config_file: str) -> nn.Module:
+def build_lazy_teacher(config_file: str, key: str = _KEY) -> nn.Module:
     """The ``model`` of a LazyConfig file (``DISTILL.TEACHER.CONFIG``, a local ``.py`` or ``zoo://``
     + one of Detectron2's model zoo), instantiated with random weights; its ``input_format`` taken
     from the config's training mapper (``dataloader.train.mapper.image_format``) when the model
     has none (FCOS)."""
     from detectron2.config import LazyConfig, instantiate
 
-    path = model_zoo_config_file(config_file, _KEY)
+    path = model_zoo_config_file(config_file, key)
     if not os.path.isfile(path):
-        raise FileNotFoundError(missing_path_message(_KEY, path, what="teacher LazyConfig file"))
+        raise FileNotFoundError(missing_path_message(key, path, what="teacher LazyConfig file"))
     lazy = LazyConfig.load(path)
     if "model" not in lazy:
-        raise ValueError(f"{_KEY} '{config_file}' is a LazyConfig file without a `model`")
+        raise ValueError(f"{key} '{config_file}' is a LazyConfig file without a `model`")
     teacher = instantiate(lazy.model)
     if type(teacher).__name__ in DISTILL_META_ARCHITECTURES:
-        raise ValueError(f"{_KEY} '{config_file}' builds a {type(teacher).__name__}; a teacher "
+        raise ValueError(f"{key} '{config_file}' builds a {type(teacher).__name__}; a teacher "
                          "must be a plain detector (e.g. GeneralizedRCNN)")
     if not isinstance(getattr(teacher, "input_format", None), str):
         try:
             image_format = lazy.dataloader.train.mapper.image_format
         except (AttributeError, KeyError) as e:
             raise ValueError(
-                f"{_KEY} '{config_file}': its model has no input_format and the config no "
+                f"{key} '{config_file}': its model has no input_format and the config no "
                 f"dataloader.train.mapper.image_format, so the teacher's colour order is unknown"
             ) from e
         teacher.input_format = image_format

@@ -16,7 +16,8 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import yaml
 
-__all__ = ["REPO_ROOT", "resolve_config_paths", "missing_path_message", "tried_paths", "yaml_chain"]
+__all__ = ["REPO_ROOT", "resolve_config_paths", "missing_path_message", "tried_paths", "yaml_chain",
+           "local_path"]
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _BASE_KEY = "_BASE_"
@@ -131,3 +132,13 @@ def missing_path_message(key: str, value: str, what: str = "file") -> str:
     """``"<what> '<value as written>' (<key>) does not exist; tried: ..."`` for an error."""
     written, tried = _TRIED.get((key, value), (value, [os.path.abspath(value)]))
     return f"{what} '{written}' ({key}) does not exist; tried: {', '.join(tried)}"
+
+
+def local_path(value: str) -> str:
+    """A relative path of a LazyConfig (whose paths are not rewritten as a yaml's are) as it
+    stands in the current directory or, failing that, in the repository root; absolute paths,
+    URLs, ``zoo://`` names and paths found nowhere unchanged."""
+    if not value or os.path.isabs(value) or "://" in value or os.path.exists(value):
+        return value
+    in_repo = os.path.join(REPO_ROOT, value)
+    return in_repo if os.path.exists(in_repo) else value
