@@ -252,6 +252,65 @@ def test_voc_single_process_commands(voc, workspace, env, cmd):
 
 
 # ------------------------------------------------------------------------------------------------
+# LazyConfig students (tools/lazyconfig_train_net.py): VOC from the yaml teacher trained above,
+# COCO LSJ from the model zoo's LSJ R-101 (random weights in the model zoo's .pkl format)
+# ------------------------------------------------------------------------------------------------
+# What a CPU user adds to a LazyConfig command (key=value): tiny images, a few iterations, no
+# ImageNet weights (so BatchNorm that learns its statistics), a small learning rate.
+LAZY_CPU = [
+    "train.device=cpu", "train.init_checkpoint=", "train.max_iter=2", "train.log_period=1",
+    "dataloader.train.total_batch_size=2", "dataloader.train.num_workers=0",
+    "dataloader.test.num_workers=0", "optimizer.lr=0.001",
+    "model.proposal_generator.post_nms_topk=[64,64]", "model.roi_heads.batch_size_per_image=32",
+    "model.backbone.bottom_up.stem.norm=BN", "model.backbone.bottom_up.stages.norm=BN",
+    "dataloader.test.mapper.augmentations=[{_target_: detectron2.data.transforms."
+    "ResizeShortestEdge, short_edge_length: 64, max_size: 96}]",
+]
+LAZY_VOC_TRAIN = ("dataloader.train.mapper.augmentations=[{_target_: detectron2.data.transforms."
+                  "ResizeShortestEdge, short_edge_length: [64], sample_style: choice, "
+                  "max_size: 96}]")
+# LSJ's scale jitter at 64 pixels (its FixedSizeCrop of polygons needs shapely, not installed here)
+LAZY_COCO_TRAIN = ("dataloader.train.mapper.augmentations=[{_target_: detectron2.data.transforms."
+                   "ResizeScale, min_scale: 0.5, max_scale: 1.0, target_height: 64, "
+                   "target_width: 64}]")
+LAZY_VOC = "python tools/lazyconfig_train_net.py --config-file configs/lazy/voc_frcnn_R50_nst.py"
+
+
+def test_voc_lazyconfig_student_from_the_yaml_teacher(voc, workspace, env, cmd):
+    out = workspace / "output" / "lazy" / "voc_frcnn_R50_nst"
+    train = run(workspace, env, cmd(LAZY_VOC + " --num-gpus 8", num_gpus="1"), *LAZY_CPU,
+                LAZY_VOC_TRAIN)
+    assert "Teacher: GeneralizedRCNN" in train.stdout and len(_copypaste(train.stdout)) == 5
+    resumed = run(workspace, env, cmd(LAZY_VOC + " --num-gpus 8 --resume", num_gpus="1"),
+                  *LAZY_CPU, LAZY_VOC_TRAIN, "train.max_iter=3")
+    assert "Starting training from iteration 2" in resumed.stdout
+    evaluated = run(workspace, env, cmd(
+        LAZY_VOC + " --eval-only train.init_checkpoint=output/lazy/voc_frcnn_R50_nst/model_final.pth"),
+        *LAZY_CPU[:1], *LAZY_CPU[2:], LAZY_VOC_TRAIN)
+    assert len(_copypaste(evaluated.stdout)) == 5 and "Teacher:" not in evaluated.stdout
+    metrics = [json.loads(line) for line in (out / "metrics.json").read_text().splitlines()]
+    assert [m["iteration"] for m in metrics if "loss_nst" in m] == [0, 1, 2]
+
+
+def test_coco_lazyconfig_lsj_student(workspace, env, cmd):
+    import torch
+
+    from distill_testing import save_model_zoo_pkl
+    from nst_det.detection.teacher import build_teacher_model
+
+    torch.manual_seed(0)
+    (workspace / "pretrained").mkdir(exist_ok=True)
+    save_model_zoo_pkl(build_teacher_model("zoo://new_baselines/mask_rcnn_R_101_FPN_100ep_LSJ.py"),
+                       str(workspace / "pretrained" / "mask_rcnn_R_101_FPN_100ep_LSJ.pkl"))
+    proc = run(workspace, env, cmd(
+        "python tools/lazyconfig_train_net.py --config-file configs/lazy/coco_mask_rcnn_R50_LSJ_nst.py "
+        "--num-gpus 8 model.teacher.weights=pretrained/mask_rcnn_R_101_FPN_100ep_LSJ.pkl "
+        "distill.NST.WEIGHT=8", num_gpus="1"), *LAZY_CPU, LAZY_COCO_TRAIN)
+    assert "turned into FrozenBatchNorm2d" in proc.stdout and len(_copypaste(proc.stdout)) == 6
+    assert (workspace / "output" / "lazy" / "coco_mask_rcnn_R50_LSJ_nst" / "model_final.pth").is_file()
+
+
+# ------------------------------------------------------------------------------------------------
 # detection on COCO, then the predictions file evaluated and drawn
 # ------------------------------------------------------------------------------------------------
 COCO_RESULTS = "output/coco_frcnn_nst/inference/coco_2017_val/coco_instances_results.json"
