@@ -131,3 +131,11 @@ def test_a_missing_distill_section_is_named(teacher):
 def test_an_unknown_student_is_refused_when_the_config_is_written():
     with pytest.raises(ValueError, match="no distilling class for a Linear student"):
         distill_model(L(torch.nn.Linear)(in_features=1, out_features=1), teacher=None)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="asks for CUDA where there is none")
+def test_train_device_cuda_without_a_gpu_says_how_to_run_on_the_cpu():
+    from nst_det.detection.lazy_trainer import check_train_device
+
+    with pytest.raises(ValueError, match=r"pass train\.device=cpu .*lazyconfig_train_net\.py"):
+        check_train_device("cuda")

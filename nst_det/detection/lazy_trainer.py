@@ -29,7 +29,7 @@ from nst_det.engine.device import check_device
 from nst_det.engine.train_loop import RNGCheckpointHook, ResumableTrainer, TrainLoop, preserved_rng
 
 __all__ = ["LazyTrainer", "setup_lazy_cfg", "do_test", "build_lazy_student",
-           "build_lazy_train_loader"]
+           "build_lazy_train_loader", "check_train_device"]
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +49,17 @@ def _config_file(path: str) -> str:
                             f"and {in_repo})")
 
 
+def check_train_device(device: str):
+    """``torch.device(train.device)``, checked as the yaml tool checks MODEL.DEVICE, the error
+    written for a LazyConfig (``train.device=cpu``)."""
+    try:
+        return check_device(device, "train.device")
+    except ValueError as e:
+        message = str(e).replace("train.device cpu", "train.device=cpu").replace(
+            "tools/train_net.py", "tools/lazyconfig_train_net.py")
+        raise ValueError(message) from e
+
+
 def setup_lazy_cfg(args, setup: bool = True):
     """The LazyConfig of a ``tools/lazyconfig_train_net.py`` command line (``--config-file``,
     ``key=value`` overrides), its sections, ``train.device`` and distillation settings checked
@@ -61,7 +72,7 @@ def setup_lazy_cfg(args, setup: bool = True):
     if missing:
         raise KeyError(f"config '{args.config_file}' has no {missing} section(s); "
                        f"tools/lazyconfig_train_net.py needs {list(needed)}")
-    check_device(cfg.train.device, "train.device")
+    check_train_device(cfg.train.device)
     check_lazy_distill(cfg)
     if setup:
         default_setup(cfg, args)
@@ -140,7 +151,7 @@ class LazyTrainer(ResumableTrainer, TrainerBase):
     def __init__(self, cfg):
         super().__init__()
         self.cfg = cfg
-        device = check_device(cfg.train.device, "train.device")
+        device = check_train_device(cfg.train.device)
         if device.type == "cpu":
             keep_freed_memory()  # nst_det.engine.cpu_memory
         model = instantiate(cfg.model)
@@ -196,6 +207,10 @@ class LazyTrainer(ResumableTrainer, TrainerBase):
         """Load ``train.init_checkpoint`` or, with ``resume``, the newest readable checkpoint of
         ``train.output_dir``, and continue its data stream and random state."""
         self.resume_or_load_weights(local_path(self.cfg.train.init_checkpoint), resume=resume)
+        if resume and self.start_iter > 0 and self.cfg.train.get("seed", -1) < 0:
+            logger.warning("train.seed is not set: the training sampler shuffles with a new seed "
+                           "in every run, so the resumed run sees another order of images than "
+                           "the uninterrupted one would (+train.seed=0 makes --resume exact)")
 
     def train(self):
         """Train from ``start_iter`` to ``train.max_iter``; returns the last evaluation's results
