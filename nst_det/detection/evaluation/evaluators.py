@@ -18,6 +18,7 @@ from detectron2.utils.logger import create_small_table
 
 from nst_det._d2_compat import has_compiled_ops
 from nst_det.detection.data.checked import voc_ground_truth
+from nst_det.engine.atomic import staged_outputs
 
 __all__ = ["COCO_STAT_NAMES", "VOCDetectionEvaluator", "COCODetectionEvaluator",
            "build_evaluator", "voc_metrics", "coco_summary"]
@@ -144,7 +145,23 @@ def coco_summary(coco_eval, class_names: Optional[Sequence[str]] = None) -> "Ord
 
 class COCODetectionEvaluator(COCOEvaluator):
     """Detectron2's COCO evaluator, reporting for boxes all 12 numbers of pycocotools' summary
-    (AP, AP50, AP75, APs/m/l, AR1/10/100, ARs/m/l) and AP per class (``coco_summary``)."""
+    (AP, AP50, AP75, APs/m/l, AR1/10/100, ARs/m/l) and AP per class (``coco_summary``).
+
+    The files Detectron2's evaluation writes into the output folder (``instances_predictions.pth``,
+    ``coco_instances_results.json``) are written into a temporary folder inside it and renamed
+    into place once the evaluation succeeded (nst_det.engine.atomic.staged_outputs): a full disk
+    is an error naming the file and leaves the previous files intact, never a half-written one."""
+
+    def evaluate(self, img_ids=None):
+        final = self._output_dir
+        if not final or not comm.is_main_process():
+            return super().evaluate(img_ids)
+        try:
+            with staged_outputs(final) as staging:
+                self._output_dir = staging
+                return super().evaluate(img_ids)
+        finally:
+            self._output_dir = final
 
     def _derive_coco_results(self, coco_eval, iou_type, class_names=None):
         if iou_type != "bbox":
