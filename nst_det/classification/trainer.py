@@ -227,6 +227,11 @@ class ClsTrainer(ResumableTrainer, TrainerBase):
                     f"top-5 {metrics['top5']:.2f}%")
         return {"val": metrics}
 
+    def teacher_weights_file(self) -> str:
+        """DISTILL.TEACHER.WEIGHTS when a teacher was built (recorded in the checkpoints, checked by
+        --resume)."""
+        return self.cfg.DISTILL.TEACHER.WEIGHTS if self.teacher is not None else ""
+
     def resume_or_load(self, resume: bool = True) -> None:
         """With ``resume``, continue from the newest readable checkpoint in OUTPUT_DIR (if any);
         the student's initial weights (MODEL.STUDENT.WEIGHTS) were loaded when it was built."""

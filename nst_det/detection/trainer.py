@@ -95,6 +95,13 @@ class DistillTrainer(ResumableTrainer, DefaultTrainer):
         rng = RNGCheckpointHook(cfg.SOLVER.CHECKPOINT_PERIOD, cfg.SOLVER.MAX_ITER)
         return [rng] + super().build_hooks()
 
+    def teacher_weights_file(self) -> str:
+        """DISTILL.TEACHER.WEIGHTS when the model distils from a teacher (recorded in the
+        checkpoints, checked by --resume)."""
+        model = getattr(self.model, "module", self.model)  # under DDP
+        return self.cfg.DISTILL.TEACHER.WEIGHTS if getattr(model, "teacher", None) is not None \
+            else ""
+
     def resume_or_load(self, resume=True):
         """Load MODEL.WEIGHTS or, with ``resume``, the newest readable checkpoint of OUTPUT_DIR,
         and continue its data stream and random state."""
