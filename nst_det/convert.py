@@ -186,12 +186,13 @@ def d2_config_hints(arch: str, fpn: bool = False) -> Dict[str, object]:
 
 def save_d2_weights(converted: dict, path: str) -> None:
     """Write ``converted`` as .pkl (pickle of numpy arrays, Detectron2 model-zoo style) or .pth (torch tensors)."""
+    from nst_det.engine.atomic import atomic_save, atomic_write
+
     if path.endswith(".pkl"):
-        with open(path, "wb") as f:
-            pickle.dump(converted, f)
+        atomic_write(path, lambda f: pickle.dump(converted, f))
     elif path.endswith(".pth"):
         as_tensors = dict(converted, model={k: torch.from_numpy(v) for k, v in converted["model"].items()})
-        torch.save(as_tensors, path)
+        atomic_save(as_tensors, path)
     else:
         raise ValueError(f"output file {path} must end in .pkl or .pth")
 

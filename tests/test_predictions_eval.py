@@ -332,12 +332,13 @@ def test_missing_ground_truth_is_named_with_its_option(tool, in_data, args, mess
 def test_unusable_ground_truth_is_named(tool, in_data):
     _write(in_data, "gt/not_coco.json", "[]")
     with pytest.raises(ValueError, match=re.escape(
-            "ground-truth file 'gt/not_coco.json' (--gt) is not a COCO instances JSON: "
-            "AssertionError: annotation file format <class 'list'> not supported")):
+            "COCO annotation file 'gt/not_coco.json' is not a COCO instances JSON (an object with "
+            "'images' and 'annotations') (--gt)")):
         tool.main(["coco_perfect.json", "--gt", "gt/not_coco.json"])
     with pytest.raises(ValueError, match=re.escape(
-            f"VOC folder '{VOC}' (--voc-root): an annotation names a class that is not one of "
-            "['cat', 'dog'] ('aeroplane' is not in list); give the classes with --classes a,b,c")):
+            f"VOC annotation '{VOC}/Annotations/000001.xml': object 0 ('aeroplane'): class "
+            "'aeroplane' is not one of the data set's classes ['cat', 'dog'] (--voc-root "
+            f"'{VOC}'); give the classes with --classes a,b,c")):
         tool.main(["voc_perfect.json", "--voc-root", VOC, "--classes", "cat,dog"])
     with pytest.raises(ValueError, match=re.escape(
             "--classes must name distinct, non-empty classes, got ['cat', '']")):

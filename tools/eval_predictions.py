@@ -31,13 +31,13 @@ of pycocotools' summary and AP per class.
 """
 import argparse
 import itertools
-import json
 
 import nst_det.detection  # noqa: F401  (first: makes Detectron2 usable here, registers nst_det's models and data sets)
 from tabulate import tabulate
 
 from nst_det.detection.evaluation import dataset_description, evaluate_predictions_file, predictions_dataset
 from nst_det.detection.load_config import add_config_file_arguments, config_from_arguments
+from nst_det.engine.atomic import atomic_write_json
 
 
 def metrics_table(results, pairs: int = 3) -> str:
@@ -74,8 +74,7 @@ def main(argv=None):
     print(f"{args.predictions} on {dataset_description(dataset_name)}:")
     print(metrics_table(results))
     if args.output:
-        with open(args.output, "w") as f:
-            json.dump(results, f, indent=2)
+        atomic_write_json(results, args.output, indent=2)  # never a half-written file
     return results
 
 

@@ -37,6 +37,7 @@ from nst_det.classification.distill import build_distillation, distillation_loss
 from nst_det.engine.checkpointer import AtomicCheckpointer
 from nst_det.engine.cpu_memory import keep_freed_memory
 from nst_det.engine.device import check_device
+from nst_det.engine.run_lock import hold_run_lock
 from nst_det.engine.train_loop import RNGCheckpointHook, ResumableTrainer, TrainLoop, preserved_rng
 from nst_det.engine.warmup import current_iteration, warmup_factor
 
@@ -134,6 +135,9 @@ class ClsTrainer(ResumableTrainer, TrainerBase):
                  eval_teacher: bool = False):
         super().__init__()
         self.cfg = cfg
+        # one training run per OUTPUT_DIR (evaluation writes no checkpoint: no lock)
+        self._release_run_lock = (lambda: None) if eval_only else hold_run_lock(self,
+                                                                                cfg.OUTPUT_DIR)
         self.device = trainer_device(cfg)
         self.rank, self.world_size = comm.get_rank(), comm.get_world_size()
         self.eval_only = eval_only
@@ -223,6 +227,11 @@ class ClsTrainer(ResumableTrainer, TrainerBase):
                     f"top-5 {metrics['top5']:.2f}%")
         return {"val": metrics}
 
+    def teacher_weights_file(self) -> str:
+        """DISTILL.TEACHER.WEIGHTS when a teacher was built (recorded in the checkpoints, checked by
+        --resume)."""
+        return self.cfg.DISTILL.TEACHER.WEIGHTS if self.teacher is not None else ""
+
     def resume_or_load(self, resume: bool = True) -> None:
         """With ``resume``, continue from the newest readable checkpoint in OUTPUT_DIR (if any);
         the student's initial weights (MODEL.STUDENT.WEIGHTS) were loaded when it was built."""
@@ -245,7 +254,10 @@ class ClsTrainer(ResumableTrainer, TrainerBase):
         logger.info(f"Training {self.cfg.SOLVER.EPOCHS} epochs of {self.iters_per_epoch} "
                     f"iterations, batch {self.cfg.SOLVER.BATCH_SIZE} ({self.batch_per_process} x "
                     f"{self.world_size} processes)")
-        super().train(self.start_iter, self.max_iter)
+        try:
+            super().train(self.start_iter, self.max_iter)
+        finally:
+            self._release_run_lock()
         return self._last_eval_results
 
     @torch.no_grad()

@@ -16,6 +16,7 @@ from nst_det.detection.teacher import build_teacher
 from nst_det.engine.checkpointer import AtomicCheckpointer
 from nst_det.engine.cpu_memory import keep_freed_memory
 from nst_det.engine.device import check_device
+from nst_det.engine.run_lock import hold_run_lock
 from nst_det.engine.train_loop import RNGCheckpointHook, ResumableTrainer, TrainLoop, preserved_rng
 
 __all__ = ["DistillTrainer", "setup_cfg", "classifier_file_hint"]
@@ -71,6 +72,7 @@ class DistillTrainer(ResumableTrainer, DefaultTrainer):
     (RNGCheckpointHook)."""
 
     def __init__(self, cfg):
+        self._release_run_lock = hold_run_lock(self, cfg.OUTPUT_DIR)  # one run per OUTPUT_DIR
         check_num_classes(cfg, cfg.DATASETS.TEST, "DATASETS.TEST")
         if check_device(cfg.MODEL.DEVICE).type == "cpu":
             keep_freed_memory()  # no page faults on every step's tensors (nst_det.engine.cpu_memory)
@@ -92,6 +94,13 @@ class DistillTrainer(ResumableTrainer, DefaultTrainer):
             trainer=weakref.proxy(self))
         rng = RNGCheckpointHook(cfg.SOLVER.CHECKPOINT_PERIOD, cfg.SOLVER.MAX_ITER)
         return [rng] + super().build_hooks()
+
+    def teacher_weights_file(self) -> str:
+        """DISTILL.TEACHER.WEIGHTS when the model distils from a teacher (recorded in the
+        checkpoints, checked by --resume)."""
+        model = getattr(self.model, "module", self.model)  # under DDP
+        return self.cfg.DISTILL.TEACHER.WEIGHTS if getattr(model, "teacher", None) is not None \
+            else ""
 
     def resume_or_load(self, resume=True):
         """Load MODEL.WEIGHTS or, with ``resume``, the newest readable checkpoint of OUTPUT_DIR,
@@ -120,7 +129,10 @@ class DistillTrainer(ResumableTrainer, DefaultTrainer):
     def train(self):
         """Train; returns the final evaluation results ({data set: {task: metrics}} or, for one
         test set, {task: metrics}) or None when no evaluation ran."""
-        super().train()
+        try:
+            super().train()
+        finally:
+            self._release_run_lock()
         return getattr(self, "_last_eval_results", None)
 
     @classmethod

@@ -73,6 +73,8 @@ def add_distill_config(cfg):
     # The trained teacher's weights, a local file loaded strictly (a missing, unexpected or wrongly
     # shaped key is an error). Required when a distillation weight is > 0; nothing is downloaded.
     _C.DISTILL.TEACHER.WEIGHTS = ""
+    # --resume with teacher weights other than the checkpoint's (SHA-256): True warns, False refuses.
+    _C.DISTILL.TEACHER.ALLOW_OTHER_ON_RESUME = False
 
     _C.DISTILL.NST = CN()
     # Weight of loss_nst = WEIGHT * sum_pairs LEVEL_WEIGHTS[l] * MMD^2_l; 0 turns NST off.

@@ -26,7 +26,8 @@ from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 
 __all__ = ["NonFiniteLossError", "check_losses_finite", "rng_state", "set_rng_state",
-           "preserved_rng", "TrainLoop", "RNGCheckpointHook", "ResumableTrainer"]
+           "preserved_rng", "TrainLoop", "RNGCheckpointHook", "ResumableTrainer",
+           "OtherTeacherError"]
 
 logger = logging.getLogger(__name__)
 
@@ -194,10 +195,58 @@ class RNGCheckpointHook(HookBase):
                            f"will not repeat the uninterrupted one exactly")
 
 
+class OtherTeacherError(ValueError):
+    """--resume with teacher weights other than those the checkpoint was trained with."""
+
+
 class ResumableTrainer:
     """Mixin for a ``TrainerBase`` subclass holding ``self._trainer`` (a :class:`TrainLoop`),
     ``self.checkpointer`` (a :class:`nst_det.engine.checkpointer.AtomicCheckpointer` with the
-    trainer among its checkpointables) and ``self.start_iter``."""
+    trainer among its checkpointables), ``self.cfg`` and ``self.start_iter``.
+
+    The checkpoint records the teacher's weights (DISTILL.TEACHER.WEIGHTS and its SHA-256, from
+    :meth:`teacher_weights_file`); ``--resume`` with another file is an :class:`OtherTeacherError`
+    naming both hashes, unless DISTILL.TEACHER.ALLOW_OTHER_ON_RESUME (then a warning). A checkpoint
+    written before this record existed resumes with a warning."""
+
+    _TEACHER_KEY = "DISTILL.TEACHER.WEIGHTS"
+
+    def teacher_weights_file(self) -> str:
+        """The teacher's weights file when this run distils from a teacher, "" otherwise."""
+        return ""
+
+    def _teacher_record(self) -> Optional[dict]:
+        path = self.teacher_weights_file()
+        if not path:
+            return None
+        if getattr(self, "_teacher_record_cache", (None,))[0] != path:
+            from nst_det.engine.checkpointer import weights_checksum
+
+            self._teacher_record_cache = (path, {"weights": path,
+                                                 "sha256": weights_checksum(path)})
+        return self._teacher_record_cache[1]
+
+    def _check_teacher(self, saved: Optional[dict]) -> None:
+        current = self._teacher_record()
+        if current is None:
+            return
+        if not saved:
+            logger.warning(
+                f"--resume: the checkpoint has no record of its teacher's weights (written before "
+                f"nst_det kept one): cannot check that {self._TEACHER_KEY} '{current['weights']}' "
+                f"(sha256 {current['sha256']}) is the teacher it was trained with")
+            return
+        if saved["sha256"] == current["sha256"]:
+            return
+        message = (f"--resume with another teacher: the checkpoint was trained with teacher "
+                   f"weights sha256 {saved['sha256']} ('{saved['weights']}'), but "
+                   f"{self._TEACHER_KEY} '{current['weights']}' has sha256 {current['sha256']}")
+        if self.cfg.DISTILL.TEACHER.get("ALLOW_OTHER_ON_RESUME", False):
+            logger.warning(f"{message}; going on with it (DISTILL.TEACHER.ALLOW_OTHER_ON_RESUME)")
+            return
+        raise OtherTeacherError(f"{message}. Give the checkpoint's teacher file, or set "
+                                f"DISTILL.TEACHER.ALLOW_OTHER_ON_RESUME True to go on with this "
+                                f"one")
 
     def run_step(self):
         self._trainer.iter = self.iter
@@ -209,9 +258,13 @@ class ResumableTrainer:
         # Detectron2 versions do.
         ret = super().state_dict()
         ret["_trainer"] = self._trainer.state_dict()
+        teacher = self._teacher_record()
+        if teacher is not None:
+            ret["teacher"] = dict(teacher)
         return ret
 
     def load_state_dict(self, state_dict):
+        self._check_teacher(state_dict.get("teacher"))
         super().load_state_dict(state_dict)
         if "_trainer" in state_dict:  # (later Detectron2 versions load it already: harmless)
             self._trainer.load_state_dict(state_dict["_trainer"])

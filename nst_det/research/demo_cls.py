@@ -18,6 +18,7 @@ import numpy as np
 from nst_det.classification.config import load_cls_config
 from nst_det.classification.data import DigitsDataset
 from nst_det.classification.trainer import ClsTrainer
+from nst_det.engine.atomic import atomic_save_figure, atomic_write_json
 from nst_det.engine.config_paths import REPO_ROOT
 from nst_det.research.seed_report import (format_difference, format_mean_std, loss_curve,
                                         mean_std, plot_seed_runs, weight_variants)
@@ -158,8 +159,7 @@ def run_demo(output_dir, methods=DEFAULT_METHODS,
             curve, seconds = _train(cfg, datasets)
             runs.append({"seed": seed, "top1": curve[-1], "curve": curve, "seconds": seconds,
                          "output_dir": run_dir})
-    with open(os.path.join(output_dir, "demo_results.json"), "w", encoding="utf-8") as f:
-        json.dump(results, f, indent=1)
+    atomic_write_json(results, os.path.join(output_dir, "demo_results.json"), indent=1)
     return results
 
 
@@ -211,7 +211,7 @@ def plot_curves(results, path: str) -> str:
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    atomic_save_figure(fig, path, dpi=120)
     plt.close(fig)
     return path
 

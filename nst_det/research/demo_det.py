@@ -18,6 +18,7 @@ from detectron2.utils.env import seed_all_rng
 from nst_det.detection.data import demo_data_exists, demo_root, register_demo_datasets
 from nst_det.detection.load_config import load_nst_cfg
 from nst_det.detection.trainer import DistillTrainer
+from nst_det.engine.atomic import atomic_write_json
 from nst_det.engine.config_paths import REPO_ROOT
 from nst_det.research.demo_data import generate_demo_data
 from nst_det.research.seed_report import (format_difference, format_mean_std, logged_rows,
@@ -95,8 +96,7 @@ def _train_and_evaluate(cfg, run_dir: str, opts=()) -> dict:
     result = {"seed": cfg.SEED, "iterations": cfg.SOLVER.MAX_ITER,
               "voc": results[_VOC_TEST]["bbox"], "coco": results[_COCO_TEST]["bbox"],
               "seconds": time.perf_counter() - start, "output_dir": run_dir, "opts": list(opts)}
-    with open(os.path.join(run_dir, "eval.json"), "w", encoding="utf-8") as f:
-        json.dump(dict(result, config=cfg.dump()), f, indent=1)
+    atomic_write_json(dict(result, config=cfg.dump()), os.path.join(run_dir, "eval.json"), indent=1)
     return result
 
 
@@ -150,8 +150,7 @@ def run_demo(output_dir: str = "output/demo_det", student_iters: Optional[int] =
             summary["variants"][variant].append(
                 _train_and_evaluate(cfg, run_dir, variants[variant][1]))
             summary["losses"][variant].append(loss_magnitudes(run_dir))
-    with open(os.path.join(output_dir, "results.json"), "w", encoding="utf-8") as f:
-        json.dump(summary, f, indent=1)
+    atomic_write_json(summary, os.path.join(output_dir, "results.json"), indent=1)
     plot_demo(summary, os.path.join(output_dir, "seeds.png"))
     return summary
 

@@ -10,6 +10,7 @@ import statistics
 import sys
 from typing import Dict, List, Sequence, Tuple
 
+from nst_det.engine.atomic import atomic_save_figure, atomic_write_text
 from nst_det.engine.config_paths import REPO_ROOT
 from nst_det.research.measure import load_average, machine_description
 
@@ -143,7 +144,7 @@ def plot_seed_runs(path: str, title: str, metrics: Dict[str, Dict[str, List[floa
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=110)
+    atomic_save_figure(fig, path, dpi=110)
     plt.close(fig)
     return path
 
@@ -176,6 +177,5 @@ def write_report(path: str, table: str, wall_seconds: float, load_before: float,
               f"- machine: {machine_description()}; load average (1 min) {load_before:.2f} "
               f"before, {load_average():.2f} after",
               f"- wall time: {wall_seconds:.0f} s"]
-    with open(path, "w", encoding="utf-8") as f:
-        f.write("\n".join(header) + "\n\n" + table.rstrip("\n") + "\n")
+    atomic_write_text("\n".join(header) + "\n\n" + table.rstrip("\n") + "\n", path)
     return path

@@ -15,6 +15,7 @@ from typing import NamedTuple, Sequence
 
 import torch
 
+from nst_det.engine.atomic import atomic_save_figure
 from nst_det.engine.distill_config import nst_loss_kwargs
 from nst_det.losses import nst_loss
 from nst_det.losses.nst import normalise_maps
@@ -94,6 +95,6 @@ def save_selectivity_grid(path: str, image: torch.Tensor, rows: Sequence[Selecti
     title_inches = 0.17 * (title.count("\n") + 1) + 0.1
     fig.tight_layout(rect=(0, 0, 1, 1 - title_inches / fig.get_figheight()))
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=130)
+    atomic_save_figure(fig, path, dpi=130)
     plt.close(fig)
     return path

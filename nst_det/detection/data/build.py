@@ -16,6 +16,7 @@ from detectron2.utils import comm
 from torch.utils.data import Sampler
 
 from ..architectures import num_classes, num_classes_key
+from .checked import check_dataset_dicts
 from .robust_mapper import RobustDatasetMapper
 
 __all__ = ["detection_dataset_dicts", "check_num_classes", "build_train_loader",
@@ -64,14 +65,17 @@ class ResumableTrainLoader:
         self.sampler.start = iteration * self.images_per_process
 
 
-def detection_dataset_dicts(names: Sequence[str], key: str, **kwargs) -> list:
+def detection_dataset_dicts(names: Sequence[str], key: str, evaluation: bool = False,
+                            **kwargs) -> list:
     """``get_detection_dataset_dicts(names, **kwargs)``; an empty data set, or one left without an
-    annotated image, is a ValueError naming it and the config ``key`` that lists it."""
+    annotated image, is a ValueError naming it and the config ``key`` that lists it; then the
+    checks of nst_det.detection.data.checked.check_dataset_dicts (``evaluation``: boxes of zero
+    size refused rather than dropped)."""
     names = [names] if isinstance(names, str) else list(names)
     if not names:
         raise ValueError(f"{key} is empty: name at least one registered data set")
     try:
-        return get_detection_dataset_dicts(names, **kwargs)
+        dicts = get_detection_dataset_dicts(names, **kwargs)
     except AssertionError as e:
         empty = [n for n in names if len(DatasetCatalog.get(n)) == 0]
         if empty:
@@ -83,6 +87,7 @@ def detection_dataset_dicts(names: Sequence[str], key: str, **kwargs) -> list:
                 f"no image of {names} ({key}) has a (non-crowd) annotation, so none is left to "
                 "train on (DATALOADER.FILTER_EMPTY_ANNOTATIONS removes such images)") from e
         raise
+    return check_dataset_dicts(dicts, names, evaluation)
 
 
 def check_num_classes(cfg, names: Sequence[str], key: str) -> None:
@@ -122,7 +127,8 @@ def build_test_loader(cfg, dataset_name: str):
     proposal_files = None
     if cfg.MODEL.LOAD_PROPOSALS:
         proposal_files = [cfg.DATASETS.PROPOSAL_FILES_TEST[list(cfg.DATASETS.TEST).index(dataset_name)]]
-    dataset = detection_dataset_dicts([dataset_name], "DATASETS.TEST", filter_empty=False,
+    dataset = detection_dataset_dicts([dataset_name], "DATASETS.TEST", evaluation=True,
+                                      filter_empty=False,
                                       proposal_files=proposal_files)
     check_num_classes(cfg, [dataset_name], "DATASETS.TEST")
     return build_detection_test_loader(dataset, mapper=RobustDatasetMapper(cfg, False),

@@ -15,11 +15,10 @@ import os
 from typing import Dict, List
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.data.datasets import register_coco_instances
 
 from nst_det.engine.config_paths import missing_path_message
 
-from .registration import register_voc
+from .registration import register_coco, register_voc
 
 __all__ = ["COCO_CUSTOM_KEY", "VOC_CUSTOM_KEY", "CUSTOM_PATH_ENTRIES",
            "add_custom_datasets_config", "check_custom_datasets", "register_custom_datasets"]
@@ -152,7 +151,7 @@ def _register_coco(index: int, name: str, json_file: str, image_root: str) -> No
     _require(os.path.isdir(image_root), key, index, name, image_root, "IMAGE_ROOT folder")
     definition = {"json_file": json_file, "image_root": image_root, "evaluator_type": "coco"}
     if not _already_registered(name, definition, _label(key, index)):
-        register_coco_instances(name, {}, os.path.abspath(json_file), os.path.abspath(image_root))
+        register_coco(name, {}, os.path.abspath(json_file), os.path.abspath(image_root))
 
 
 def _register_voc(index: int, name: str, dirname: str, split: str, year: int,

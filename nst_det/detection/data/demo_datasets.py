@@ -11,9 +11,7 @@ import os
 from typing import Callable, Optional
 
 from detectron2.data import DatasetCatalog
-from detectron2.data.datasets import register_coco_instances
-
-from .registration import register_voc, unregister
+from .registration import register_coco, register_voc, unregister
 
 __all__ = ["CLASS_NAMES", "SPLITS", "DEMO_DIRNAME", "demo_root", "demo_dataset_names",
            "demo_data_exists", "register_demo_datasets"]
@@ -90,7 +88,7 @@ def register_demo_datasets(datasets_root: Optional[str] = None) -> str:
             unregister(name)
         register_voc(voc_name, dirname, split, DEMO_VOC_YEAR, CLASS_NAMES)
         _check_data_when_loading(voc_name, dirname)
-        register_coco_instances(
+        register_coco(
             coco_name,
             {"thing_classes": list(CLASS_NAMES),
              "thing_dataset_id_to_contiguous_id": {i + 1: i for i in range(len(CLASS_NAMES))}},

@@ -1,5 +1,6 @@
 """Detection evaluators of nst_det: PASCAL VOC (AP50 per class, 07 11-point and area AP50) and COCO
 (the 12 numbers of pycocotools' summary), chosen by the data set's ``evaluator_type``."""
+import contextlib
 import logging
 import math
 import os
@@ -10,11 +11,14 @@ from typing import Dict, List, Optional, Sequence
 
 from detectron2.data import MetadataCatalog
 from detectron2.evaluation import COCOEvaluator, PascalVOCDetectionEvaluator
+from detectron2.evaluation import pascal_voc_evaluation
 from detectron2.evaluation.pascal_voc_evaluation import voc_eval
 from detectron2.utils import comm
 from detectron2.utils.logger import create_small_table
 
 from nst_det._d2_compat import has_compiled_ops
+from nst_det.detection.data.checked import voc_ground_truth
+from nst_det.engine.atomic import staged_outputs
 
 __all__ = ["COCO_STAT_NAMES", "VOCDetectionEvaluator", "COCODetectionEvaluator",
            "build_evaluator", "voc_metrics", "coco_summary"]
@@ -24,6 +28,28 @@ logger = logging.getLogger(__name__)
 # The 12 numbers of pycocotools' COCOeval.summarize() for boxes, in its order.
 COCO_STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl",
                    "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+
+
+@contextlib.contextmanager
+def _checked_ground_truth(anno_file_template: str, image_set_path: str, class_names):
+    """Detectron2's ``voc_eval`` reading the ground truth of ``image_set_path`` through
+    nst_det.detection.data.checked (the parser training uses too: fractional corners and a missing
+    <difficult> accepted, every other problem an error naming the file and the object), each file
+    read once, instead of its own ``parse_rec`` (``int('5.5')``, ``None.text``)."""
+    truth = voc_ground_truth(anno_file_template, image_set_path, class_names)
+    by_file = {anno_file_template.format(i): objects for i, objects in truth.items()}
+    original = pascal_voc_evaluation.parse_rec
+
+    def parse_rec(filename):
+        if filename in by_file:
+            return by_file[filename]
+        raise ValueError(f"VOC annotation '{filename}' is not in the image set '{image_set_path}'")
+
+    pascal_voc_evaluation.parse_rec = parse_rec
+    try:
+        yield
+    finally:
+        pascal_voc_evaluation.parse_rec = original
 
 
 def voc_metrics(lines_by_class: Dict[int, List[str]], anno_file_template: str, image_set_path: str,
@@ -38,7 +64,8 @@ def voc_metrics(lines_by_class: Dict[int, List[str]], anno_file_template: str, i
     """
     aps = defaultdict(list)  # IoU threshold (percent) -> AP per class
     ap50_other = []
-    with tempfile.TemporaryDirectory(prefix="nst_det_voc_eval_") as dirname:
+    with tempfile.TemporaryDirectory(prefix="nst_det_voc_eval_") as dirname, \
+            _checked_ground_truth(anno_file_template, image_set_path, class_names):
         res_file_template = os.path.join(dirname, "{}.txt")
         for cls_id, cls_name in enumerate(class_names):
             with open(res_file_template.format(cls_name), "w") as f:
@@ -118,7 +145,23 @@ def coco_summary(coco_eval, class_names: Optional[Sequence[str]] = None) -> "Ord
 
 class COCODetectionEvaluator(COCOEvaluator):
     """Detectron2's COCO evaluator, reporting for boxes all 12 numbers of pycocotools' summary
-    (AP, AP50, AP75, APs/m/l, AR1/10/100, ARs/m/l) and AP per class (``coco_summary``)."""
+    (AP, AP50, AP75, APs/m/l, AR1/10/100, ARs/m/l) and AP per class (``coco_summary``).
+
+    The files Detectron2's evaluation writes into the output folder (``instances_predictions.pth``,
+    ``coco_instances_results.json``) are written into a temporary folder inside it and renamed
+    into place once the evaluation succeeded (nst_det.engine.atomic.staged_outputs): a full disk
+    is an error naming the file and leaves the previous files intact, never a half-written one."""
+
+    def evaluate(self, img_ids=None):
+        final = self._output_dir
+        if not final or not comm.is_main_process():
+            return super().evaluate(img_ids)
+        try:
+            with staged_outputs(final) as staging:
+                self._output_dir = staging
+                return super().evaluate(img_ids)
+        finally:
+            self._output_dir = final
 
     def _derive_coco_results(self, coco_eval, iou_type, class_names=None):
         if iou_type != "bbox":

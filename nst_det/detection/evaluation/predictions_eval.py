@@ -17,6 +17,7 @@ import hashlib
 import inspect
 import io
 import json
+import logging
 import math
 import os
 import tempfile
@@ -24,14 +25,14 @@ from collections import OrderedDict, defaultdict
 from typing import Iterable, List, Optional, Sequence, Union
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.data.datasets import register_coco_instances
 from detectron2.data.datasets.coco import convert_to_coco_json
 from detectron2.data.datasets.pascal_voc import CLASS_NAMES as VOC_CLASS_NAMES
 from detectron2.evaluation.coco_evaluation import _evaluate_predictions_on_coco
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from ..data.registration import register_voc, unregister
+from ..data.checked import check_dataset_dicts
+from ..data.registration import register_coco, register_voc, unregister
 from .evaluators import coco_summary, voc_metrics
 
 __all__ = ["load_coco_predictions", "check_predictions", "dataset_metadata", "dataset_description",
@@ -40,6 +41,8 @@ __all__ = ["load_coco_predictions", "check_predictions", "dataset_metadata", "da
            "evaluate_predictions_file"]
 
 _REQUIRED_KEYS = ("image_id", "category_id", "bbox", "score")
+
+logger = logging.getLogger(__name__)
 
 # pycocotools' own COCOeval (not Detectron2's faster, unofficial one) in Detectron2's
 # _evaluate_predictions_on_coco: chosen by `cocoeval_fn` on Detectron2's main, by
@@ -144,6 +147,27 @@ def check_predictions(predictions, path: Optional[str] = None,
         if num_bad > 1:
             text += f" ({num_bad - 1} more bad entries of {len(predictions)})"
         raise error(text)
+    _warn_duplicates(predictions, source)
+
+
+def _warn_duplicates(predictions: List[dict], source: str) -> int:
+    """Warn (with their count and the first one) about entries that repeat an earlier one
+    exactly: each counts as one more detection, a false positive (a file with every entry twice
+    scores about half the AP). Returns their count."""
+    seen, repeats, first = set(), 0, None
+    for i, p in enumerate(predictions):
+        key = (p["image_id"], p["category_id"], tuple(p["bbox"]), p["score"])
+        if key in seen:
+            repeats += 1
+            if first is None:
+                first = f"entry {i} (image_id {p['image_id']!r})"
+        seen.add(key)
+    if repeats:
+        logger.warning(f"{source}: {repeats} of {len(predictions)} entries repeat an earlier entry "
+                       f"exactly (same image_id, category_id, bbox and score; the first: {first}); "
+                       f"each counts as one more detection, a false positive that lowers AP: "
+                       f"remove the repeats")
+    return repeats
 
 
 def _read_json(path: str):
@@ -203,13 +227,15 @@ def register_coco_ground_truth(json_file: str, image_root: Optional[str] = None)
     elif not os.path.isdir(image_root):
         raise FileNotFoundError(f"image root '{image_root}' (--image-root) is not a directory")
     name = _private_name("coco", os.path.abspath(json_file), os.path.abspath(image_root))
-    register_coco_instances(name, {"description": f"ground truth '{json_file}' (--gt)"},
-                            json_file, image_root)
+    register_coco(name, {"description": f"ground truth '{json_file}' (--gt)"}, json_file,
+                  image_root)
     try:
         with contextlib.redirect_stdout(io.StringIO()):
             DatasetCatalog.get(name)
     except (ValueError, KeyError, TypeError, AssertionError) as e:
         unregister(name)
+        if str(e).startswith("COCO annotation file "):  # nst_det.detection.data.checked
+            raise ValueError(f"{e} (--gt)") from e
         raise ValueError(f"ground-truth file '{json_file}' (--gt) is not a COCO instances JSON: "
                          f"{type(e).__name__}: {e}") from e
     return name
@@ -240,13 +266,12 @@ def register_voc_folder(dirname: str, split: str = "test", year: Optional[int] =
     register_voc(name, dirname, split, int(year), class_names,
                  description=f"VOC folder '{dirname}' split '{split}' (--voc-root)")
     try:
-        DatasetCatalog.get(name)  # Detectron2's loader: every listed annotation, known classes
+        DatasetCatalog.get(name)  # every listed annotation checked, known classes
     except ValueError as e:
         unregister(name)
-        if "is not in list" not in str(e):  # load_voc_instances' class_names.index(name)
+        if "is not one of the data set's classes" not in str(e):
             raise
-        raise ValueError(f"VOC folder '{dirname}' (--voc-root): an annotation names a class that "
-                         f"is not one of {class_names} ({e}); give the classes with --classes "
+        raise ValueError(f"{e} (--voc-root '{dirname}'); give the classes with --classes "
                          "a,b,c") from e
     return name
 
@@ -272,10 +297,14 @@ def predictions_dataset(dataset: Optional[str] = None, gt: Optional[str] = None,
                          "--voc-root")
     if dataset is not None:
         dataset_metadata(dataset)
-        return dataset
-    if gt is not None:
-        return register_coco_ground_truth(gt, image_root)
-    return register_voc_folder(voc_root, split or "test", year, classes)
+        name = dataset
+    elif gt is not None:
+        name = register_coco_ground_truth(gt, image_root)
+    else:
+        name = register_voc_folder(voc_root, split or "test", year, classes)
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools' prints
+        check_dataset_dicts(DatasetCatalog.get(name), [dataset_description(name)], evaluation=True)
+    return name
 
 
 def contiguous_class_id(meta, category_id: int) -> int:

@@ -12,6 +12,8 @@ from detectron2.structures import Boxes, BoxMode, Instances
 from detectron2.utils.visualizer import Visualizer
 from PIL import Image
 
+from nst_det.engine.atomic import atomic_write
+
 from .predictions_eval import contiguous_class_id, dataset_metadata
 
 __all__ = ["predictions_to_instances", "draw_predictions"]
@@ -46,6 +48,7 @@ def draw_predictions(dataset_name: str, predictions: List[dict], output_dir: str
         predicted = Visualizer(image, meta).draw_instance_predictions(instances).get_image()
         name = os.path.splitext(os.path.basename(record["file_name"]))[0]
         path = os.path.join(output_dir, f"{name}.png")
-        Image.fromarray(np.concatenate([truth, predicted], axis=1)).save(path)
+        picture = Image.fromarray(np.concatenate([truth, predicted], axis=1))
+        atomic_write(path, lambda f: picture.save(f, format="PNG"))
         paths.append(path)
     return paths
