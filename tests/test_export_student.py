@@ -143,6 +143,7 @@ def _compare(ts_model, model, images):
         got = adapter.outputs_schema(flat)[0]["instances"]
         assert set(got.get_fields()) == {"pred_boxes", "scores", "pred_classes"}
         assert tuple(int(s) for s in got.image_size) == tuple(image.shape[-2:])
+        assert len(got) == len(expected)
         assert torch.allclose(got.pred_boxes.tensor, expected.pred_boxes.tensor, atol=1e-4, rtol=1e-5)
         assert torch.allclose(got.scores, expected.scores, atol=1e-5, rtol=1e-5)
         assert torch.equal(got.pred_classes, expected.pred_classes)
