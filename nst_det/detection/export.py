@@ -43,7 +43,7 @@ def require_detectron2_export():
     except ImportError as e:  # v0.6: ModuleNotFoundError "No module named 'caffe2'"
         raise ExportUnavailableError(
             f"exporting needs Detectron2's main branch (built from GitHub): this Detectron2's "
-            f"`detectron2.export` cannot be imported ({type(e).__name__}: {e}). Detectron2 v0.6's "
+            f"detectron2.export cannot be imported ({type(e).__name__}: {e}). Detectron2 v0.6's "
             f"export package imports caffe2, which torch no longer ships; Detectron2's main "
             f"exports with TracingAdapter without caffe2. Install it as README.md (Install) "
             f"says, then run the export again.") from e
