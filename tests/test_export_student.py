@@ -18,7 +18,12 @@ import torch
 import nst_det.detection  # noqa: F401  (first: makes Detectron2 usable here, registers nst_det's models)
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import GeneralizedRCNN, build_model
-from nst_det.detection.export import build_plain_student, export_torchscript, sample_inputs
+from nst_det.detection.export import (
+    build_plain_student,
+    export_torchscript,
+    flattened_outputs,
+    sample_inputs,
+)
 from nst_det.detection.load_config import load_nst_cfg, student_cfg
 from nst_det.engine.checkpointer import WeightsMismatchError
 from nst_det.research.demo_data import generate_demo_data
@@ -33,6 +38,10 @@ try:
     import onnx
 except ImportError:
     onnx = None
+try:
+    import onnxruntime
+except ImportError:
+    onnxruntime = None
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOC = os.path.join(REPO, "docs", "DETECTION.md")
@@ -151,6 +160,16 @@ def _compare(ts_model, model, images):
     return compared
 
 
+def _test_images(root, cfg):
+    """The demo's test images, as the exported model takes them (float32, resized for testing)."""
+    files = sorted(glob.glob(str(root / "datasets/demo_det/JPEGImages/*.jpg")))
+    test_ids = open(root / "datasets/demo_det/ImageSets/Main/test.txt").read().split()
+    images = [sample_inputs(cfg, f)[0]["image"] for f in files
+              if os.path.basename(f)[:-4] in test_ids]
+    assert len(images) == 3 and all(i.shape == (3, 64, 80) for i in images)
+    return images
+
+
 @needs_export
 def test_the_exported_torchscript_predicts_as_the_pytorch_student(exported):
     proc = exported["proc"]
@@ -159,12 +178,7 @@ def test_the_exported_torchscript_predicts_as_the_pytorch_student(exported):
     assert f"Exported the GeneralizedRCNN student of" in proc.stdout and path.is_file()
     ts_model = torch.jit.load(str(path))
     model, cfg = _plain_student(exported["config"], exported["checkpoint"], TEST_SIZE)
-    files = sorted(glob.glob(str(exported["root"] / "datasets/demo_det/JPEGImages/*.jpg")))
-    test_ids = open(exported["root"] / "datasets/demo_det/ImageSets/Main/test.txt").read().split()
-    images = [sample_inputs(cfg, f)[0]["image"] for f in files
-              if os.path.basename(f)[:-4] in test_ids]
-    assert len(images) == 3 and all(i.shape == (3, 64, 80) for i in images)
-    assert _compare(ts_model, model, images) > 0
+    assert _compare(ts_model, model, _test_images(exported["root"], cfg)) > 0
 
 
 def _corrupt(checkpoint, folder, drop=(), add=()):
@@ -218,6 +232,19 @@ def test_onnx_export_writes_a_valid_model_or_says_why_not(exported, tmp_path):
         return
     assert proc.returncode == 0, proc.stdout[-5000:]
     onnx.checker.check_model(onnx.load(str(tmp_path / "model.onnx")))
+    if onnxruntime is None:
+        return
+    session = onnxruntime.InferenceSession(str(tmp_path / "model.onnx"))
+    model, cfg = _plain_student(exported["config"], exported["checkpoint"], TEST_SIZE)
+    compared = 0
+    for image in _test_images(exported["root"], cfg):
+        expected, _ = flattened_outputs(model, image)
+        got = session.run(None, {session.get_inputs()[0].name: image.numpy()})
+        assert [tuple(g.shape) for g in got] == [tuple(e.shape) for e in expected]
+        for e, g in zip(expected, got):
+            assert torch.allclose(torch.from_numpy(g).to(e.dtype), e, atol=1e-4, rtol=1e-5)
+        compared += len(expected[0])
+    assert compared > 0
 
 
 @needs_export

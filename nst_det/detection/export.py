@@ -2,7 +2,7 @@
 strictly from a checkpoint, then traced with Detectron2's ``TracingAdapter`` into TorchScript or
 ONNX (the "tracing" method of Detectron2's ``tools/deploy/export_model.py``).
 
-The traced model takes one image tensor, ``[3, H, W]`` float in the config's INPUT.FORMAT,
+The traced model takes one image tensor, ``[3, H, W]`` float32 in the config's INPUT.FORMAT,
 already resized as the test loader resizes it (ResizeShortestEdge to INPUT.MIN_SIZE_TEST /
 MAX_SIZE_TEST), and returns the flattened ``Instances`` of that image: a tuple of tensors
 (``pred_boxes`` in the coordinates of the given tensor, ``pred_classes``, ``scores`` and the
@@ -24,11 +24,15 @@ from .load_config import student_cfg
 
 __all__ = ["ExportUnavailableError", "require_detectron2_export", "build_plain_student",
            "sample_inputs", "tracing_adapter", "export_torchscript", "export_onnx",
-           "flattened_outputs", "EXPORT_FORMATS"]
+           "flattened_outputs", "EXPORT_FORMATS", "ONNX_OPSET"]
 
 logger = logging.getLogger(__name__)
 
 EXPORT_FORMATS = {"torchscript": "model.ts", "onnx": "model.onnx"}
+# ONNX opset of --format onnx: ONNX's RoiAlign has the half-pixel mode of Detectron2's ROIAlign
+# (aligned=True) from opset 16 on; at Detectron2's STABLE_ONNX_OPSET_VERSION (11) an R-CNN's boxes
+# and scores come out of ONNX Runtime differently from PyTorch's.
+ONNX_OPSET = 16
 
 
 class ExportUnavailableError(RuntimeError):
@@ -104,7 +108,7 @@ def tracing_adapter(model, inputs: List[Dict]):
     called with one image tensor, it returns the flattened instances of that image."""
     d2_export = require_detectron2_export()
     model.eval()
-    image = inputs[0]["image"]
+    image = inputs[0]["image"].to(torch.float32)  # the test loader gives uint8; ONNX keeps the dtype
     inference = _inference if isinstance(model, GeneralizedRCNN) else None
     return d2_export.TracingAdapter(model, [{"image": image}], inference)
 
@@ -131,11 +135,12 @@ def export_torchscript(model, inputs: List[Dict], path: str):
     return adapter
 
 
-def export_onnx(model, inputs: List[Dict], path: str):
+def export_onnx(model, inputs: List[Dict], path: str, opset_version: int = ONNX_OPSET):
     """Export ``model`` (:func:`tracing_adapter` on the image of ``inputs[0]``) with
-    ``torch.onnx.export`` to ``path``; an :class:`ExportUnavailableError` when the package
-    ``onnx`` is missing or the exporter fails. Returns the adapter."""
-    d2_export = require_detectron2_export()
+    ``torch.onnx.export`` (its TorchScript-based exporter, at ``opset_version``) to ``path``; an
+    :class:`ExportUnavailableError` when the package ``onnx`` is missing or the exporter fails.
+    Returns the adapter."""
+    require_detectron2_export()
     try:
         import onnx  # noqa: F401  (torch.onnx.export writes through it)
     except ImportError as e:
@@ -147,8 +152,7 @@ def export_onnx(model, inputs: List[Dict], path: str):
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     try:
         with torch.no_grad():
-            torch.onnx.export(adapter, (image,), path, dynamo=False,
-                              opset_version=d2_export.STABLE_ONNX_OPSET_VERSION)
+            torch.onnx.export(adapter, (image,), path, dynamo=False, opset_version=opset_version)
     except Exception as e:
         if os.path.exists(path):
             os.remove(path)
