@@ -20,6 +20,8 @@ from detectron2.layers import FrozenBatchNorm2d
 from detectron2.modeling import build_model
 from detectron2.structures import BitMasks, Boxes, Instances
 from detectron2.utils.events import EventStorage
+from nst_det.detection.architectures import DISTILL_META_ARCHITECTURES
+from nst_det.detection.export import build_plain_student
 from nst_det.detection.load_config import is_lazy_config, load_nst_cfg, student_cfg
 from nst_det.detection.teacher import build_teacher_model
 from torch import nn
@@ -205,6 +207,16 @@ def test_no_teacher_tensor_is_saved_and_the_teacher_lives_on_the_student_device(
     saved = torch.load(trained["checkpoint"], map_location="cpu", weights_only=False)["model"]
     assert set(saved) == set(model.state_dict()) == set(plain.state_dict())
     assert {p.device for p in model.teacher.parameters()} == {model.device}
+
+
+def test_the_checkpoint_loads_strictly_into_the_plain_student(trained):
+    """The deployable student: the saved checkpoint fills every tensor of the plain detector of
+    student_cfg, strictly (no key missing, none left over, every shape right; else an error)."""
+    student = build_plain_student(trained["cfg"], trained["checkpoint"])
+    assert type(student).__name__ == DISTILL_META_ARCHITECTURES[
+        trained["cfg"].MODEL.META_ARCHITECTURE]
+    model = trained["model"].state_dict()
+    assert all(torch.equal(v, model[k]) for k, v in student.state_dict().items())
 
 
 def test_lazy_teachers_are_frozen_with_their_batch_norms_fixed(trained):

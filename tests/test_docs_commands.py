@@ -48,6 +48,11 @@ NOT_RUN = {
     "python tools/visualize_predictions.py output/my_data/inference/my_coco_val/coco_instances_results.json "
     "--dataset my_coco_val --config-file my_data.yaml --output output/my_data/pictures":
         "run by tests/test_custom_datasets.py",
+    # docs/DETECTION.md, "Deploying the distilled student": run word for word on a student that
+    # tools/train_net.py distils, by tests/test_export_student.py
+    "python tools/export_student.py --config-file configs/demo/det_student_nst.yaml "
+    "MODEL.WEIGHTS output/demo_det/student_nst/model_final.pth --output output/demo_det/student_nst/export":
+        "run by tests/test_export_student.py",
 }
 
 # What a CPU user adds to a detection command on tiny images.
