@@ -65,7 +65,10 @@ def _padding(model: nn.Module) -> tuple:
     the latter exists on Detectron2's main only (e.g. {"square_size": 1024} of ViTDet), {} on
     v0.6."""
     backbone = model.backbone
-    return backbone.size_divisibility, dict(getattr(backbone, "padding_constraints", None) or {})
+    constraints = dict(getattr(backbone, "padding_constraints", None) or {})
+    if constraints.get("square_size", 0) <= 0:  # 0: no square (FPN's default on main)
+        constraints.pop("square_size", None)
+    return backbone.size_divisibility, constraints
 
 
 def same_input_pipeline(student: nn.Module, teacher: nn.Module) -> bool:
