@@ -286,3 +286,29 @@ def test_on_detectron2_v06_a_transformer_teacher_says_it_needs_main(kind):
                                           + SHIPPED[kind][0].replace(".", r"\.")
                                           + r"' builds a transformer backbone .*Detectron2's main"):
         build_model(cfg)
+
+
+@needs_main
+def test_roi_kd_works_across_the_two_pipelines(tiny_teachers):
+    """The student's sampled proposals are in image pixels: the ViTDet teacher's box head pools
+    them from its own (square-padded) maps."""
+    model = build_pair("vitdet", tiny_teachers, "DISTILL.KD.WEIGHT", 1.0)
+    losses, _ = teacher_backbone_input(model, batch_of((64, 80), (56, 72)))
+    assert torch.isfinite(losses["loss_kd"]) and torch.isfinite(losses["loss_nst"])
+
+
+def test_dense_kd_between_differently_padded_batches_is_refused():
+    """Dense heads predict one logit per anchor of the padded batch: another padding, other
+    anchors."""
+    from detectron2.modeling import RetinaNet
+    from nst_det.detection.load_config import student_cfg
+    from nst_det.detection.meta_arch import DistillRetinaNet
+
+    cfg = load_nst_cfg(os.path.join(CONFIGS, "voc_retinanet_R18_nst.yaml"),
+                       ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", ""])
+    teacher = build_teacher_model(cfg.DISTILL.TEACHER.CONFIG)
+    teacher.backbone._size_divisibility = 64  # FPN's own attribute on both Detectron2s
+    with pytest.raises(ValueError, match="pad their batches differently"):
+        DistillRetinaNet(teacher=teacher, student_features=["p3"], teacher_features=["p3"],
+                         level_weights=[], nst_weight=1.0, kd_weight=1.0,
+                         **RetinaNet.from_config(student_cfg(cfg)))
