@@ -5,8 +5,11 @@ NST (and optionally KD) from a frozen teacher of any of those families.
 One mechanism, :class:`DistillDetector`, mixed into each student class: in training the student runs
 as the plain detector it is; hooks keep the backbone's input and features (and, for KD, the head's
 class logits, and for R-CNN the sampled proposals). The teacher then runs without autograd on the
-same images, only as far as the matched features (its backbone; its head too when KD is on), and
-``loss_nst`` (and ``loss_kd``) join the losses. In inference only the student runs. The teacher is
+same images, preprocessed by its own ``preprocess_image`` (its normalisation, channel order and
+padding: a ViTDet teacher pads to its square, a CNN student to a multiple of 32), only as far as the
+matched features (its backbone; its head too when KD is on); matched maps of two differently padded
+batches are cropped to the part that covers the images (:func:`crop_to_images`), and ``loss_nst``
+(and ``loss_kd``) join the losses. In inference only the student runs. The teacher is
 held outside the module tree, so ``state_dict()``, ``parameters()``, the optimizer and
 DistributedDataParallel see the student only.
 """
@@ -17,7 +20,6 @@ import torch
 from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY, GeneralizedRCNN, RetinaNet
 from detectron2.modeling.meta_arch.dense_detector import DenseDetector, permute_to_N_HWA_K
-from detectron2.structures import ImageList
 from detectron2.utils.events import get_event_storage
 from torch import nn
 
@@ -33,7 +35,7 @@ from .fcos import YamlFCOS
 from .teacher import build_teacher
 
 __all__ = ["DistillDetector", "DistillGeneralizedRCNN", "DistillRetinaNet", "DistillFCOS",
-           "head_family", "pair_features"]
+           "head_family", "pair_features", "same_input_pipeline", "crop_to_images", "image_extent"]
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +59,43 @@ def head_family(model: nn.Module) -> str:
     if isinstance(model, DenseDetector):
         return "dense"
     return ""
+
+
+def _padding(model: nn.Module) -> tuple:
+    """How ``model`` pads its batch: (backbone size_divisibility, backbone padding_constraints);
+    the latter exists on Detectron2's main only (e.g. {"square_size": 1024} of ViTDet), {} on
+    v0.6."""
+    backbone = model.backbone
+    constraints = dict(getattr(backbone, "padding_constraints", None) or {})
+    if constraints.get("square_size", 0) <= 0:  # 0: no square (FPN's default on main)
+        constraints.pop("square_size", None)
+    return backbone.size_divisibility, constraints
+
+
+def same_input_pipeline(student: nn.Module, teacher: nn.Module) -> bool:
+    """True when ``teacher.preprocess_image`` would make of any batch exactly what
+    ``student.preprocess_image`` makes: the same channel order (``input_format``), PIXEL_MEAN,
+    PIXEL_STD and padding (size_divisibility and padding_constraints)."""
+    return (student.input_format == teacher.input_format
+            and student.pixel_mean.shape == teacher.pixel_mean.shape
+            and torch.equal(student.pixel_mean, teacher.pixel_mean.to(student.pixel_mean))
+            and student.pixel_std.shape == teacher.pixel_std.shape
+            and torch.equal(student.pixel_std, teacher.pixel_std.to(student.pixel_std))
+            and _padding(student) == _padding(teacher))
+
+
+def crop_to_images(feature: torch.Tensor, stride: int, image_extent: Sequence[int]) -> torch.Tensor:
+    """``feature`` [N, C, H, W] of stride ``stride`` cropped to the rows and columns that cover the
+    images of the batch: the first ceil(height / stride) x ceil(width / stride), (height, width) =
+    ``image_extent``, the largest image height and width of the batch before padding (never more
+    than the map has). Padding is always added at the bottom and right (ImageList.from_tensors), so
+    position (i, j) of two maps of one stride looks at the same pixels whatever each batch's
+    padding; a crop keeps that correspondence, where a resize would squeeze one model's padding
+    into the image."""
+    height, width = image_extent
+    rows = min(-(-int(height) // stride), feature.shape[-2])
+    cols = min(-(-int(width) // stride), feature.shape[-1])
+    return feature[..., :rows, :cols]
 
 
 def _available_features(backbone: nn.Module) -> Dict[str, object]:
@@ -259,6 +298,10 @@ class DistillDetector:
         self.student_features, self.teacher_features, student_shapes, teacher_shapes = \
             pair_features(self.backbone, self.teacher.backbone, self.student_features,
                           self.teacher_features, self.match_levels)
+        # {name: stride} of the matched features: where crop_to_images cuts each map
+        self._matched_strides = (
+            {n: student_shapes[n].stride for n in self.student_features},
+            {n: teacher_shapes[n].stride for n in self.teacher_features})
         if not self.level_weights:
             self.level_weights = [1.0] * len(self.student_features)
         return student_shapes, teacher_shapes
@@ -276,12 +319,10 @@ class DistillDetector:
                     "spatial size (DISTILL.STUDENT_FEATURES / TEACHER_FEATURES), or "
                     "DISTILL.RESIZE \"student_to_teacher\" / \"teacher_to_student\""
                 )
-        s_div, t_div = self.backbone.size_divisibility, self.teacher.backbone.size_divisibility
-        if t_div > 1 and s_div % t_div != 0:
+        if not callable(getattr(self.teacher, "preprocess_image", None)):
             raise ValueError(
-                f"the teacher backbone needs inputs divisible by {t_div} but the student pads its "
-                f"batch to multiples of {s_div}; the teacher sees the student's padded batch"
-            )
+                f"the {type(self.teacher).__name__} teacher has no preprocess_image: nst_det "
+                "prepares the teacher's input with the teacher's own preprocess_image")
         if self.input_format != self.teacher.input_format and not (
             self.input_format in _SWAPPABLE_FORMATS
             and self.teacher.input_format in _SWAPPABLE_FORMATS
@@ -313,6 +354,13 @@ class DistillDetector:
             s_classes, t_classes = self.num_classes, self.teacher.num_classes
             key = "NUM_CLASSES of MODEL.RETINANET / MODEL.FCOS"
             s_anchors, t_anchors = _dense_anchors(self), _dense_anchors(self.teacher)
+            if _padding(self) != _padding(self.teacher):
+                raise ValueError(
+                    f"DISTILL.KD.WEIGHT > 0: the {names[0]} student and the {names[1]} teacher "
+                    f"pad their batches differently (size_divisibility, padding_constraints: "
+                    f"student {_padding(self)}, teacher {_padding(self.teacher)}), so their dense "
+                    f"heads predict at different locations and their class logits cannot be "
+                    f"compared one to one")
             if s_anchors != t_anchors:
                 raise ValueError(
                     f"DISTILL.KD.WEIGHT > 0: the {names[0]} student and the {names[1]} teacher "
@@ -333,6 +381,8 @@ class DistillDetector:
         """Training: the student's losses + ``loss_nst`` (+ ``loss_kd``); inference: the student's."""
         if not self.training or self.teacher is None:
             return super().forward(batched_inputs)
+        extent = image_extent(batched_inputs)
+        self._check_teacher_sees_the_images(extent)
         capture = self._student_capture()
         try:
             losses = super().forward(batched_inputs)
@@ -341,8 +391,38 @@ class DistillDetector:
         student = capture.store
         teacher_images = self.teacher_images(batched_inputs, student["images"])
         teacher = self._teacher_forward(teacher_images, student.get("proposal_boxes"))
+        if teacher_images.shape[-2:] != student["images"].shape[-2:]:
+            # two pipelines padded the batch differently: compare the maps where the images are
+            student, teacher = self.crop_matched_features(student, teacher, extent)
         losses.update(self.distillation_losses(student, teacher))
         return losses
+
+    def _check_teacher_sees_the_images(self, extent: Sequence[int]):
+        """A teacher that pads to a square (ViTDet: padding_constraints {"square_size": 1024})
+        cannot take a larger image: a ValueError naming both sizes and the student's keys."""
+        square = _padding(self.teacher)[1].get("square_size", 0)
+        if square > 0 and max(extent) > square:
+            raise ValueError(
+                f"the batch has images of up to {extent[0]} x {extent[1]} pixels but the teacher's "
+                f"backbone pads its input to a {square} x {square} square (its padding_constraints"
+                f"): it cannot see the whole image. Keep the student's training images within "
+                f"{square} pixels (INPUT.MAX_SIZE_TRAIN, or the crop of its augmentation)")
+
+    def crop_matched_features(self, student: Dict[str, object], teacher: Dict[str, object],
+                              extent: Sequence[int]):
+        """``student`` and ``teacher`` (the captured outputs) with every matched feature map cut
+        to the rows and columns that cover the images, ``extent`` = (largest height, largest
+        width) of the batch before padding (:func:`crop_to_images`); other entries unchanged."""
+        s_strides, t_strides = self._matched_strides
+        student = dict(student)
+        for key in ("features", "bottom_up"):
+            if key in student:
+                student[key] = {n: crop_to_images(v, s_strides[n], extent) if n in s_strides else v
+                                for n, v in student[key].items()}
+        teacher = dict(teacher)
+        teacher["features"] = {n: crop_to_images(v, t_strides[n], extent)
+                               for n, v in teacher["features"].items()}
+        return student, teacher
 
     def _student_capture(self) -> _ForwardCapture:
         capture = _ForwardCapture()
@@ -359,25 +439,17 @@ class DistillDetector:
 
     def teacher_images(self, batched_inputs: List[Dict[str, torch.Tensor]],
                        student_images: torch.Tensor) -> torch.Tensor:
-        """The teacher's input [N, 3, H, W]: the student's preprocessed batch when both normalise
-        alike, else the same raw images normalised with the teacher's PIXEL_MEAN/STD and format,
-        padded like the student's batch."""
+        """The teacher's input [N, 3, H', W']: the same images at the same scale, prepared by the
+        teacher's own ``preprocess_image`` (its PIXEL_MEAN/STD, its padding: size_divisibility
+        and, on Detectron2's main, padding_constraints such as ViTDet's square), given in its
+        channel order (RGB <-> BGR swapped where the two differ). ``student_images`` itself when
+        both pipelines are the same (:func:`same_input_pipeline`)."""
         teacher = self.teacher
-        same_format = teacher.input_format == self.input_format
-        if (same_format and torch.equal(teacher.pixel_mean, self.pixel_mean)
-                and torch.equal(teacher.pixel_std, self.pixel_std)):
+        if same_input_pipeline(self, teacher):
             return student_images
-        images = [x["image"].to(self.device) for x in batched_inputs]
-        if not same_format:
-            images = [x.flip(0) for x in images]  # RGB <-> BGR
-        images = [(x - teacher.pixel_mean) / teacher.pixel_std for x in images]
-        images = ImageList.from_tensors(images, self.backbone.size_divisibility).tensor
-        if images.shape != student_images.shape:
-            raise ValueError(
-                f"teacher batch {tuple(images.shape)} is not padded like the student batch "
-                f"{tuple(student_images.shape)}"
-            )
-        return images
+        swap = teacher.input_format != self.input_format
+        inputs = [{"image": x["image"].flip(-3) if swap else x["image"]} for x in batched_inputs]
+        return teacher.preprocess_image(inputs).tensor
 
     def _teacher_forward(self, images: torch.Tensor, proposal_boxes=None) -> Dict[str, object]:
         """Run the teacher without autograd only as far as distillation needs:
@@ -469,6 +541,12 @@ class DistillDetector:
             storage.put_scalar(f"nst/{name}", value)
         if self.warmup_iters > 0:
             storage.put_scalar("distill/warmup_factor", factor)
+
+
+def image_extent(batched_inputs: List[Dict[str, torch.Tensor]]) -> tuple:
+    """(largest height, largest width) of the images of a batch, before any padding."""
+    sizes = [x["image"].shape[-2:] for x in batched_inputs]
+    return max(int(h) for h, _ in sizes), max(int(w) for _, w in sizes)
 
 
 def _dense_anchors(model: DenseDetector) -> List[tuple]:

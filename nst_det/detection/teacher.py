@@ -2,6 +2,7 @@
 from Detectron2's model zoo), loaded strictly, never trained."""
 import logging
 import os
+import re
 
 from detectron2.layers import FrozenBatchNorm2d
 from detectron2.modeling import build_model
@@ -17,7 +18,8 @@ from nst_det.engine.checkpointer import load_weights_strictly, weights_checksum
 from nst_det.engine.config_paths import local_path, missing_path_message
 from nst_det.engine.frozen import freeze
 
-__all__ = ["build_teacher", "build_teacher_from_files", "build_teacher_model", "build_lazy_teacher"]
+__all__ = ["build_teacher", "build_teacher_from_files", "build_teacher_model", "build_lazy_teacher",
+           "has_transformer_backbones"]
 
 logger = logging.getLogger(__name__)
 
@@ -82,10 +84,14 @@ def build_lazy_teacher(config_file: str, key: str = _KEY) -> nn.Module:
     path = model_zoo_config_file(config_file, key)
     if not os.path.isfile(path):
         raise FileNotFoundError(missing_path_message(key, path, what="teacher LazyConfig file"))
-    lazy = LazyConfig.load(path)
-    if "model" not in lazy:
-        raise ValueError(f"{key} '{config_file}' is a LazyConfig file without a `model`")
-    teacher = instantiate(lazy.model)
+    try:
+        lazy = LazyConfig.load(path)
+        if "model" not in lazy:
+            raise ValueError(f"{key} '{config_file}' is a LazyConfig file without a `model`")
+        teacher = instantiate(lazy.model)
+    except (ImportError, RuntimeError) as e:
+        _explain_missing_backbone(config_file, e, key)
+        raise
     if type(teacher).__name__ in DISTILL_META_ARCHITECTURES:
         raise ValueError(f"{key} '{config_file}' builds a {type(teacher).__name__}; a teacher "
                          "must be a plain detector (e.g. GeneralizedRCNN)")
@@ -99,6 +105,40 @@ def build_lazy_teacher(config_file: str, key: str = _KEY) -> nn.Module:
             ) from e
         teacher.input_format = image_format
     return teacher
+
+
+# The transformer backbones of Detectron2's main branch (detectron2/modeling/backbone/{vit,mvit,
+# swin}.py); Detectron2 v0.6 has none of them.
+_TRANSFORMER_BACKBONES = ("ViT", "SimpleFeaturePyramid", "MViT", "SwinTransformer")
+_TRANSFORMER_WORDS = re.compile(r"\b(ViT|SimpleFeaturePyramid|MViT|SwinTransformer|vitdet|"
+                                r"mvitv2|backbone\.(vit|mvit|swin))", re.IGNORECASE)
+
+
+def has_transformer_backbones() -> bool:
+    """True when the installed Detectron2 has the transformer backbones of its main branch
+    (ViT + SimpleFeaturePyramid, MViT, SwinTransformer); False on v0.6. Probed, never read from
+    a version string (both call themselves 0.6)."""
+    import detectron2.modeling.backbone as backbones
+
+    return all(hasattr(backbones, name) for name in _TRANSFORMER_BACKBONES)
+
+
+def _explain_missing_backbone(config_file: str, error: BaseException, key: str = _KEY) -> None:
+    """Raise an ImportError that says what to install when ``error`` (raised while loading or
+    instantiating the LazyConfig teacher ``config_file``) comes from a missing transformer
+    backbone (Detectron2 v0.6) or a missing timm; return otherwise."""
+    name = getattr(error, "name", None) or ""
+    if isinstance(error, ImportError) and name.split(".")[0] == "timm":
+        raise ImportError(
+            f"{key} '{config_file}' builds a backbone of Detectron2 that needs the package timm, "
+            f"which is not installed: pip install timm ({error})") from error
+    if not has_transformer_backbones() and _TRANSFORMER_WORDS.search(f"{name} {error}"):
+        raise ImportError(
+            f"{key} '{config_file}' builds a transformer backbone (ViT/ViTDet, MViTv2 or Swin) "
+            f"that the installed Detectron2 does not have: these backbones "
+            f"(detectron2.modeling.backbone.vit, mvit, swin) need Detectron2's main branch "
+            f"(pip install 'git+https://github.com/facebookresearch/detectron2.git'), and timm "
+            f"({error})") from error
 
 
 def _freeze_batch_norms(teacher: nn.Module, config_file: str) -> None:
