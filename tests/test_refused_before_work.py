@@ -1,0 +1,155 @@
+"""Inputs that would make a run score the wrong thing, or die with a traceback that does not name
+the culprit, are refused before any work, with an error naming the file, key or option.
+
+Through the tools (``tools/train_net.py``, ``tools/train_cls.py``) as subprocesses run from a
+folder outside the repository, except where a check is cheaper to reach in-process."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from nst_det.engine.config_paths import REPO_ROOT
+
+TRAIN_NET = os.path.join(REPO_ROOT, "tools", "train_net.py")
+TRAIN_CLS = os.path.join(REPO_ROOT, "tools", "train_cls.py")
+DEMO = os.path.join(REPO_ROOT, "configs", "demo")
+DET_STUDENT = os.path.join(DEMO, "det_student.yaml")
+CLS_STUDENT = os.path.join(DEMO, "cls_student.yaml")
+
+
+def _tool(script, *args, cwd, env=None, timeout=240):
+    """``<venv python> script args`` in ``cwd``; (exit status, stdout + stderr)."""
+    env = dict(env or os.environ)
+    env["PYTHONPATH"] = REPO_ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.run([sys.executable, script, *[str(a) for a in args]], cwd=str(cwd),
+                          env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          timeout=timeout)
+    return proc.returncode, proc.stdout
+
+
+def _last_line(out: str) -> str:
+    return out.strip().splitlines()[-1]
+
+
+# ------------------------------------------------------------------------------------------------
+# 1. Configs: the yaml chain is read and checked before the merge, by both tools
+# ------------------------------------------------------------------------------------------------
+
+BAD_YAMLS = {
+    # name: ({file: text}, the file given, the expected last line)
+    "base_cycle": ({"a.yaml": "_BASE_: b.yaml\n", "b.yaml": "_BASE_: a.yaml\nSOLVER:\n  BASE_LR: 0.1\n"},
+                   "a.yaml", "ConfigFileError: _BASE_ chain of config files loops: {d}/a.yaml -> "
+                   "{d}/b.yaml -> {d}/a.yaml"),
+    "empty": ({"empty.yaml": ""}, "empty.yaml",
+              "ConfigFileError: config file 'empty.yaml' is empty: a config is a yaml mapping of "
+              "keys (at least _BASE_: FILE)"),
+    "syntax": ({"syntax.yaml": "SOLVER:\n  BASE_LR: [0.1\nMODEL:\n  DEVICE: cpu\n"}, "syntax.yaml",
+               "ConfigFileError: config file 'syntax.yaml' is not valid yaml: line 3, column 6: "
+               "expected ',' or ']', but got ':' (while parsing a flow sequence at line 2, column 12)"),
+    "top_level_key_twice": (
+        {"dup.yaml": "SOLVER:\n  BASE_LR: 0.1\nMODEL:\n  DEVICE: cpu\nSOLVER:\n  MAX_ITER: 5\n"},
+        "dup.yaml", "ConfigFileError: config file 'dup.yaml': key SOLVER is given twice in one "
+        "mapping (line 1 and line 5); yaml would keep the second and drop the first silently: "
+        "write it once"),
+    "nested_key_twice": (
+        {"dup2.yaml": "SOLVER:\n  BASE_LR: 0.1\n  BASE_LR: 0.2\n"}, "dup2.yaml",
+        "ConfigFileError: config file 'dup2.yaml': key SOLVER.BASE_LR is given twice in one "
+        "mapping (line 2 and line 3); yaml would keep the second and drop the first silently: "
+        "write it once"),
+    "missing_base": ({"child.yaml": "_BASE_: nowhere.yaml\n"}, "child.yaml",
+                     "ConfigFileError: config file 'child.yaml': its _BASE_ 'nowhere.yaml' does "
+                     "not exist (looked for {d}/nowhere.yaml)"),
+}
+
+
+# Through both tools: the two cases that used to end in a RecursionError / a silently dropped key.
+@pytest.mark.parametrize("tool, case", [("train_net", "base_cycle"), ("train_cls", "base_cycle"),
+                                        ("train_net", "top_level_key_twice"),
+                                        ("train_cls", "top_level_key_twice")])
+def test_bad_config_files_through_the_tools_name_the_file(tmp_path, tool, case):
+    files, given, expected = BAD_YAMLS[case]
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    script = TRAIN_NET if tool == "train_net" else TRAIN_CLS
+    code, out = _tool(script, "--config-file", given, cwd=tmp_path)
+    assert code != 0
+    assert _last_line(out).endswith(expected.format(d=os.path.realpath(tmp_path))), out[-2000:]
+
+
+# Every case through the loaders of both stages (the same yaml_chain), in this process.
+@pytest.mark.parametrize("stage", ["detection", "classification"])
+@pytest.mark.parametrize("case", sorted(BAD_YAMLS))
+def test_bad_config_files_are_refused_naming_the_file(tmp_path, monkeypatch, stage, case):
+    from nst_det.classification.config import load_cls_config
+    from nst_det.detection.load_config import load_nst_cfg
+
+    files, given, expected = BAD_YAMLS[case]
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    monkeypatch.chdir(tmp_path)
+    load = load_nst_cfg if stage == "detection" else load_cls_config
+    with pytest.raises(Exception) as info:
+        load(given)
+    text = f"{type(info.value).__name__}: {info.value}"
+    assert text == expected.format(d=os.path.realpath(tmp_path))
+
+
+def test_merge_keys_and_anchors_are_no_duplicates(tmp_path):
+    """yaml's ``<<: *anchor`` then an override of one of its keys is legitimate: no error."""
+    from nst_det.engine.config_paths import yaml_chain
+
+    (tmp_path / "ok.yaml").write_text(
+        "X: &x\n  A: 1\n  B: 2\nY:\n  <<: *x\n  A: 3\n")
+    (_, raw), = yaml_chain(str(tmp_path / "ok.yaml"))
+    assert raw["Y"] == {"A": 3, "B": 2}
+
+
+def test_classification_config_to_train_net_names_train_cls(tmp_path):
+    code, out = _tool(TRAIN_NET, "--config-file", os.path.join(DEMO, "cls_student_nst.yaml"),
+                      cwd=tmp_path)
+    assert code != 0
+    assert ("ConfigFileError: config file '" + os.path.join(DEMO, "cls_student_nst.yaml")
+            + "' is a classification config: it sets MODEL.NUM_CLASSES, MODEL.STUDENT.NAME"
+            in out), out[-2000:]
+    assert _last_line(out).endswith(
+        "keys of tools/train_cls.py only. Run it with tools/train_cls.py; tools/train_net.py "
+        "reads detection configs")
+
+
+def test_detection_config_to_train_cls_names_train_net(tmp_path):
+    code, out = _tool(TRAIN_CLS, "--config-file", os.path.join(DEMO, "det_student_nst.yaml"),
+                      cwd=tmp_path)
+    assert code != 0
+    assert "is a detection config: it sets MODEL.META_ARCHITECTURE" in out, out[-2000:]
+    assert _last_line(out).endswith(
+        "keys of tools/train_net.py only. Run it with tools/train_net.py; tools/train_cls.py "
+        "reads classification configs")
+
+
+def test_one_key_of_the_other_stage_is_named(tmp_path):
+    """A detection config that sets SOLVER.EPOCHS (a classification key) names it and the tool."""
+    from nst_det.detection.load_config import load_nst_cfg
+    from nst_det.engine.config_paths import ConfigFileError
+
+    (tmp_path / "mixed.yaml").write_text(f"_BASE_: {DET_STUDENT}\nSOLVER:\n  EPOCHS: 3\n")
+    with pytest.raises(ConfigFileError, match=r"sets keys of the classification stage "
+                       r"\(tools/train_cls.py\): SOLVER.EPOCHS; tools/train_net.py reads "
+                       r"detection configs"):
+        load_nst_cfg(str(tmp_path / "mixed.yaml"))
+
+
+def test_max_iter_below_one_is_refused_naming_the_key(tmp_path):
+    code, out = _tool(TRAIN_NET, "--config-file", DET_STUDENT, "SOLVER.MAX_ITER", "0",
+                      "MODEL.DEVICE", "cpu", cwd=tmp_path)
+    assert code != 0
+    assert _last_line(out) == ("ValueError: SOLVER.MAX_ITER is 0: the number of training "
+                               "iterations must be an integer >= 1"), out[-2000:]
+
+
+def test_epochs_below_one_is_refused_naming_the_key(tmp_path):
+    code, out = _tool(TRAIN_CLS, "--config-file", CLS_STUDENT, "SOLVER.EPOCHS", "0",
+                      cwd=tmp_path)
+    assert code != 0
+    assert _last_line(out) == ("ValueError: SOLVER.EPOCHS is 0: the number of training epochs "
+                               "must be an integer >= 1"), out[-2000:]
