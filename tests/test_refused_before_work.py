@@ -153,3 +153,73 @@ def test_epochs_below_one_is_refused_naming_the_key(tmp_path):
     assert code != 0
     assert _last_line(out) == ("ValueError: SOLVER.EPOCHS is 0: the number of training epochs "
                                "must be an integer >= 1"), out[-2000:]
+
+
+# ------------------------------------------------------------------------------------------------
+# 2. Launching: impossible process counts and a rendezvous port in use, before any process starts
+# ------------------------------------------------------------------------------------------------
+
+LAUNCH_CASES = [
+    (dict(num_processes_per_machine=0, num_machines=1, machine_rank=0),
+     "--num-gpus is 0: the number of processes per machine must be >= 1 (1 without a GPU: "
+     "MODEL.DEVICE cpu)"),
+    (dict(num_processes_per_machine=1, num_machines=0, machine_rank=0),
+     "--num-machines is 0: it must be >= 1"),
+    (dict(num_processes_per_machine=1, num_machines=2, machine_rank=2),
+     "--machine-rank is 2 but --num-machines is 2: the rank of this machine must be in 0..1"),
+    (dict(num_processes_per_machine=1, num_machines=2, machine_rank=-1),
+     "--machine-rank is -1 but --num-machines is 2: the rank of this machine must be in 0..1"),
+]
+
+
+@pytest.mark.parametrize("kwargs, message", LAUNCH_CASES)
+def test_impossible_launch_options_are_refused_naming_the_option(kwargs, message):
+    from nst_det.engine.launch import launch
+
+    def never(*args):
+        raise AssertionError("main_func must not run")
+
+    with pytest.raises(ValueError) as info:
+        launch(never, dist_url="auto", **kwargs)
+    assert str(info.value) == message
+
+
+def test_more_processes_than_gpus_is_refused_naming_the_option(monkeypatch):
+    import torch
+
+    from nst_det.engine.launch import launch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(ValueError) as info:
+        launch(lambda: None, 4, dist_url="auto")
+    assert str(info.value) == ("--num-gpus is 4 but this machine has 2 GPU(s) "
+                               "(torch.cuda.device_count()): each process takes one GPU; give "
+                               "--num-gpus 2 or fewer")
+
+
+def test_machine_rank_outside_the_machines_through_train_net(tmp_path):
+    code, out = _tool(TRAIN_NET, "--config-file", DET_STUDENT, "--num-machines", "2",
+                      "--machine-rank", "2", "--dist-url", "tcp://127.0.0.1:1", "MODEL.DEVICE",
+                      "cpu", cwd=tmp_path)
+    assert code != 0
+    assert _last_line(out) == ("ValueError: --machine-rank is 2 but --num-machines is 2: the rank "
+                               "of this machine must be in 0..1"), out[-2000:]
+
+
+def test_rendezvous_port_in_use_names_the_address_and_auto(tmp_path):
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        code, out = _tool(TRAIN_CLS, "--config-file", CLS_STUDENT, "--num-gpus", "2",
+                          "--dist-url", f"tcp://127.0.0.1:{port}", "MODEL.DEVICE", "cpu",
+                          cwd=tmp_path)
+    assert code != 0
+    assert _last_line(out) == (
+        f"RuntimeError: --dist-url tcp://127.0.0.1:{port}: address 127.0.0.1:{port} is already "
+        f"in use (another job's rendezvous?): give a free port, or --dist-url auto to pick one "
+        f"(one machine only)"), out[-2000:]
+    assert "Starting" not in out and "Rank" not in out
