@@ -223,3 +223,136 @@ def test_rendezvous_port_in_use_names_the_address_and_auto(tmp_path):
         f"in use (another job's rendezvous?): give a free port, or --dist-url auto to pick one "
         f"(one machine only)"), out[-2000:]
     assert "Starting" not in out and "Rank" not in out
+
+
+# ------------------------------------------------------------------------------------------------
+# 3. Class lists compared by name: a test set with the training classes in another order
+# ------------------------------------------------------------------------------------------------
+
+SWAP = {1: 3, 3: 1, 16: 16}  # category ids of person and car exchanged in the test JSON
+
+
+@pytest.fixture(scope="module")
+def permuted_coco(tmp_path_factory):
+    """A folder outside the repository with a custom COCO training set (person, car, bird), its
+    validation images once as written (``t_val``: same classes, same order) and once with the
+    category ids of person and car exchanged in categories and annotations alike
+    (``t_val_perm``: thing_classes car, person, bird); ``cfg.yaml`` (the demo student on them,
+    testing ``t_val_perm``) and ``w.pth``, weights of that student."""
+    import json
+
+    import nst_det.detection  # noqa: F401
+    from detectron2.checkpoint import DetectionCheckpointer
+    from detectron2.modeling import build_model
+
+    from nst_det.detection.load_config import load_nst_cfg
+    from nst_det.research.official_layout import write_coco
+
+    work = tmp_path_factory.mktemp("class_lists")
+    write_coco(str(work), {"train2017": 2, "val2017": 2}, seed=1)
+    ann = work / "coco" / "annotations"
+    for split in ("train2017", "val2017"):
+        content = json.loads((ann / f"instances_{split}.json").read_text())
+        content["categories"] = [c for c in content["categories"] if c["id"] in SWAP]
+        (ann / f"instances_{split}.json").write_text(json.dumps(content))
+    content["categories"] = [dict(c, id=SWAP[c["id"]]) for c in content["categories"]]
+    for a in content["annotations"]:
+        a["category_id"] = SWAP[a["category_id"]]
+    (ann / "instances_val2017_perm.json").write_text(json.dumps(content))
+    (work / "cfg.yaml").write_text(
+        f"_BASE_: {DET_STUDENT}\nMODEL:\n  DEVICE: cpu\nDATASETS:\n  COCO_CUSTOM: [\n"
+        '    ["t_train", "coco/annotations/instances_train2017.json", "coco/train2017"],\n'
+        '    ["t_val", "coco/annotations/instances_val2017.json", "coco/val2017"],\n'
+        '    ["t_val_perm", "coco/annotations/instances_val2017_perm.json", "coco/val2017"]]\n'
+        '  TRAIN: ("t_train",)\n  TEST: ("t_val_perm",)\nOUTPUT_DIR: out\n')
+    model = build_model(load_nst_cfg(str(work / "cfg.yaml")))
+    DetectionCheckpointer(model, str(work)).save("w")
+    return work
+
+
+PERMUTED_MESSAGE = (
+    "ValueError: class lists differ: the model is trained on data set 't_train' "
+    "(DATASETS.TRAIN), whose thing_classes are ['person', 'car', 'bird'], but data set "
+    "'t_val_perm' (DATASETS.TEST) has ['car', 'person', 'bird'] (class 0 is 'person' in one and "
+    "'car' in the other): its detections would be scored as the wrong classes. Use a test set "
+    "with the training set's classes in its order, or set DATASETS.TEST_CLASS_MAP by_name to map "
+    "the classes by name (same names, another order)")
+
+
+def test_eval_only_on_a_test_set_of_permuted_classes_is_refused(permuted_coco):
+    code, out = _tool(TRAIN_NET, "--config-file", "cfg.yaml", "--eval-only", "MODEL.WEIGHTS",
+                      "w.pth", cwd=permuted_coco)
+    assert code != 0
+    assert _last_line(out) == PERMUTED_MESSAGE, out[-3000:]
+    assert "Evaluation results" not in out
+
+
+def test_training_with_a_test_set_of_permuted_classes_is_refused_before_training(permuted_coco):
+    code, out = _tool(TRAIN_NET, "--config-file", "cfg.yaml", "SOLVER.MAX_ITER", "1",
+                      "SOLVER.IMS_PER_BATCH", "2", "OUTPUT_DIR", "out_train", cwd=permuted_coco)
+    assert code != 0
+    assert _last_line(out) == PERMUTED_MESSAGE, out[-3000:]
+    assert "Starting training" not in out
+    assert not list((permuted_coco / "out_train").glob("*.pth"))
+
+
+def test_eval_only_with_class_map_by_name_evaluates(permuted_coco):
+    code, out = _tool(TRAIN_NET, "--config-file", "cfg.yaml", "--eval-only", "MODEL.WEIGHTS",
+                      "w.pth", "DATASETS.TEST_CLASS_MAP", "by_name", "OUTPUT_DIR", "out_map",
+                      cwd=permuted_coco)
+    assert code == 0, out[-3000:]
+    assert "Evaluation results for t_val_perm in csv format" in out
+
+
+def test_training_sets_with_different_classes_are_refused(permuted_coco, monkeypatch):
+    from nst_det.detection.data.build import check_class_lists
+    from nst_det.detection.load_config import load_nst_cfg
+
+    monkeypatch.chdir(permuted_coco)
+    cfg = load_nst_cfg("cfg.yaml", ["DATASETS.TRAIN", "('t_train', 't_val_perm')",
+                                    "DATASETS.TEST", "('t_val',)"])
+    with pytest.raises(ValueError, match=r"class lists differ between the training sets: data "
+                       r"set 't_train' \(DATASETS.TRAIN\) has thing_classes \['person', 'car', "
+                       r"'bird'\] but data set 't_val_perm' \(DATASETS.TRAIN\) has \['car', "
+                       r"'person', 'bird'\]"):
+        check_class_lists(cfg, cfg.DATASETS.TEST)
+
+
+def test_class_map_by_name_scores_perfect_detections_as_the_unpermuted_set(permuted_coco,
+                                                                          monkeypatch):
+    """Detections equal to the ground truth, in the model's (training) class order: AP 100 on
+    ``t_val``; on ``t_val_perm`` AP 100 with the map of DATASETS.TEST_CLASS_MAP by_name, and
+    less without it (the number that used to be reported)."""
+    import torch
+    from detectron2.data import DatasetCatalog
+    from detectron2.structures import Boxes, BoxMode, Instances
+
+    from nst_det.detection.data.build import class_map_for_test
+    from nst_det.detection.evaluation import ClassMapEvaluator, build_evaluator
+    from nst_det.detection.load_config import load_nst_cfg
+
+    monkeypatch.chdir(permuted_coco)
+    cfg = load_nst_cfg("cfg.yaml", ["DATASETS.TEST_CLASS_MAP", "by_name", "OUTPUT_DIR", "out_unit"])
+    images = DatasetCatalog.get("t_val")  # model order: t_val lists the training classes
+    inputs, outputs = [], []
+    for d in images:
+        boxes = [BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS)
+                 for a in d["annotations"]]
+        instances = Instances((d["height"], d["width"]))
+        instances.pred_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32))
+        instances.scores = torch.ones(len(boxes))
+        instances.pred_classes = torch.tensor([a["category_id"] for a in d["annotations"]])
+        inputs.append({"image_id": d["image_id"]})
+        outputs.append({"instances": instances})
+
+    def ap(evaluator):
+        evaluator.reset()
+        evaluator.process(inputs, outputs)
+        return evaluator.evaluate()["bbox"]["AP"]
+
+    mapping = class_map_for_test(cfg, "t_val_perm")
+    assert mapping == [1, 0, 2]
+    assert ap(build_evaluator(cfg, "t_val")) == pytest.approx(100.0)
+    assert ap(ClassMapEvaluator(build_evaluator(cfg, "t_val_perm"), mapping)) == \
+        pytest.approx(100.0)
+    assert ap(build_evaluator(cfg, "t_val_perm")) < 90.0

@@ -54,6 +54,10 @@ def load_nst_cfg(config_file: str, opts: Optional[Sequence[str]] = None) -> CN:
     cfg.merge_from_file(config_file)
     cfg.merge_from_list(list(opts or []))
     check_max_iter(cfg)
+    if cfg.DATASETS.TEST_CLASS_MAP not in ("", "by_name"):
+        raise ValueError(f"DATASETS.TEST_CLASS_MAP is {cfg.DATASETS.TEST_CLASS_MAP!r}: \"\" (test "
+                         f"sets must list the training sets' classes in their order) or "
+                         f"\"by_name\"")
     check_custom_datasets(cfg)
     resolve_config_paths(cfg, config_file, opts, PATH_KEYS, CUSTOM_PATH_ENTRIES)
     check_distill_config(cfg)
