@@ -356,3 +356,99 @@ def test_class_map_by_name_scores_perfect_detections_as_the_unpermuted_set(permu
     assert ap(ClassMapEvaluator(build_evaluator(cfg, "t_val_perm"), mapping)) == \
         pytest.approx(100.0)
     assert ap(build_evaluator(cfg, "t_val_perm")) < 90.0
+
+
+# ------------------------------------------------------------------------------------------------
+# 4. No score for an unloaded model
+# ------------------------------------------------------------------------------------------------
+
+def test_eval_only_without_weights_is_refused_naming_model_weights(permuted_coco):
+    code, out = _tool(TRAIN_NET, "--config-file", "cfg.yaml", "--eval-only", "DATASETS.TEST",
+                      "('t_val',)", cwd=permuted_coco)
+    assert code != 0
+    assert _last_line(out) == (
+        "ValueError: --eval-only: MODEL.WEIGHTS is empty: there are no weights to evaluate (a "
+        "model with random weights would be scored). Give MODEL.WEIGHTS FILE, or --resume to "
+        "evaluate the newest checkpoint of OUTPUT_DIR"), out[-3000:]
+    assert "Evaluation results" not in out
+
+
+def test_eval_only_resume_without_a_checkpoint_is_refused_naming_output_dir(permuted_coco):
+    code, out = _tool(TRAIN_NET, "--config-file", "cfg.yaml", "--eval-only", "--resume",
+                      "OUTPUT_DIR", "nothing_here", "DATASETS.TEST", "('t_val',)",
+                      cwd=permuted_coco)
+    assert code != 0
+    assert _last_line(out) == (
+        "ValueError: --eval-only --resume: OUTPUT_DIR 'nothing_here' holds no checkpoint and "
+        "MODEL.WEIGHTS is empty: there are no weights to evaluate (a model with random weights "
+        "would be scored). Give the OUTPUT_DIR of a trained run, or MODEL.WEIGHTS FILE"), out[-3000:]
+
+
+def test_classification_eval_only_without_weights_is_refused(tmp_path):
+    code, out = _tool(TRAIN_CLS, "--config-file", CLS_STUDENT, "--eval-only", cwd=tmp_path)
+    assert code != 0
+    assert _last_line(out) == (
+        "ValueError: --eval-only: MODEL.STUDENT.WEIGHTS is empty: there are no weights to "
+        "evaluate (a model with random weights would be scored). Give MODEL.STUDENT.WEIGHTS "
+        "FILE, or --resume to evaluate the newest checkpoint of OUTPUT_DIR"), out[-3000:]
+
+
+def test_weights_that_load_no_tensor_are_refused(permuted_coco):
+    import torch
+
+    torch.save({"model": {}}, str(permuted_coco / "empty.pth"))
+    code, out = _tool(TRAIN_NET, "--config-file", "cfg.yaml", "--eval-only", "MODEL.WEIGHTS",
+                      "empty.pth", "DATASETS.TEST", "('t_val',)", cwd=permuted_coco)
+    assert code != 0
+    assert _last_line(out).startswith(
+        f"nst_det.engine.checkpointer.WeightsMismatchError: MODEL.WEIGHTS "
+        f"'{permuted_coco / 'empty.pth'}' fits 0 of the model's "), out[-3000:]
+    assert "Evaluation results" not in out
+
+
+def test_resume_from_a_run_of_another_architecture_is_refused_before_training(permuted_coco):
+    """OUTPUT_DIR holds the final checkpoint of the demo teacher (a wider detector): --resume of
+    the student used to print hundreds of skipped keys, then fail with a shape error in the
+    first step."""
+    import nst_det.detection  # noqa: F401
+    from detectron2.modeling import build_model
+
+    from nst_det.detection.load_config import load_nst_cfg
+    from nst_det.engine.checkpointer import AtomicCheckpointer
+
+    other = permuted_coco / "other_run"
+    model = build_model(load_nst_cfg(os.path.join(DEMO, "det_teacher.yaml")))
+    AtomicCheckpointer(model, str(other)).save("model_final")
+    code, out = _tool(TRAIN_NET, "--config-file", "cfg.yaml", "--resume", "OUTPUT_DIR",
+                      "other_run", "DATASETS.TEST", "('t_val',)", "SOLVER.MAX_ITER", "2",
+                      "SOLVER.IMS_PER_BATCH", "2", cwd=permuted_coco)
+    assert code != 0
+    last = _last_line(out)
+    assert last.startswith(
+        "nst_det.engine.checkpointer.WeightsMismatchError: --resume: checkpoint "
+        "'other_run/model_final.pth' in OUTPUT_DIR 'other_run' fits 9 of the model's 295 tensors "
+        "(the file holds 348: 286 wrongly shaped, 0 not in the model;"), out[-3000:]
+    assert last.endswith("every one must load. It is a checkpoint of another architecture or "
+                         "data set: give this config another OUTPUT_DIR, or drop --resume")
+    assert "Starting training" not in out
+
+
+def test_resume_check_runs_before_the_optimizer_is_loaded(tmp_path):
+    """The classification stage's checkpointer ("complete"): a checkpoint of another network in
+    OUTPUT_DIR is refused naming it, before the optimizer state (which would fail unnamed)."""
+    import torch
+    from torch import nn
+
+    from nst_det.engine.checkpointer import AtomicCheckpointer, WeightsMismatchError
+
+    old = nn.Linear(3, 2)
+    AtomicCheckpointer(old, str(tmp_path), optimizer=torch.optim.SGD(old.parameters(), lr=0.1)
+                       ).save("model_0000009")
+    new = nn.Sequential(nn.Linear(4, 2))
+    optimizer = torch.optim.SGD(new.parameters(), lr=0.1)
+    checkpointer = AtomicCheckpointer(new, str(tmp_path), weights_check="complete",
+                                      weights_key="MODEL.STUDENT.WEIGHTS", optimizer=optimizer)
+    with pytest.raises(WeightsMismatchError, match=r"--resume: checkpoint '.*model_0000009.pth' "
+                       r"in OUTPUT_DIR '.*' fits 0 of the model's 2 tensors \(the file holds 2: "
+                       r"0 wrongly shaped, 2 not in the model"):
+        checkpointer.resume_or_load("", resume=True)

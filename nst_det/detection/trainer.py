@@ -13,7 +13,7 @@ from nst_det.detection.data.build import check_class_lists, check_num_classes, c
 from nst_det.detection.evaluation import ClassMapEvaluator, build_evaluator
 from nst_det.detection.load_config import load_nst_cfg, student_cfg
 from nst_det.detection.teacher import build_teacher
-from nst_det.engine.checkpointer import AtomicCheckpointer
+from nst_det.engine.checkpointer import AtomicCheckpointer, check_eval_weights
 from nst_det.engine.cpu_memory import keep_freed_memory
 from nst_det.engine.device import check_device
 from nst_det.engine.train_loop import RNGCheckpointHook, ResumableTrainer, TrainLoop, preserved_rng
@@ -142,7 +142,9 @@ class DistillTrainer(ResumableTrainer, DefaultTrainer):
 
     @classmethod
     def test_student(cls, cfg, resume: bool = False):
-        """Evaluate the student alone on DATASETS.TEST (``--eval-only``)."""
+        """Evaluate the student alone on DATASETS.TEST (``--eval-only``); refused, naming
+        MODEL.WEIGHTS / OUTPUT_DIR, when no weights would be loaded."""
+        check_eval_weights(cfg.MODEL.WEIGHTS, "MODEL.WEIGHTS", cfg.OUTPUT_DIR, resume)
         return cls.test(cfg, cls.build_student(cfg, resume=resume))
 
     @classmethod
