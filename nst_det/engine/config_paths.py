@@ -17,7 +17,8 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import yaml
 
 __all__ = ["REPO_ROOT", "resolve_config_paths", "missing_path_message", "tried_paths", "yaml_chain",
-           "read_config_yaml", "flat_keys", "check_config_stage", "ConfigFileError", "STAGE_TOOLS"]
+           "read_config_yaml", "flat_keys", "check_config_stage", "ConfigFileError", "WrongStageConfigError",
+           "STAGE_TOOLS"]
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _BASE_KEY = "_BASE_"
@@ -28,6 +29,14 @@ _TRIED: Dict[Tuple[str, str], Tuple[str, List[str]]] = {}
 class ConfigFileError(ValueError):
     """A yaml config file that cannot be read as meant: empty, not a mapping, not valid yaml, a key
     given twice in one mapping, a ``_BASE_`` that is missing or loops, or the other stage's."""
+
+
+class WrongStageConfigError(ConfigFileError, KeyError):
+    """The other stage's config: a KeyError too, as the merge's "Non-existent config key" that it
+    replaces (a caller that tries both stages catches it there)."""
+
+    def __str__(self):  # KeyError's would quote the message
+        return str(self.args[0]) if self.args else ""
 
 
 def _mark(mark) -> str:
@@ -158,10 +167,10 @@ def check_config_stage(chain: List[Tuple[str, dict]], stage: str, defaults,
     given = chain[-1][0]
     where = "" if files == [given] else f" (set in {', '.join(files)})"
     if not ours:
-        raise ConfigFileError(
+        raise WrongStageConfigError(
             f"config file '{given}' is a {other_stage} config: it sets {shown}{where}, keys of "
             f"{other_tool} only. Run it with {other_tool}; {tool} reads {stage} configs")
-    raise ConfigFileError(
+    raise WrongStageConfigError(
         f"config file '{given}' sets keys of the {other_stage} stage ({other_tool}): "
         f"{shown}{where}; "
         f"{tool} reads {stage} configs, which have no such keys")
