@@ -19,15 +19,22 @@ from detectron2.engine import default_argument_parser
 
 from nst_det.classification.config import load_cls_config
 from nst_det.classification.trainer import ClsTrainer, default_cls_setup
+from nst_det.engine.checkpointer import check_eval_weights
 from nst_det.engine.launch import launch
 from nst_det.engine.device import check_device
 
 
 def load_config(args):
     """Config from --config-file and the KEY VALUE overrides, its MODEL.DEVICE checked (a
-    ValueError saying to pass `MODEL.DEVICE cpu` when it asks for CUDA and there is none)."""
+    ValueError saying to pass `MODEL.DEVICE cpu` when it asks for CUDA and there is none); with
+    --eval-only, a ValueError naming MODEL.STUDENT.WEIGHTS / OUTPUT_DIR when no student weights
+    would be loaded."""
     cfg = load_cls_config(args.config_file, args.opts)
     check_device(cfg.MODEL.DEVICE)
+    if getattr(args, "eval_only", False) and not getattr(args, "eval_teacher", False):
+        # no score for a student with random weights
+        check_eval_weights(cfg.MODEL.STUDENT.WEIGHTS, "MODEL.STUDENT.WEIGHTS", cfg.OUTPUT_DIR,
+                           getattr(args, "resume", False))
     return cfg
 
 

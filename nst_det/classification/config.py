@@ -10,7 +10,7 @@ import os
 
 from fvcore.common.config import CfgNode as CN
 
-from nst_det.engine.config_paths import resolve_config_paths
+from nst_det.engine.config_paths import check_config_stage, resolve_config_paths, yaml_chain
 from nst_det.engine.distill_config import (add_distill_config, check_distill_config,
                                            check_renamed_keys)
 
@@ -113,10 +113,18 @@ def load_cls_config(config_file: str = "", opts=None) -> CN:
     :func:`~nst_det.engine.distill_config.check_distill_config`, frozen. An unknown key in either is
     a ``KeyError`` naming it; a key of an earlier version a ``KeyError`` naming its new name.
     MODEL.DEVICE is not checked here (see nst_det.engine.device.check_device): a config for a GPU loads
-    on any machine."""
+    on any machine.
+
+    Before the merge, every yaml of the chain is read and checked (a ConfigFileError naming the
+    file for an empty one, a yaml syntax error with its line, a key given twice in one mapping, a
+    ``_BASE_`` that is missing or loops; a detection config, naming tools/train_net.py). After it,
+    SOLVER.EPOCHS < 1 is a ValueError naming the key."""
     cfg = get_cls_config()
     if config_file and not os.path.isfile(config_file):
         raise FileNotFoundError(f"config file '{config_file}' does not exist")
+    if config_file:
+        check_config_stage(yaml_chain(config_file), "classification", cfg, "detection",
+                           _detection_defaults)
     check_renamed_keys(config_file, opts)
     if config_file:
         cfg.merge_from_file(config_file)
@@ -128,7 +136,17 @@ def load_cls_config(config_file: str = "", opts=None) -> CN:
             cfg.merge_from_list(list(opts))
         except AssertionError as e:  # yacs asserts on an unknown key given on the command line
             raise KeyError(f"{e} (config keys: nst_det/classification/config.py)") from e
+    epochs = cfg.SOLVER.EPOCHS
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"SOLVER.EPOCHS is {epochs!r}: the number of training epochs must be an "
+                         f"integer >= 1")
     resolve_config_paths(cfg, config_file, opts, PATH_KEYS)
     check_distill_config(cfg)
     cfg.freeze()
     return cfg
+
+
+def _detection_defaults():
+    from nst_det.detection.load_config import get_nst_cfg
+
+    return get_nst_cfg()

@@ -164,7 +164,9 @@ class ClsTrainer(ResumableTrainer, TrainerBase):
                            f"mixed precision is used on CUDA only, running in float32")
         self._last_eval_results = {}
         if eval_only:
-            self.checkpointer = AtomicCheckpointer(self.student.classifier, cfg.OUTPUT_DIR)
+            self.checkpointer = AtomicCheckpointer(self.student.classifier, cfg.OUTPUT_DIR,
+                                                   weights_check="complete",
+                                                   weights_key="MODEL.STUDENT.WEIGHTS")
             return
 
         train = train_set if train_set is not None else build_cls_dataset(cfg, train=True)
@@ -193,6 +195,8 @@ class ClsTrainer(ResumableTrainer, TrainerBase):
             DistillStep(model, self.teacher, self.device, cfg.DISTILL.WARMUP_ITERS), stream,
             self.optimizer, amp=self.amp, device_type=self.device.type)
         self.checkpointer = AtomicCheckpointer(self.student.classifier, cfg.OUTPUT_DIR,
+                                               weights_check="complete",
+                                               weights_key="MODEL.STUDENT.WEIGHTS",
                                                heads=self.student.heads,
                                                trainer=weakref.proxy(self))
         self.register_hooks(self.build_hooks(schedule))

@@ -40,6 +40,9 @@ def add_nst_config(cfg: CN) -> CN:
     # Let MODEL.WEIGHTS leave most of the detector unloaded (a file of another architecture). By
     # default that is an error: training from it, or evaluating it, gives meaningless numbers.
     _C.MODEL.ALLOW_PARTIAL_WEIGHTS = False
+    # Test sets whose thing_classes are the training sets' in another order: "" = an error naming
+    # both lists; "by_name" = evaluate with the model's classes mapped to the test set's by name.
+    _C.DATASETS.TEST_CLASS_MAP = ""
 
     add_inception_bn_config(_C)
     add_custom_datasets_config(_C)

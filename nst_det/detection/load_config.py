@@ -8,7 +8,8 @@ from typing import Optional, Sequence
 from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
 
-from nst_det.engine.config_paths import missing_path_message, resolve_config_paths
+from nst_det.engine.config_paths import (check_config_stage, missing_path_message,
+                                         resolve_config_paths, yaml_chain)
 from nst_det.engine.distill_config import check_distill_config, check_renamed_keys
 
 from .architectures import DISTILL_META_ARCHITECTURES, NUM_CLASSES_KEYS, num_classes_key
@@ -17,7 +18,7 @@ from .data.custom import CUSTOM_PATH_ENTRIES, check_custom_datasets, register_cu
 
 __all__ = ["get_nst_cfg", "load_nst_cfg", "load_teacher_cfg", "is_lazy_config", "student_cfg",
            "distills", "add_config_file_arguments", "config_from_arguments",
-           "model_zoo_config_file", "num_classes_key", "DISTILL_META_ARCHITECTURES",
+           "model_zoo_config_file", "num_classes_key", "check_max_iter", "DISTILL_META_ARCHITECTURES",
            "MODEL_ZOO_PREFIX", "NUM_CLASSES_KEYS", "PATH_KEYS"]
 
 # Marks a config of Detectron2's model zoo (DISTILL.TEACHER.CONFIG), never read as a local path.
@@ -37,19 +38,47 @@ def load_nst_cfg(config_file: str, opts: Optional[Sequence[str]] = None) -> CN:
     the paths of ``DATASETS.COCO_CUSTOM`` / ``DATASETS.VOC_CUSTOM``); distillation settings
     checked (:func:`~nst_det.engine.distill_config.check_distill_config`); the data sets of those
     two keys registered in Detectron2's catalogs (:func:`register_custom_datasets`, idempotent);
-    frozen. A key of an earlier version is a KeyError naming its new name."""
+    frozen. A key of an earlier version is a KeyError naming its new name.
+
+    Before the merge, every yaml of the chain is read and checked
+    (:func:`~nst_det.engine.config_paths.yaml_chain`: a ConfigFileError naming the file for an
+    empty one, a yaml syntax error with its line, a key given twice in one mapping, a ``_BASE_``
+    that is missing or loops; a classification config, naming tools/train_cls.py). After it,
+    SOLVER.MAX_ITER < 1 is a ValueError naming the key."""
     if not os.path.isfile(config_file):
         raise FileNotFoundError(f"config file '{config_file}' does not exist")
-    check_renamed_keys(config_file, opts)
     cfg = get_nst_cfg()
+    check_config_stage(yaml_chain(config_file), "detection", cfg, "classification",
+                       _classification_defaults)
+    check_renamed_keys(config_file, opts)
     cfg.merge_from_file(config_file)
     cfg.merge_from_list(list(opts or []))
+    check_max_iter(cfg)
+    if cfg.DATASETS.TEST_CLASS_MAP not in ("", "by_name"):
+        raise ValueError(f"DATASETS.TEST_CLASS_MAP is {cfg.DATASETS.TEST_CLASS_MAP!r}: \"\" (test "
+                         f"sets must list the training sets' classes in their order) or "
+                         f"\"by_name\"")
     check_custom_datasets(cfg)
     resolve_config_paths(cfg, config_file, opts, PATH_KEYS, CUSTOM_PATH_ENTRIES)
     check_distill_config(cfg)
     cfg.freeze()
     register_custom_datasets(cfg)
     return cfg
+
+
+def _classification_defaults():
+    from nst_det.classification.config import get_cls_config
+
+    return get_cls_config()
+
+
+def check_max_iter(cfg: CN) -> None:
+    """ValueError naming SOLVER.MAX_ITER when it is not an integer >= 1 (0 or less trains nothing
+    and would evaluate the initial weights as if they were the result)."""
+    value = cfg.SOLVER.MAX_ITER
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"SOLVER.MAX_ITER is {value!r}: the number of training iterations must be "
+                         f"an integer >= 1")
 
 
 def add_config_file_arguments(parser: argparse.ArgumentParser) -> None:

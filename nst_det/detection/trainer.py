@@ -9,11 +9,11 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from nst_det.detection.data import build_test_loader, build_train_loader
-from nst_det.detection.data.build import check_num_classes
-from nst_det.detection.evaluation import build_evaluator
+from nst_det.detection.data.build import check_class_lists, check_num_classes, class_map_for_test
+from nst_det.detection.evaluation import ClassMapEvaluator, build_evaluator
 from nst_det.detection.load_config import load_nst_cfg, student_cfg
 from nst_det.detection.teacher import build_teacher
-from nst_det.engine.checkpointer import AtomicCheckpointer
+from nst_det.engine.checkpointer import AtomicCheckpointer, check_eval_weights
 from nst_det.engine.cpu_memory import keep_freed_memory
 from nst_det.engine.device import check_device
 from nst_det.engine.run_lock import hold_run_lock
@@ -77,6 +77,9 @@ class DistillTrainer(ResumableTrainer, DefaultTrainer):
         if check_device(cfg.MODEL.DEVICE).type == "cpu":
             keep_freed_memory()  # no page faults on every step's tensors (nst_det.engine.cpu_memory)
         super().__init__(cfg)
+        # The training sets are loaded (their classes known): the test sets must list the same
+        # classes in the same order, checked before training (and again before each evaluation).
+        check_class_lists(cfg, cfg.DATASETS.TEST)
 
     def build_hooks(self):
         """nst_det's inner loop and checkpointer in place of DefaultTrainer's (same model, data
@@ -117,7 +120,12 @@ class DistillTrainer(ResumableTrainer, DefaultTrainer):
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
-        return build_evaluator(cfg, dataset_name, output_folder)
+        """The evaluator of ``dataset_name``; with DATASETS.TEST_CLASS_MAP "by_name" and a test
+        set that lists the training classes in another order, its detections' classes are mapped
+        to the test set's by name first."""
+        evaluator = build_evaluator(cfg, dataset_name, output_folder)
+        mapping = class_map_for_test(cfg, dataset_name)
+        return evaluator if mapping is None else ClassMapEvaluator(evaluator, mapping)
 
     @classmethod
     def test(cls, cfg, model, evaluators=None):
@@ -146,7 +154,9 @@ class DistillTrainer(ResumableTrainer, DefaultTrainer):
 
     @classmethod
     def test_student(cls, cfg, resume: bool = False):
-        """Evaluate the student alone on DATASETS.TEST (``--eval-only``)."""
+        """Evaluate the student alone on DATASETS.TEST (``--eval-only``); refused, naming
+        MODEL.WEIGHTS / OUTPUT_DIR, when no weights would be loaded."""
+        check_eval_weights(cfg.MODEL.WEIGHTS, "MODEL.WEIGHTS", cfg.OUTPUT_DIR, resume)
         return cls.test(cfg, cls.build_student(cfg, resume=resume))
 
     @classmethod

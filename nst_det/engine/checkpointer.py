@@ -23,7 +23,7 @@ from .atomic import (
 )
 
 __all__ = ["AtomicCheckpointer", "WeightsMismatchError", "load_weights_strictly",
-           "weights_checksum"]
+           "weights_checksum", "folder_has_checkpoint", "check_eval_weights"]
 
 _SHOWN_KEYS = 5
 
@@ -89,6 +89,7 @@ class AtomicCheckpointer(DetectionCheckpointer):
         self.weights_what = weights_what  # what the file is, in "strict" messages
         self.loaded_into = loaded_into or f"the model it is loaded into ({type(model).__name__})"
         self._checking = None  # the initial-weights file being loaded under weights_check
+        self._resuming = False  # _checking is a checkpoint of save_dir (--resume)
 
     def save(self, name: str, **kwargs) -> None:
         """Write the model, the checkpointables and ``kwargs`` to ``save_dir/name.pth`` atomically."""
@@ -140,10 +141,19 @@ class AtomicCheckpointer(DetectionCheckpointer):
         expected = [k for k in self.model.state_dict() if not k.endswith("num_batches_tracked")]
         missing = {k for k in incompatible.missing_keys if not k.endswith("num_batches_tracked")}
         loaded = len(expected) - len(missing)
-        enough = not missing if self.weights_check == "complete" else 2 * loaded >= len(expected)
+        complete = self.weights_check == "complete" or self._resuming
+        enough = not missing if complete else 2 * loaded >= len(expected)
         if enough:
             return
-        need = "every one" if self.weights_check == "complete" else "at least half"
+        need = "every one" if complete else "at least half"
+        if self._resuming:
+            raise WeightsMismatchError(
+                f"--resume: checkpoint '{path}' in OUTPUT_DIR '{self.save_dir}' fits {loaded} of "
+                f"the model's {len(expected)} tensors (the file holds {in_file}: "
+                f"{len(incompatible.incorrect_shapes)} wrongly shaped, "
+                f"{len(incompatible.unexpected_keys)} not in the model; first unloaded: "
+                f"{sorted(missing)[:3]}); every one must load. It is a checkpoint of another "
+                f"architecture or data set: give this config another OUTPUT_DIR, or drop --resume")
         raise WeightsMismatchError(
             f"{self.weights_key} '{path}' fits {loaded} of the model's {len(expected)} tensors (the "
             f"file holds {in_file}: {len(incompatible.incorrect_shapes)} wrongly shaped, "
@@ -216,13 +226,23 @@ class AtomicCheckpointer(DetectionCheckpointer):
         """Whether ``save_dir`` holds a checkpoint to resume from."""
         return bool(self.resume_candidates())
 
+    def _load_resumed(self, path: str):
+        """``load(path)`` of a checkpoint of ``save_dir`` (``--resume``), its model checked as
+        MODEL.WEIGHTS is (at least "complete": a checkpoint of the same run holds every tensor;
+        nothing checked under "partial"), before the optimizer and the other checkpointables."""
+        self._checking, self._resuming = path, True
+        try:
+            return self.load(path)
+        finally:
+            self._checking, self._resuming = None, False
+
     def resume_or_load(self, path: str, *, resume: bool = True):
         """With ``resume``, load everything from the newest readable checkpoint in ``save_dir``
         (saying so when a newer one was unreadable); otherwise the model alone from ``path``
         (MODEL.WEIGHTS)."""
         candidates = self.resume_candidates() if resume else []
         if candidates:
-            _, checkpoint = load_newest_readable(candidates, self.load, self.save_dir)
+            _, checkpoint = load_newest_readable(candidates, self._load_resumed, self.save_dir)
             return checkpoint
         self._checking = path
         try:
@@ -231,6 +251,30 @@ class AtomicCheckpointer(DetectionCheckpointer):
             raise type(e)(f"{self.weights_key}: {e}") from e
         finally:
             self._checking = None
+
+
+def folder_has_checkpoint(folder: str) -> bool:
+    """Whether ``folder`` holds a checkpoint that ``--resume`` would load."""
+    return AtomicCheckpointer(torch.nn.Module(), folder).has_checkpoint()
+
+
+def check_eval_weights(weights: str, weights_key: str, output_dir: str, resume: bool) -> None:
+    """ValueError naming ``weights_key`` / OUTPUT_DIR when ``--eval-only`` would score a model
+    with nothing loaded: ``weights`` empty without ``resume``, or ``resume`` in an ``output_dir``
+    without a checkpoint and ``weights`` empty (with ``weights``, --resume falls back to them)."""
+    if resume:
+        if weights or folder_has_checkpoint(output_dir):
+            return
+        raise ValueError(
+            f"--eval-only --resume: OUTPUT_DIR '{output_dir}' holds no checkpoint and "
+            f"{weights_key} is empty: there are no weights to evaluate (a model with random "
+            f"weights would be scored). Give the OUTPUT_DIR of a trained run, or {weights_key} "
+            f"FILE")
+    if not weights:
+        raise ValueError(
+            f"--eval-only: {weights_key} is empty: there are no weights to evaluate (a model with "
+            f"random weights would be scored). Give {weights_key} FILE, or --resume to evaluate "
+            f"the newest checkpoint of OUTPUT_DIR")
 
 
 def load_weights_strictly(model, path: str, key: str, what: str = "weights file",

@@ -12,12 +12,13 @@ the entries of a list-valued key (``DATASETS.COCO_CUSTOM``: ``[NAME, JSON_FILE, 
 are read the same way, entry by entry.
 """
 import os
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import yaml
 
 __all__ = ["REPO_ROOT", "resolve_config_paths", "missing_path_message", "tried_paths", "yaml_chain",
-           "local_path"]
+           "local_path", "read_config_yaml", "flat_keys", "check_config_stage", "ConfigFileError",
+           "WrongStageConfigError", "STAGE_TOOLS"]
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _BASE_KEY = "_BASE_"
@@ -25,25 +26,154 @@ _BASE_KEY = "_BASE_"
 _TRIED: Dict[Tuple[str, str], Tuple[str, List[str]]] = {}
 
 
-def yaml_chain(config_file: str) -> List[Tuple[str, dict]]:
-    """[(file, its raw mapping)] from the deepest ``_BASE_`` to ``config_file``, in merge order;
-    each file read as Detectron2 reads it (safe yaml, or, for python tags such as the model zoo's
-    ``!!python/object/apply:eval`` anchor sizes, the unsafe loader that Detectron2 falls back to)."""
+class ConfigFileError(ValueError):
+    """A yaml config file that cannot be read as meant: empty, not a mapping, not valid yaml, a key
+    given twice in one mapping, a ``_BASE_`` that is missing or loops, or the other stage's."""
+
+
+class WrongStageConfigError(ConfigFileError, KeyError):
+    """The other stage's config: a KeyError too, as the merge's "Non-existent config key" that it
+    replaces (a caller that tries both stages catches it there)."""
+
+    def __str__(self):  # KeyError's would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+def _mark(mark) -> str:
+    return f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "?"
+
+
+def _check_unique_keys(node, config_file: str, prefix: str = "") -> None:
+    """ConfigFileError naming the file, the (dotted) key and both lines when a mapping of the
+    composed yaml ``node`` gives a key twice: yaml keeps the last and drops the first silently."""
+    if isinstance(node, yaml.MappingNode):
+        seen = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # "<<: *anchor" may repeat
+                _check_unique_keys(value_node, config_file, prefix)
+                continue
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else repr(key_node.value)
+            dotted = f"{prefix}{key}"
+            if key in seen:
+                raise ConfigFileError(
+                    f"config file '{config_file}': key {dotted} is given twice in one mapping "
+                    f"(line {seen[key].line + 1} and line {key_node.start_mark.line + 1}); yaml "
+                    f"would keep the second and drop the first silently: write it once")
+            seen[key] = key_node.start_mark
+            _check_unique_keys(value_node, config_file, dotted + ".")
+    elif isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            _check_unique_keys(item, config_file, prefix)
+
+
+def read_config_yaml(config_file: str) -> dict:
+    """The raw mapping of one yaml config file, read as Detectron2 reads it (safe yaml, or, for
+    python tags such as the model zoo's ``!!python/object/apply:eval`` anchor sizes, the unsafe
+    loader that Detectron2 falls back to), after checks that name the file: not valid yaml (with
+    the line and column), empty or not a mapping, a key given twice in one mapping."""
     with open(config_file) as f:
         text = f.read()
     try:
-        raw = yaml.safe_load(text) or {}
-    except yaml.constructor.ConstructorError:
-        raw = yaml.unsafe_load(text) or {}
+        node = yaml.compose(text, Loader=yaml.SafeLoader)  # structure only: any tag is fine
+        if node is not None:
+            _check_unique_keys(node, config_file)
+        try:
+            raw = yaml.safe_load(text)
+        except yaml.constructor.ConstructorError:
+            raw = yaml.unsafe_load(text)
+    except yaml.MarkedYAMLError as e:
+        context = f" ({e.context} at {_mark(e.context_mark)})" if e.context else ""
+        raise ConfigFileError(f"config file '{config_file}' is not valid yaml: "
+                              f"{_mark(e.problem_mark)}: {e.problem}{context}") from e
+    except yaml.YAMLError as e:
+        raise ConfigFileError(f"config file '{config_file}' is not valid yaml: {e}") from e
+    if raw is None:
+        raise ConfigFileError(f"config file '{config_file}' is empty: a config is a yaml "
+                              f"mapping of keys (at least _BASE_: FILE)")
+    if not isinstance(raw, dict):
+        raise ConfigFileError(f"config file '{config_file}' holds a yaml {type(raw).__name__}, "
+                              f"not a mapping of keys")
+    return raw
+
+
+def yaml_chain(config_file: str, _seen: Tuple[str, ...] = ()) -> List[Tuple[str, dict]]:
+    """[(file, its raw mapping)] from the deepest ``_BASE_`` to ``config_file``, in merge order;
+    each file read by :func:`read_config_yaml` (its errors name the file). A ``_BASE_`` that does
+    not exist, or a chain that loops, is a ConfigFileError naming the files."""
+    real = os.path.realpath(config_file)
+    if real in _seen:
+        files = list(_seen[_seen.index(real):]) + [real]
+        raise ConfigFileError("_BASE_ chain of config files loops: " + " -> ".join(files))
+    raw = read_config_yaml(config_file)
     chain = []
     base = raw.get(_BASE_KEY)
     if base:
         base = os.path.expanduser(base)
         if not os.path.isabs(base) and "://" not in base:
             base = os.path.join(os.path.dirname(config_file), base)
-        chain.extend(yaml_chain(base))
+        if "://" not in base and not os.path.isfile(base):
+            raise ConfigFileError(f"config file '{config_file}': its _BASE_ '{raw[_BASE_KEY]}' "
+                                  f"does not exist (looked for {os.path.abspath(base)})")
+        chain.extend(yaml_chain(base, _seen + (real,)))
     chain.append((config_file, raw))
     return chain
+
+
+def flat_keys(mapping, prefix: str = ""):
+    """Dotted keys of the leaves (and empty groups) of a yaml mapping, ``_BASE_`` left out."""
+    for name, value in (mapping or {}).items():
+        if not prefix and name == _BASE_KEY:
+            continue
+        key = f"{prefix}{name}"
+        if isinstance(value, dict) and value:
+            yield from flat_keys(value, key + ".")
+        else:
+            yield key
+
+
+def _has_key(cfg, dotted_key: str) -> bool:
+    node = cfg
+    for part in dotted_key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+# The tool of each stage, for the messages of check_config_stage.
+STAGE_TOOLS = {"detection": "tools/train_net.py", "classification": "tools/train_cls.py"}
+
+
+def check_config_stage(chain: List[Tuple[str, dict]], stage: str, defaults,
+                       other_stage: str, other_defaults: Callable[[], object]) -> None:
+    """ConfigFileError naming the files, the keys and the tool they belong to when the yaml files
+    of ``chain`` set keys that this ``stage``'s config (``defaults``, a CfgNode) lacks but the
+    ``other_stage``'s (``other_defaults()``, built only then) has: the wrong stage's config, which
+    the merge would refuse with a bare "Non-existent config key"."""
+    unknown = [(key, file) for file, raw in chain for key in flat_keys(raw)
+               if not _has_key(defaults, key)]
+    if not unknown:
+        return
+    other = other_defaults()
+    theirs = [(key, file) for key, file in unknown if _has_key(other, key)]
+    if not theirs:
+        return  # a typo, or a key of neither stage: the merge names it
+    ours = [key for file, raw in chain for key in flat_keys(raw)
+            if _has_key(defaults, key) and not _has_key(other, key)]
+    files = list(dict.fromkeys(file for _, file in theirs))
+    keys = list(dict.fromkeys(key for key, _ in theirs))
+    shown = ", ".join(keys[:6]) + (f", ... ({len(keys) - 6} more)" if len(keys) > 6 else "")
+    tool, other_tool = STAGE_TOOLS[stage], STAGE_TOOLS[other_stage]
+    given = chain[-1][0]
+    where = "" if files == [given] else f" (set in {', '.join(files)})"
+    if not ours:
+        raise WrongStageConfigError(
+            f"config file '{given}' is a {other_stage} config: it sets {shown}{where}, keys of "
+            f"{other_tool} only. Run it with {other_tool}; {tool} reads {stage} configs")
+    raise WrongStageConfigError(
+        f"config file '{given}' sets keys of the {other_stage} stage ({other_tool}): "
+        f"{shown}{where}; "
+        f"{tool} reads {stage} configs, which have no such keys")
 
 
 def _lookup(mapping: dict, dotted_key: str):

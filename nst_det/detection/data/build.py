@@ -1,7 +1,9 @@
 """Train and test loaders of nst_det: Detectron2's, with RobustDatasetMapper, an error that names
 an empty data set (Detectron2 asserts instead), and a train loader that --resume can continue."""
+import contextlib
+import io
 import itertools
-from typing import Sequence
+from typing import List, Optional, Sequence
 
 from detectron2.data import (
     DatasetCatalog,
@@ -19,8 +21,9 @@ from ..architectures import num_classes, num_classes_key
 from .checked import check_dataset_dicts
 from .robust_mapper import RobustDatasetMapper
 
-__all__ = ["detection_dataset_dicts", "check_num_classes", "build_train_loader",
-           "build_test_loader", "ResumableTrainLoader"]
+__all__ = ["detection_dataset_dicts", "check_num_classes", "dataset_classes",
+           "check_class_lists", "class_map_for_test", "build_train_loader", "build_test_loader",
+           "ResumableTrainLoader"]
 
 
 class _StartableSampler(Sampler):
@@ -103,6 +106,75 @@ def check_num_classes(cfg, names: Sequence[str], key: str) -> None:
                 f"{len(classes)}")
 
 
+def dataset_classes(name: str) -> Optional[List[str]]:
+    """The ``thing_classes`` of the registered data set ``name``; a set that registers them
+    lazily (a COCO JSON: when it is loaded) is loaded here first. None when it has none."""
+    meta = MetadataCatalog.get(name)
+    if meta.get("thing_classes", None) is None:
+        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools' prints
+            DatasetCatalog.get(name)
+    classes = meta.get("thing_classes", None)
+    return list(classes) if classes is not None else None
+
+
+def _classes_text(classes: Sequence[str], limit: int = 20) -> str:
+    shown = list(classes[:limit])
+    return f"{shown}" if len(classes) <= limit else f"{shown[:-1] + ['...']} ({len(classes)} in all)"
+
+
+def class_map_for_test(cfg, test_name: str) -> Optional[List[int]]:
+    """None when ``test_name`` lists the classes of DATASETS.TRAIN in the same order; with
+    DATASETS.TEST_CLASS_MAP "by_name" and the same names in another order, the test set's class
+    index of each of the model's classes; a ValueError naming both sets and both lists otherwise
+    (the model's class ``i`` would be scored as the test set's class ``i``)."""
+    train = [(n, dataset_classes(n)) for n in cfg.DATASETS.TRAIN]
+    train = [(n, c) for n, c in train if c is not None]
+    test = dataset_classes(test_name)
+    if not train or test is None or train[0][1] == test:
+        return None
+    name, classes = train[0]
+    by_name = cfg.DATASETS.TEST_CLASS_MAP == "by_name"
+    if by_name and sorted(classes) == sorted(test) and len(set(test)) == len(test):
+        return [test.index(c) for c in classes]
+    first = next((i for i, (a, b) in enumerate(zip(classes, test)) if a != b),
+                 min(len(classes), len(test)))
+    where = (f"class {first} is '{classes[first]}' in one and '{test[first]}' in the other"
+             if first < min(len(classes), len(test)) else
+             f"they have {len(classes)} and {len(test)} classes")
+    if by_name:
+        hint = (f"DATASETS.TEST_CLASS_MAP by_name maps classes of the same names only; these "
+                f"differ in content: only in '{name}': {sorted(set(classes) - set(test))}, only in "
+                f"'{test_name}': {sorted(set(test) - set(classes))}")
+    else:
+        hint = ("Use a test set with the training set's classes in its order, or set "
+                "DATASETS.TEST_CLASS_MAP by_name to map the classes by name (same names, another "
+                "order)")
+    raise ValueError(
+        f"class lists differ: the model is trained on data set '{name}' (DATASETS.TRAIN), whose "
+        f"thing_classes are {_classes_text(classes)}, but data set '{test_name}' "
+        f"(DATASETS.TEST) has {_classes_text(test)} ({where}): its detections would be scored as "
+        f"the wrong classes. {hint}")
+
+
+def check_class_lists(cfg, test_names: Sequence[str]) -> None:
+    """A ValueError naming both sets and both lists when the data sets of DATASETS.TRAIN do not
+    all list the same ``thing_classes`` in the same order, or a set of ``test_names``
+    (DATASETS.TEST) lists other classes than they do, or the same in another order (unless
+    DATASETS.TEST_CLASS_MAP is "by_name": :func:`class_map_for_test`). Sets that register their
+    classes lazily are loaded first."""
+    train = [(n, dataset_classes(n)) for n in cfg.DATASETS.TRAIN]
+    train = [(n, c) for n, c in train if c is not None]
+    for name, classes in train[1:]:
+        if classes != train[0][1]:
+            raise ValueError(
+                f"class lists differ between the training sets: data set '{train[0][0]}' "
+                f"(DATASETS.TRAIN) has thing_classes {_classes_text(train[0][1])} but data set "
+                f"'{name}' (DATASETS.TRAIN) has {_classes_text(classes)}: one model cannot learn "
+                f"both; use sets with the same classes in the same order")
+    for name in [test_names] if isinstance(test_names, str) else test_names:
+        class_map_for_test(cfg, name)
+
+
 def build_train_loader(cfg) -> ResumableTrainLoader:
     """Detectron2's train loader on DATASETS.TRAIN with RobustDatasetMapper, resumable."""
     dataset = detection_dataset_dicts(
@@ -131,5 +203,6 @@ def build_test_loader(cfg, dataset_name: str):
                                       filter_empty=False,
                                       proposal_files=proposal_files)
     check_num_classes(cfg, [dataset_name], "DATASETS.TEST")
+    check_class_lists(cfg, [dataset_name])
     return build_detection_test_loader(dataset, mapper=RobustDatasetMapper(cfg, False),
                                        num_workers=cfg.DATALOADER.NUM_WORKERS)

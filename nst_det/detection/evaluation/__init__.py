@@ -2,6 +2,7 @@
 COCO-format predictions files."""
 from .evaluators import (  # noqa: F401
     COCO_STAT_NAMES,
+    ClassMapEvaluator,
     COCODetectionEvaluator,
     VOCDetectionEvaluator,
     build_evaluator,

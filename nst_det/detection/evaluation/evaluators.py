@@ -9,9 +9,11 @@ from collections import OrderedDict, defaultdict
 from types import SimpleNamespace
 from typing import Dict, List, Optional, Sequence
 
+import torch
 from detectron2.data import MetadataCatalog
-from detectron2.evaluation import COCOEvaluator, PascalVOCDetectionEvaluator
+from detectron2.evaluation import COCOEvaluator, DatasetEvaluator, PascalVOCDetectionEvaluator
 from detectron2.evaluation import pascal_voc_evaluation
+from detectron2.structures import Instances
 from detectron2.evaluation.pascal_voc_evaluation import voc_eval
 from detectron2.utils import comm
 from detectron2.utils.logger import create_small_table
@@ -20,7 +22,7 @@ from nst_det._d2_compat import has_compiled_ops
 from nst_det.detection.data.checked import voc_ground_truth
 from nst_det.engine.atomic import staged_outputs
 
-__all__ = ["COCO_STAT_NAMES", "VOCDetectionEvaluator", "COCODetectionEvaluator",
+__all__ = ["COCO_STAT_NAMES", "ClassMapEvaluator", "VOCDetectionEvaluator", "COCODetectionEvaluator",
            "build_evaluator", "voc_metrics", "coco_summary"]
 
 logger = logging.getLogger(__name__)
@@ -172,6 +174,34 @@ class COCODetectionEvaluator(COCOEvaluator):
         self._logger.info("Evaluation results for bbox:\n" + create_small_table(
             {k: v for k, v in results.items() if k in COCO_STAT_NAMES}))
         return results
+
+
+class ClassMapEvaluator(DatasetEvaluator):
+    """Another evaluator, given detections whose class ``i`` (the model's) is renamed
+    ``mapping[i]`` (the test set's index of the same class name): DATASETS.TEST_CLASS_MAP
+    "by_name"."""
+
+    def __init__(self, evaluator, mapping: Sequence[int]):
+        self.evaluator = evaluator
+        self.mapping = torch.as_tensor(list(mapping), dtype=torch.int64)
+
+    def reset(self):
+        self.evaluator.reset()
+
+    def process(self, inputs, outputs):
+        mapped = []
+        for output in outputs:
+            if "instances" in output:
+                instances = output["instances"]
+                renamed = Instances(instances.image_size, **instances.get_fields())
+                classes = instances.pred_classes
+                renamed.pred_classes = self.mapping.to(classes.device)[classes]
+                output = dict(output, instances=renamed)
+            mapped.append(output)
+        self.evaluator.process(inputs, mapped)
+
+    def evaluate(self):
+        return self.evaluator.evaluate()
 
 
 def build_evaluator(cfg, dataset_name: str, output_folder: Optional[str] = None):
