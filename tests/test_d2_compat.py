@@ -401,7 +401,9 @@ def test_numpy_alias_fixes_active_on_this_stack():
                 assert getattr(module.np, alias) is _d2_compat.NUMPY_ALIASES[alias]
         else:
             assert entry not in _d2_compat.APPLIED
-    if not _d2_compat._numpy_has("str"):  # numpy >= 1.24
+    # numpy >= 1.24, and a Detectron2 whose VOC loader still uses np.str (v0.6; main has no alias
+    # left, and there the fixes stay inactive: checked by the loop above)
+    if not _d2_compat._numpy_has("str") and _uses_alias("detectron2.data.datasets.pascal_voc"):
         assert "numpy_aliases:detectron2.data.datasets.pascal_voc" in _d2_compat.APPLIED
         assert "numpy_aliases:detectron2.data.build" in _d2_compat.APPLIED
         assert not _d2_compat._numpy_has("str") and not _d2_compat._numpy_has("int")
