@@ -58,3 +58,30 @@ def official_env(official_datasets) -> Dict[str, str]:
     ``official_datasets``: pass it as ``env=`` to a subprocess."""
     return dict(os.environ, DETECTRON2_DATASETS=official_datasets.root,
                 NST_DATASETS=official_datasets.root)
+
+
+# The end-to-end tests of the tools (tools/*.py run as subprocesses), of the Detectron2
+# compatibility layer and of the package layout: .ci/run runs them (``pytest -m d2_tools``) on
+# Detectron2 main as well as on the default set-up's v0.6.
+D2_TOOLS_TEST_FILES = frozenset({
+    "test_docs_commands.py",       # the commands the docs show
+    "test_resume_sigkill.py",      # --resume after SIGKILL
+    "test_checkpoint_atomic.py",   # checkpoints never half-written; resume falls back past a bad one
+    "test_ddp_tools.py",           # --num-gpus N on the CPU (gloo)
+    "test_ddp_distill.py",
+    "test_classification_ddp.py",
+    "test_official_layout.py",     # the built-in VOC / COCO / ImageNet sets in their official layouts
+    "test_detector_pairs.py",      # teacher / student detector pairs
+    "test_custom_datasets.py",     # data sets of one's own
+    "test_train_net.py",           # tools/train_net.py
+    "test_train_cls_tool.py",      # tools/train_cls.py
+    "test_d2_compat.py",           # nst_det/_d2_compat.py
+    "test_package_layout.py",
+})
+
+
+def pytest_collection_modifyitems(config, items):
+    marker = pytest.mark.d2_tools
+    for item in items:
+        if item.path.name in D2_TOOLS_TEST_FILES:
+            item.add_marker(marker)
