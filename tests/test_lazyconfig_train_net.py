@@ -115,7 +115,7 @@ def voc(tmp_path_factory, env):
     # An interruption right after the checkpoint of iteration 3: what the run had written by then.
     cut, broken = work / "cut", work / "broken"
     for out in (cut, broken):
-        shutil.copytree(full, out)
+        shutil.copytree(full, out, copy_function=os.link)  # links: the resumed run renames, never rewrites
         for name in ("model_0000005.pth", "model_final.pth"):
             os.remove(out / name)
         (out / "last_checkpoint").write_text("model_0000003.pth")
