@@ -15,6 +15,7 @@ import math
 from typing import Optional, Sequence
 
 from nst_det.engine.config_paths import yaml_chain
+from nst_det.engine.precision import PRECISIONS
 from nst_det.losses.nst import check_kernel_args
 
 __all__ = ["add_distill_config", "check_distill_config", "check_feature_lists", "check_nst_kwargs",
@@ -75,6 +76,11 @@ def add_distill_config(cfg):
     _C.DISTILL.TEACHER.WEIGHTS = ""
     # --resume with teacher weights other than the checkpoint's (SHA-256): True warns, False refuses.
     _C.DISTILL.TEACHER.ALLOW_OTHER_ON_RESUME = False
+    # Precision of the teacher's forward: "fp32", "bf16" (autocast; CUDA >= sm80, CPU with AVX-512)
+    # or "fp16" (CUDA only); what it gives NST and KD is cast to float32, the losses stay float32.
+    _C.DISTILL.TEACHER.PRECISION = "fp32"
+    # The teacher's convolution weights stored channels-last (NHWC): faster with "bf16" on the CPU.
+    _C.DISTILL.TEACHER.CHANNELS_LAST = False
 
     _C.DISTILL.NST = CN()
     # Weight of loss_nst = WEIGHT * sum_pairs LEVEL_WEIGHTS[l] * MMD^2_l; 0 turns NST off.
@@ -147,7 +153,7 @@ def check_distill_config(cfg) -> None:
     negative or non-finite term weight or level weight, a DISTILL.LEVEL_WEIGHTS or
     DISTILL.TEACHER_FEATURES whose length differs from DISTILL.STUDENT_FEATURES, an unknown
     DISTILL.NST.KERNEL or a bad DEGREE, a negative DISTILL.NST.SIGMA2, a DISTILL.KD.TEMPERATURE
-    that is not > 0 or a negative DISTILL.WARMUP_ITERS."""
+    that is not > 0, a negative DISTILL.WARMUP_ITERS or an unknown DISTILL.TEACHER.PRECISION."""
     d = cfg.DISTILL
     weight_rule = "a distillation weight must be a finite number >= 0 (0 turns the term off)"
     for key in distill_weight_keys(cfg):
@@ -163,6 +169,9 @@ def check_distill_config(cfg) -> None:
                   "the KD temperature must be a finite number > 0")
     _check_number("DISTILL.WARMUP_ITERS", d.WARMUP_ITERS, lambda n: n >= 0,
                   "it must be >= 0 (0 = no warm-up)")
+    if d.TEACHER.PRECISION not in PRECISIONS:  # the device's support: checked where it is known
+        raise ValueError(f"DISTILL.TEACHER.PRECISION is {d.TEACHER.PRECISION!r}: it must be one "
+                         f"of {list(PRECISIONS)}")
 
 
 def _flat_keys(mapping, prefix=""):
