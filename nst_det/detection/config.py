@@ -44,6 +44,13 @@ def add_nst_config(cfg: CN) -> CN:
     # both lists; "by_name" = evaluate with the model's classes mapped to the test set's by name.
     _C.DATASETS.TEST_CLASS_MAP = ""
 
+    # The student's convolution weights stored channels-last (NHWC). The teacher's:
+    # DISTILL.TEACHER.CHANNELS_LAST.
+    _C.MODEL.CHANNELS_LAST = False
+    # SOLVER.AMP.ENABLED on any device: "" = float16 (with a grad scaler) on CUDA, bfloat16 on the
+    # CPU; "bf16" or "fp16" (CUDA only). Refused where the device lacks the type.
+    _C.SOLVER.AMP.PRECISION = ""
+
     add_inception_bn_config(_C)
     add_custom_datasets_config(_C)
     add_fcos_config(_C)
@@ -66,11 +73,14 @@ def distill_arguments(d) -> dict:
         warmup_iters=d.WARMUP_ITERS,
         resize=d.RESIZE,
         match_levels=d.MATCH_LEVELS,
+        teacher_precision=d.TEACHER.PRECISION,
+        teacher_channels_last=d.TEACHER.CHANNELS_LAST,
     )
 
 
-# Keys of DISTILL that a LazyConfig's `distill` section leaves to the teacher builder.
-_LAZY_TEACHER_KEY = "TEACHER"
+# DISTILL.TEACHER keys a LazyConfig's `distill` section takes (how the teacher runs); its config
+# and weights are the model's `teacher` argument.
+_LAZY_TEACHER_KEYS = ("PRECISION", "CHANNELS_LAST")
 
 
 def _as_plain(value):
@@ -112,10 +122,12 @@ def distill_settings(settings: Mapping, key: str = "distill") -> CN:
     if not isinstance(settings, Mapping):
         raise ValueError(f"{key} is {settings!r}: it must be a dict of DISTILL settings, e.g. "
                          f"dict(NST=dict(WEIGHT=4.0))")
-    if _LAZY_TEACHER_KEY in settings:
-        raise KeyError(f"{key}.{_LAZY_TEACHER_KEY}: the teacher of a LazyConfig student is the "
+    other = sorted(set(settings.get("TEACHER") or {}) - set(_LAZY_TEACHER_KEYS))
+    if other:
+        raise KeyError(f"{key}.TEACHER.{other[0]}: the teacher of a LazyConfig student is the "
                        f"model's `teacher` argument, e.g. L(build_teacher_from_files)(config=..., "
-                       f"weights=...) (nst_det.detection.lazy), not a distillation setting")
+                       f"weights=...) (nst_det.detection.lazy); {key}.TEACHER takes only "
+                       f"{list(_LAZY_TEACHER_KEYS)}")
     cfg = add_nst_config(get_cfg())
     node = cfg.DISTILL
     _merge_settings(node, settings, key)

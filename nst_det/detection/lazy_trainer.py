@@ -20,12 +20,14 @@ from detectron2.utils.logger import setup_logger
 from torch.utils.data import IterableDataset
 
 from nst_det.detection.data.build import ResumableTrainLoader, _StartableSampler
+from nst_det.detection.config import lazy_key_message
 from nst_det.detection.lazy import check_lazy_distill, student_node
 from nst_det.detection.trainer import classifier_file_hint
 from nst_det.engine.checkpointer import AtomicCheckpointer
 from nst_det.engine.config_paths import REPO_ROOT, local_path
 from nst_det.engine.cpu_memory import keep_freed_memory
 from nst_det.engine.device import check_device
+from nst_det.engine.precision import amp_dtype, to_channels_last
 from nst_det.engine.train_loop import RNGCheckpointHook, ResumableTrainer, TrainLoop, preserved_rng
 
 __all__ = ["LazyTrainer", "setup_lazy_cfg", "do_test", "build_lazy_student",
@@ -155,18 +157,26 @@ class LazyTrainer(ResumableTrainer, TrainerBase):
         if device.type == "cpu":
             keep_freed_memory()  # nst_det.engine.cpu_memory
         model = instantiate(cfg.model)
+        if cfg.train.get("channels_last", False):  # as the yaml configs' MODEL.CHANNELS_LAST
+            to_channels_last(model)
         logger.info(f"Model:\n{model}")
         model.to(cfg.train.device)  # the teacher, held by a distilling model, moves with it
+        if getattr(model, "teacher", None) is not None:
+            try:  # refused here, before training
+                model.teacher_dtype()
+            except ValueError as e:
+                raise ValueError(lazy_key_message(str(e))) from e
         cfg.optimizer.params.model = model
         optimizer = instantiate(cfg.optimizer)
         data_loader = build_lazy_train_loader(cfg.dataloader.train)
         model = create_ddp_model(model, **cfg.train.get("ddp", {}))
-        amp = bool(cfg.train.get("amp", {}).get("enabled", False))
-        if amp and device.type != "cuda":
-            logger.warning(f"train.amp.enabled is on but train.device is '{cfg.train.device}': "
-                           f"mixed precision is used on CUDA only, running in float32")
-            amp = False
-        self._trainer = TrainLoop(model, data_loader, optimizer, amp=amp)
+        amp_settings = cfg.train.get("amp", {})
+        amp = bool(amp_settings.get("enabled", False))
+        # train.amp.precision: as the yaml configs' SOLVER.AMP.PRECISION ("" = the device's type)
+        dtype = amp_dtype(amp_settings.get("precision", ""), device,
+                          "train.amp.precision") if amp else None
+        self._trainer = TrainLoop(model, data_loader, optimizer, amp=amp, amp_dtype=dtype,
+                                  device_type=device.type)
         self.checkpointer = _checkpointer(cfg, model, "most", trainer=weakref.proxy(self))
         self.start_iter = 0
         self.max_iter = int(cfg.train.max_iter)

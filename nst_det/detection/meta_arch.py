@@ -28,6 +28,7 @@ from nst_det.losses import binary_kd_loss, kd_loss, nst_loss
 from nst_det.losses.feature_pair import loss_or_nan
 from nst_det.engine.distill_config import check_feature_lists, check_nst_kwargs
 from nst_det.engine.frozen import freeze
+from nst_det.engine.precision import autocast, float32_outputs, precision_dtype, to_channels_last
 from nst_det.engine.warmup import current_iteration, warmup_factor
 
 from .config import distill_arguments
@@ -205,6 +206,8 @@ class DistillDetector:
         warmup_iters: int = 0,
         resize: str = "",
         match_levels: str = "name",
+        teacher_precision: str = "fp32",
+        teacher_channels_last: bool = False,
         **kwargs,
     ):
         """
@@ -226,6 +229,9 @@ class DistillDetector:
                 "teacher_to_student" (bilinear resize of one map of each pair to the other's size).
             match_levels: "name" (empty feature lists: every backbone output both have, by name)
                 or "stride" (each student backbone output with the teacher's of the same stride).
+            teacher_precision: "fp32", "bf16" or "fp16": the teacher's forward under autocast in
+                that type (refused where the device lacks it), its outputs cast to float32.
+            teacher_channels_last: the teacher's convolution weights stored channels-last.
             kwargs: the arguments of the student's detector class.
         """
         super().__init__(**kwargs)
@@ -254,6 +260,10 @@ class DistillDetector:
             self._teacher_holder = []
             return
         freeze(teacher)
+        self.teacher_precision = teacher_precision
+        self._teacher_dtypes = {}  # {device: autocast dtype}
+        if teacher_channels_last:
+            to_channels_last(teacher)
         # A plain attribute holding a list is not registered as a submodule: the teacher stays out
         # of state_dict(), parameters(), train()/eval() and DistributedDataParallel.
         self._teacher_holder = [teacher]
@@ -452,8 +462,25 @@ class DistillDetector:
         return teacher.preprocess_image(inputs).tensor
 
     def _teacher_forward(self, images: torch.Tensor, proposal_boxes=None) -> Dict[str, object]:
-        """Run the teacher without autograd only as far as distillation needs:
-        {"features": {name: [N, C_T, H, W]}, "class_logits": [R, K + 1] (KD only)}."""
+        """Run the teacher without autograd only as far as distillation needs, in its precision
+        (``teacher_dtype``; float32 even inside the student's mixed-precision step), and give its
+        outputs in float32: {"features": {name: [N, C_T, H, W]}, "class_logits": [R, K + 1] (KD
+        only)}."""
+        with autocast(self.teacher_dtype(images.device), images.device):
+            out = self._teacher_outputs(images, proposal_boxes)
+        return float32_outputs(out)
+
+    def teacher_dtype(self, device=None) -> Optional[torch.dtype]:
+        """The teacher's autocast dtype on ``device`` (default: the model's), None for float32; a
+        ValueError naming DISTILL.TEACHER.PRECISION where the device lacks that type (the trainers
+        ask once the model is on its device, before training)."""
+        device = torch.device(device if device is not None else self.device)
+        if device not in self._teacher_dtypes:
+            self._teacher_dtypes[device] = precision_dtype(
+                self.teacher_precision, device, "DISTILL.TEACHER.PRECISION")
+        return self._teacher_dtypes[device]
+
+    def _teacher_outputs(self, images: torch.Tensor, proposal_boxes=None) -> Dict[str, object]:
         backbone = self.teacher.backbone
         names = set(self.teacher_features) if self.nst_weight else set()
         fpn_names = set(backbone.output_shape())

@@ -4,6 +4,8 @@ import logging
 import os
 import weakref
 
+import torch
+
 from detectron2.engine import DefaultTrainer, default_setup
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
@@ -16,6 +18,7 @@ from nst_det.detection.teacher import build_teacher
 from nst_det.engine.checkpointer import AtomicCheckpointer, check_eval_weights
 from nst_det.engine.cpu_memory import keep_freed_memory
 from nst_det.engine.device import check_device
+from nst_det.engine.precision import amp_dtype, to_channels_last
 from nst_det.engine.run_lock import hold_run_lock
 from nst_det.engine.train_loop import RNGCheckpointHook, ResumableTrainer, TrainLoop, preserved_rng
 
@@ -87,16 +90,26 @@ class DistillTrainer(ResumableTrainer, DefaultTrainer):
         process's random state for the checkpoints (it runs first, before anything else of the
         iteration's end)."""
         cfg, plain = self.cfg, self._trainer
-        amp = cfg.SOLVER.AMP.ENABLED and cfg.MODEL.DEVICE.startswith("cuda")
-        if cfg.SOLVER.AMP.ENABLED and not amp:
-            logger.warning(f"SOLVER.AMP.ENABLED is on but MODEL.DEVICE is '{cfg.MODEL.DEVICE}': "
-                           f"mixed precision is used on CUDA only, running in float32")
-        self._trainer = TrainLoop(plain.model, plain.data_loader, plain.optimizer, amp=amp)
+        amp = bool(cfg.SOLVER.AMP.ENABLED)
+        device = torch.device(cfg.MODEL.DEVICE)
+        dtype = amp_dtype(cfg.SOLVER.AMP.PRECISION, device, "SOLVER.AMP.PRECISION") if amp else None
+        self._trainer = TrainLoop(plain.model, plain.data_loader, plain.optimizer, amp=amp,
+                                  amp_dtype=dtype, device_type=device.type)
         self.checkpointer = detection_checkpointer(
             cfg, plain.model, "partial" if cfg.MODEL.ALLOW_PARTIAL_WEIGHTS else "most",
             trainer=weakref.proxy(self))
         rng = RNGCheckpointHook(cfg.SOLVER.CHECKPOINT_PERIOD, cfg.SOLVER.MAX_ITER)
         return [rng] + super().build_hooks()
+
+    @classmethod
+    def build_model(cls, cfg):
+        """DefaultTrainer's model, its convolutions channels-last with MODEL.CHANNELS_LAST (the
+        student's only: a distilling model's teacher follows DISTILL.TEACHER.CHANNELS_LAST); a
+        teacher precision the device lacks is refused here."""
+        model = super().build_model(cfg)
+        if getattr(model, "teacher", None) is not None:
+            model.teacher_dtype()  # DISTILL.TEACHER.PRECISION refused here, before training
+        return to_channels_last(model) if cfg.MODEL.CHANNELS_LAST else model
 
     def teacher_weights_file(self) -> str:
         """DISTILL.TEACHER.WEIGHTS when the model distils from a teacher (recorded in the

@@ -183,7 +183,7 @@ class AtomicCheckpointer(DetectionCheckpointer):
             raise WeightsMismatchError(
                 f"{self.weights_what} '{path}' ({self.weights_key}) does not match "
                 f"{self.loaded_into}: " + "; ".join(problems) + ". Check that the config and the "
-                f"weights belong to the same model.")
+                "weights belong to the same model.")
 
     def load(self, path: str, *args, **kwargs):
         """Same as DetectionCheckpointer.load; a local ``path`` that does not exist is a

@@ -12,7 +12,6 @@
 Where a device cannot run a precision, :func:`precision_dtype` refuses it with a ValueError naming
 the key, never a silent float32 run.
 """
-import contextlib
 from typing import Optional
 
 import torch
@@ -76,10 +75,13 @@ def needs_grad_scaler(dtype: Optional[torch.dtype]) -> bool:
 
 
 def autocast(dtype: Optional[torch.dtype], device):
-    """``torch.autocast`` on ``device``'s type in ``dtype``; a no-op context for None."""
+    """``torch.autocast`` on ``device``'s type (a device or its type's name) in ``dtype``; for None,
+    autocast turned off: float32 even inside an enclosing autocast (a float32 teacher stays float32
+    in a student's mixed-precision step)."""
+    device_type = torch.device(device).type
     if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
+        return torch.autocast(device_type=device_type, enabled=False)
+    return torch.autocast(device_type=device_type, dtype=dtype)
 
 
 def float32_outputs(value):

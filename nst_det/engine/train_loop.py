@@ -25,6 +25,8 @@ from detectron2.engine import HookBase, SimpleTrainer
 from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 
+from nst_det.engine.precision import autocast, needs_grad_scaler
+
 __all__ = ["NonFiniteLossError", "check_losses_finite", "rng_state", "set_rng_state",
            "preserved_rng", "TrainLoop", "RNGCheckpointHook", "ResumableTrainer",
            "OtherTeacherError"]
@@ -98,19 +100,23 @@ _WRITE_METRICS_TAKES_ITER = "cur_iter" in inspect.signature(SimpleTrainer.write_
 
 
 class TrainLoop(SimpleTrainer):
-    """SimpleTrainer (or, with ``amp``, the AMPTrainer step on any device type) whose step stops at a
-    non-finite loss term before the optimizer step, naming the term, the iteration and the rank.
+    """SimpleTrainer (or, with ``amp``, the AMPTrainer step on any device type, in float16 or
+    bfloat16) whose step stops at a non-finite loss term before the optimizer step, naming the
+    term, the iteration and the rank.
 
     ``model(batch)`` returns the dict of loss terms. The data stream is made at the first step,
     so a loader's ``start_at(iteration)`` called by ``--resume`` before training still applies.
     """
 
     def __init__(self, model, data_loader, optimizer, *, amp: bool = False, grad_scaler=None,
-                 device_type: str = "cuda"):
+                 device_type: str = "cuda", amp_dtype: Optional[torch.dtype] = None):
+        """``amp``: the step under ``torch.autocast(device_type, amp_dtype)`` (``amp_dtype`` None:
+        float16), with a grad scaler (``grad_scaler``, or a new one) for float16 only."""
         super().__init__(model, data_loader, optimizer)
         self.amp = bool(amp)
         self.device_type = device_type
-        if self.amp and grad_scaler is None:
+        self.amp_dtype = (amp_dtype or torch.float16) if self.amp else None
+        if self.amp and grad_scaler is None and needs_grad_scaler(self.amp_dtype):
             grad_scaler = torch.amp.GradScaler(device_type)
         self.grad_scaler = grad_scaler
         self.data_stream: Optional[Iterator] = None
@@ -123,7 +129,7 @@ class TrainLoop(SimpleTrainer):
         data = next(self.data_stream)
         data_time = time.perf_counter() - start
 
-        with torch.autocast(device_type=self.device_type, enabled=self.amp):
+        with autocast(self.amp_dtype, self.device_type) if self.amp else contextlib.nullcontext():
             loss_dict = self.model(data)
         if isinstance(loss_dict, torch.Tensor):
             loss_dict = {"total_loss": loss_dict}
