@@ -1,11 +1,15 @@
 """Tests of nst_det/research/benchmark_distill.py and tools/benchmark_distill.py on a tiny config: the table,
-its ``parts ratio: X.XX`` and last line ``overhead: X.XX``, each the median of the rounds' ratios. (That the teacher runs without autograd and only as far as
+the student and the teacher in every precision and layout of the CPU, ``distillation / student
+step: X.XX``, ``parts ratio: X.XX`` and last line ``overhead: X.XX``, each the median of the
+rounds' ratios. (That the teacher runs without autograd and only as far as
 distillation needs is tested in tests/test_ddp_distill.py, on the model built there.)"""
 import os
 import re
 import runpy
 
 import nst_det.detection  # noqa: F401  (first: makes Detectron2 usable here, registers nst_det's models)
+
+from nst_det.engine.precision import bf16_support
 
 from distill_testing import ROOT, tiny_distill_cfg
 
@@ -34,9 +38,23 @@ def test_tool_prints_the_table_and_ends_with_the_overhead(tmp_path, capsys):
     assert result.parts_ratio == sorted(r[1] for r in per_round)[1]
     assert all(len(c.times_ms) == 3 for c in (result.student, result.teacher, result.distill))
     assert result.image_size == (64, 85)
-    for row in ("student training step", "teacher forward", "distillation training step",
-                "NST term (forward + backward)"):
-        assert any(line.startswith(f"| {row}") for line in lines), row
+    for row in ("student training step, fp32 (config)", "teacher forward, fp32 (config)",
+                "distillation training step", "NST term (forward + backward)",
+                "student training step, fp32, channels-last", "teacher forward, fp32, channels-last"):
+        assert any(line.startswith(f"| {row} |") for line in lines), row
+    # what distilling costs against the student alone, within each round, then the median
+    line = next(x for x in lines if x.startswith("distillation / student step: "))
+    assert float(line.split()[4]) == round(result.distill_to_student, 2)
+    assert result.distill_to_student == sorted(
+        d / s for s, d in zip(result.student.times_ms, result.distill.times_ms))[1]
+    if bf16_support("cpu"):  # the other precision of the student and the teacher, same rounds
+        names = {v.name for v in result.variants}
+        assert {"student training step, bf16", "teacher forward, bf16",
+                "teacher forward, bf16, channels-last"} <= names
+        assert result.student_fp32 is result.student and result.student_amp.name.endswith("bf16")
+        speedup = next(x for x in lines if x.startswith("student mixed-precision speed-up: "))
+        assert float(speedup.split()[3]) == round(result.amp_speedup, 2)
+    assert all(len(v.times_ms) == 3 for v in result.variants)
     assert all(cost.time_ms > 0 for cost in (result.student, result.teacher, result.distill,
                                                result.nst))
     # (what the peak measures is tested in tests/test_research_measure.py); a training step keeps activations for its backward; the teacher's forward does not

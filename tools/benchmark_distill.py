@@ -1,11 +1,15 @@
 #!/usr/bin/env python
 """The cost of the teacher: time, page faults and peak memory of the student's training step, the
-teacher's forward, the NST term and the distillation step on the same two images; the last two
-lines are ``parts ratio: X.XX`` = distillation step / (student step + teacher forward + NST term)
-and ``overhead: X.XX`` = distillation step / (student step + teacher forward), each the median of
-the rounds' ratios. See nst_det/research/benchmark_distill.py.
+teacher's forward, the NST term and the distillation step on the same two images, the student and
+the teacher as the config sets them and (unless --config-only) in every other precision and memory
+layout the device runs. Then ``distillation / student step: X.XX`` (what distilling costs against
+training the student alone), the student's mixed-precision speed-up, and as the last two lines
+``parts ratio: X.XX`` = distillation step / (student step + teacher forward + NST term) and
+``overhead: X.XX`` = distillation step / (student step + teacher forward), each the median of the
+rounds' ratios. See nst_det/research/benchmark_distill.py.
 
     python tools/benchmark_distill.py --config-file configs/voc_frcnn_nst.yaml --iters 10 --threads 2 MODEL.DEVICE cpu
+    python tools/benchmark_distill.py --config-file configs/voc_frcnn_nst.yaml --iters 5 --threads 2 MODEL.DEVICE cpu DISTILL.TEACHER.PRECISION bf16 DISTILL.TEACHER.CHANNELS_LAST True
     python tools/benchmark_distill.py --config-file configs/voc_frcnn_nst.yaml --size 320 --iters 5 --threads 1 MODEL.DEVICE cpu
 
 The models run on the config's MODEL.DEVICE (teacher and student alike).
@@ -33,6 +37,9 @@ def argument_parser():
     parser.add_argument("--default-malloc", action="store_true",
                         help="leave the C library's malloc as it is (CPU): by default freed memory "
                              "is kept for reuse, as training keeps it (nst_det/engine/cpu_memory.py)")
+    parser.add_argument("--config-only", action="store_true",
+                        help="measure the student and the teacher only as the config sets them "
+                             "(default: also in every other precision and layout of the device)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
     return parser
 
@@ -44,7 +51,8 @@ def main(args):
         torch.set_num_threads(args.threads)
     result = benchmark_distillation(cfg, iters=args.iters, size=args.size,
                                     config_file=args.config_file,
-                                    keep_memory=not args.default_malloc)
+                                    keep_memory=not args.default_malloc,
+                                    variants=not args.config_only)
     print(format_benchmark(result))
     return result
 

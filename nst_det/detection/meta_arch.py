@@ -261,7 +261,7 @@ class DistillDetector:
             return
         freeze(teacher)
         self.teacher_precision = teacher_precision
-        self._teacher_dtypes = {}  # {device: autocast dtype}
+        self._teacher_dtypes = {}  # {(device, precision): autocast dtype}
         if teacher_channels_last:
             to_channels_last(teacher)
         # A plain attribute holding a list is not registered as a submodule: the teacher stays out
@@ -461,24 +461,27 @@ class DistillDetector:
         inputs = [{"image": x["image"].flip(-3) if swap else x["image"]} for x in batched_inputs]
         return teacher.preprocess_image(inputs).tensor
 
-    def _teacher_forward(self, images: torch.Tensor, proposal_boxes=None) -> Dict[str, object]:
+    def _teacher_forward(self, images: torch.Tensor, proposal_boxes=None,
+                         precision: Optional[str] = None) -> Dict[str, object]:
         """Run the teacher without autograd only as far as distillation needs, in its precision
-        (``teacher_dtype``; float32 even inside the student's mixed-precision step), and give its
-        outputs in float32: {"features": {name: [N, C_T, H, W]}, "class_logits": [R, K + 1] (KD
-        only)}."""
-        with autocast(self.teacher_dtype(images.device), images.device):
+        (``precision``, default DISTILL.TEACHER.PRECISION; float32 even inside the student's
+        mixed-precision step), and give its outputs in float32: {"features": {name: [N, C_T, H,
+        W]}, "class_logits": [R, K + 1] (KD only)}."""
+        with autocast(self.teacher_dtype(images.device, precision), images.device):
             out = self._teacher_outputs(images, proposal_boxes)
         return float32_outputs(out)
 
-    def teacher_dtype(self, device=None) -> Optional[torch.dtype]:
-        """The teacher's autocast dtype on ``device`` (default: the model's), None for float32; a
-        ValueError naming DISTILL.TEACHER.PRECISION where the device lacks that type (the trainers
-        ask once the model is on its device, before training)."""
+    def teacher_dtype(self, device=None, precision: Optional[str] = None) -> Optional[torch.dtype]:
+        """The teacher's autocast dtype on ``device`` (default: the model's) for ``precision``
+        (default: DISTILL.TEACHER.PRECISION), None for float32; a ValueError naming
+        DISTILL.TEACHER.PRECISION where the device lacks that type (the trainers ask once the
+        model is on its device, before training)."""
         device = torch.device(device if device is not None else self.device)
-        if device not in self._teacher_dtypes:
-            self._teacher_dtypes[device] = precision_dtype(
-                self.teacher_precision, device, "DISTILL.TEACHER.PRECISION")
-        return self._teacher_dtypes[device]
+        precision = precision or self.teacher_precision
+        if (device, precision) not in self._teacher_dtypes:
+            self._teacher_dtypes[device, precision] = precision_dtype(
+                precision, device, "DISTILL.TEACHER.PRECISION")
+        return self._teacher_dtypes[device, precision]
 
     def _teacher_outputs(self, images: torch.Tensor, proposal_boxes=None) -> Dict[str, object]:
         backbone = self.teacher.backbone

@@ -2,8 +2,13 @@
 time and peak memory of the plain student's training step, the teacher's forward alone (as far as
 distillation needs it, without autograd, from the raw images as the distillation step takes them:
 its own normalisation included), the NST term (forward and backward of ``loss_nst`` on the
-features of a distillation step) and the distillation training step.
+features of a distillation step) and the distillation training step -- the student and the
+teacher as the config sets them (SOLVER.AMP, MODEL.CHANNELS_LAST, DISTILL.TEACHER.PRECISION,
+DISTILL.TEACHER.CHANNELS_LAST) and, unless ``variants`` is off, in every other precision the
+device runs (float32, bfloat16, float16 on CUDA) and memory layout (NCHW, channels-last).
 
+    distillation / student step = distillation step / student step (same student settings):
+                                  what distilling costs against training the student alone
     overhead    = distillation step / (student step + teacher forward)
     parts ratio = distillation step / (student step + teacher forward + NST term)
 
@@ -12,7 +17,7 @@ ratio of 1.00 means the distillation step costs its three parts and nothing more
 second preprocessing, the gradient the NST term adds to the student's, the allocations of holding
 both models' activations would show here).
 
-Time: ``iters`` rounds after a warm-up round; each round runs the four measurements back to back,
+Time: ``iters`` rounds after a warm-up round; each round runs every measurement back to back,
 so each ratio is taken within a round (load that drifts between rounds moves both sides)
 and the median over the rounds is reported, beside each step's median and fastest time. Peak
 memory: the largest rise over the start of one run of each (peak_memory_mib: torch's allocated
@@ -22,8 +27,9 @@ import logging
 import os
 import statistics
 import tempfile
-from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional
+import contextlib
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -36,6 +42,7 @@ from nst_det.detection.architectures import num_classes
 from nst_det.detection.load_config import student_cfg
 from nst_det.detection.teacher import build_teacher_model
 from nst_det.engine.cpu_memory import freed_memory_is_kept, keep_freed_memory
+from nst_det.engine.precision import PRECISIONS, amp_dtype, autocast, bf16_support, to_channels_last
 from nst_det.research.measure import (load_average, machine_description, peak_memory_mib,
                                     seconds_and_page_faults)
 
@@ -82,18 +89,29 @@ class DistillBenchmark:
     device: str
     image_size: tuple  # (H, W) of each of the 2 images
     iters: int
-    student: StepCost
-    teacher: StepCost
+    student: StepCost  # the student's training step with the config's settings
+    teacher: StepCost  # the teacher's forward with the config's settings
     distill: StepCost
     nst: Optional[StepCost]
     teacher_weights: str
     kept_freed_memory: bool
     load_average: tuple  # the machine's 1-minute load average before and after the run
+    variants: List[StepCost] = field(default_factory=list)  # other settings, the same rounds
+    student_fp32: Optional[StepCost] = None  # the student in float32 (of the same layout)
+    student_amp: Optional[StepCost] = None  # the student in mixed precision (of the same layout)
 
-    def _per_round(self, parts: List[StepCost]) -> float:
-        """Median over the rounds of distillation step / sum of ``parts``, each round on its own."""
+    def _per_round(self, parts: List[StepCost], whole: Optional[StepCost] = None) -> float:
+        """Median over the rounds of ``whole`` (the distillation step) / sum of ``parts``, each
+        round on its own."""
+        whole = whole or self.distill
         return statistics.median(
-            d / sum(p.times_ms[i] for p in parts) for i, d in enumerate(self.distill.times_ms))
+            d / sum(p.times_ms[i] for p in parts) for i, d in enumerate(whole.times_ms))
+
+    @property
+    def distill_to_student(self) -> float:
+        """distillation step / student step (the same student settings): median of the rounds'
+        ratios."""
+        return self._per_round([self.student])
 
     @property
     def overhead(self) -> float:
@@ -110,6 +128,14 @@ class DistillBenchmark:
     def nst_share(self) -> Optional[float]:
         """Time of the NST term (forward + backward) / time of the distillation step (medians)."""
         return None if self.nst is None else self.nst.time_ms / self.distill.time_ms
+
+    @property
+    def amp_speedup(self) -> Optional[float]:
+        """float32 student step / mixed-precision student step (same layout): median of the
+        rounds' ratios; None where only one of them was measured."""
+        if self.student_fp32 is None or self.student_amp is None:
+            return None
+        return self._per_round([self.student_amp], whole=self.student_fp32)
 
 
 def synthetic_batch(cfg, size: Optional[int] = None, seed: int = 0) -> List[dict]:
@@ -146,14 +172,37 @@ def _frozen_optimizer(cfg, model):
     return optimizer
 
 
-def _train_step(model, optimizer, batch) -> Callable:
+def _train_step(model, optimizer, batch, amp: Optional[torch.dtype], device) -> Callable:
+    """One training step, under autocast in ``amp`` (None: float32) as TrainLoop runs it."""
     def step():
-        loss_dict = model(batch)
+        with autocast(amp, device) if amp is not None else contextlib.nullcontext():
+            loss_dict = model(batch)
         losses = sum(loss_dict.values())
         optimizer.zero_grad()
         losses.backward()
         optimizer.step()
     return step
+
+
+def _set_layout(module, channels_last: bool) -> None:
+    """``module``'s own children (a distilling model's teacher is none of them) channels-last or
+    NCHW."""
+    if channels_last:
+        to_channels_last(module)
+    else:
+        for child in module.children():
+            child.to(memory_format=torch.contiguous_format)
+
+
+def _device_precisions(device: torch.device) -> List[str]:
+    """The precisions ``device`` runs: "fp32", "bf16" where it has bfloat16, "fp16" on CUDA."""
+    return ["fp32"] + (["bf16"] if bf16_support(device) else []) + \
+        (["fp16"] if device.type == "cuda" else [])
+
+
+def _label(what: str, precision: str, channels_last: bool, config: bool) -> str:
+    return (f"{what}, {precision}" + (", channels-last" if channels_last else "")
+            + (" (config)" if config else ""))
 
 
 class _Recorder:
@@ -192,10 +241,12 @@ def _benchmark_teacher(cfg, tmpdir: str):
 
 
 def benchmark_distillation(cfg, iters: int = 10, size: Optional[int] = None,
-                           config_file: str = "", keep_memory: bool = True) -> DistillBenchmark:
+                           config_file: str = "", keep_memory: bool = True,
+                           variants: bool = True) -> DistillBenchmark:
     """Measure student step, teacher forward, distillation step and NST term of ``cfg`` (a config
-    of a distilling detector) on the same two images, on its MODEL.DEVICE; see the module
-    docstring. On the CPU, freed memory is kept for reuse as training keeps it
+    of a distilling detector) on the same two images, on its MODEL.DEVICE; with ``variants``, also
+    the student step and the teacher forward in every other precision and layout the device runs;
+    see the module docstring. On the CPU, freed memory is kept for reuse as training keeps it
     (:func:`~nst_det.engine.cpu_memory.keep_freed_memory`) unless ``keep_memory`` is False."""
     if iters < 1:
         raise ValueError(f"--iters must be at least 1, got {iters}")
@@ -205,6 +256,12 @@ def benchmark_distillation(cfg, iters: int = 10, size: Optional[int] = None,
     if keep_memory and dev.type == "cpu":
         keep_freed_memory()
     kept = dev.type == "cpu" and freed_memory_is_kept()
+    amp = amp_dtype(cfg.SOLVER.AMP.PRECISION, dev, "SOLVER.AMP.PRECISION") \
+        if cfg.SOLVER.AMP.ENABLED else None
+    amp_name = next(n for n, d in PRECISIONS.items() if d == amp) if amp is not None else "fp32"
+    student_layout, teacher_layout = bool(cfg.MODEL.CHANNELS_LAST), \
+        bool(cfg.DISTILL.TEACHER.CHANNELS_LAST)
+    teacher_precision = cfg.DISTILL.TEACHER.PRECISION
     with tempfile.TemporaryDirectory() as tmpdir:
         cfg, teacher_weights = _benchmark_teacher(cfg, tmpdir)
         torch.manual_seed(cfg.SEED if cfg.SEED >= 0 else 0)
@@ -213,64 +270,105 @@ def benchmark_distillation(cfg, iters: int = 10, size: Optional[int] = None,
             raise ValueError(
                 f"MODEL.META_ARCHITECTURE '{cfg.MODEL.META_ARCHITECTURE}' has no teacher: "
                 "benchmark a distillation config (e.g. configs/voc_frcnn_nst.yaml)")
+        distill.teacher_dtype()  # DISTILL.TEACHER.PRECISION refused before anything is timed
         student = build_model(student_cfg(cfg))
         student.load_state_dict(distill.state_dict())
     distill.train()
     student.train()
+    _set_layout(distill, student_layout)
     batch = synthetic_batch(cfg, size)
-    student_step = _train_step(student, _frozen_optimizer(cfg, student), batch)
-    distill_step = _train_step(distill, _frozen_optimizer(cfg, distill), batch)
+    distill_step = _train_step(distill, _frozen_optimizer(cfg, distill), batch, amp, dev)
+    student_optimizer = _frozen_optimizer(cfg, student)
+
+    def config_layouts():
+        _set_layout(distill.teacher, teacher_layout)
 
     with EventStorage(0):
         images_call = _Recorder(distill, "teacher_images")
         teacher_call = _Recorder(distill, "_teacher_forward")
         nst_call = _Recorder(distill, "nst_per_level")
         try:
+            config_layouts()
             distill_step()  # warm-up; keeps the teacher's and NST's inputs of this batch
         finally:
             for call in (images_call, teacher_call, nst_call):
                 call.remove()
-        teacher_forward = _teacher_step(distill, images_call.args, teacher_call.args)
-        nst_step = _nst_step(distill, nst_call.args) if nst_call.args else None
-        measured = {"student": student_step, "teacher": teacher_forward, "distill": distill_step}
-        if nst_step is not None:
-            measured["nst"] = nst_step
-        for fn in measured.values():  # a warm-up round, in the order of the timed ones
+        # name -> (what is set before it, untimed; what is timed)
+        measured: Dict[str, Tuple[Callable, Callable]] = {}
+        precisions = _device_precisions(dev)
+        student_settings = [(amp_name, student_layout)]
+        teacher_settings = [(teacher_precision, teacher_layout)]
+        if variants:
+            student_settings += [(p, cl) for cl in (False, True) for p in precisions
+                                 if (p, cl) != student_settings[0]]
+            teacher_settings += [(p, cl) for cl in (False, True) for p in precisions
+                                 if (p, cl) != teacher_settings[0]]
+        names = {}
+        for i, (precision, channels_last) in enumerate(student_settings):
+            name = _label("student training step", precision, channels_last, i == 0)
+            names["student", precision, channels_last] = name
+            measured[name] = (
+                lambda cl=channels_last: _set_layout(student, cl),
+                _train_step(student, student_optimizer, batch, PRECISIONS[precision], dev))
+        for i, (precision, channels_last) in enumerate(teacher_settings):
+            name = _label("teacher forward", precision, channels_last, i == 0)
+            measured[name] = (
+                lambda cl=channels_last: _set_layout(distill.teacher, cl),
+                _teacher_step(distill, images_call.args, teacher_call.args, precision))
+        distill_name = "distillation training step"
+        measured[distill_name] = (config_layouts, distill_step)
+        if nst_call.args:
+            measured["NST term (forward + backward)"] = (config_layouts,
+                                                         _nst_step(distill, nst_call.args))
+        for prepare, fn in measured.values():  # a warm-up round, in the order of the timed ones
+            prepare()
             fn()
         times: Dict[str, List[float]] = {k: [] for k in measured}
         faults: Dict[str, List[int]] = {k: [] for k in measured}
         for _ in range(iters):
-            for name, fn in measured.items():
+            for name, (prepare, fn) in measured.items():
+                prepare()
                 took, page_faults = seconds_and_page_faults(fn, dev)
                 times[name].append(1000.0 * took)
                 faults[name].append(page_faults)
-        peaks = {name: peak_memory_mib(fn, dev) for name, fn in measured.items()}
+        peaks = {}
+        for name, (prepare, fn) in measured.items():
+            prepare()
+            peaks[name] = peak_memory_mib(fn, dev)
 
-    def cost(name, label):
-        return StepCost(label, times[name], peaks[name], faults[name])
-
+    costs = {name: StepCost(name, times[name], peaks[name], faults[name]) for name in measured}
+    rows = list(costs.values())
+    student_row, teacher_row = rows[0], rows[len(student_settings)]
+    other = "fp32" if amp_name != "fp32" else ("bf16" if "bf16" in precisions else None)
+    other_row = costs.get(names.get(("student", other, student_layout), ""))
+    fp32_row, amp_row = (student_row, other_row) if amp_name == "fp32" else (other_row, student_row)
     height, width = batch[0]["image"].shape[1:]
     return DistillBenchmark(
         config_file=config_file,
         device=device,
         image_size=(int(height), int(width)),
         iters=iters,
-        student=cost("student", "student training step"),
-        teacher=cost("teacher", "teacher forward (its preprocessing, no autograd, as far as "
-                                "distillation needs)"),
-        distill=cost("distill", "distillation training step"),
-        nst=cost("nst", "NST term (forward + backward)") if nst_step is not None else None,
+        student=student_row,
+        teacher=teacher_row,
+        distill=costs[distill_name],
+        nst=costs.get("NST term (forward + backward)"),
         teacher_weights=teacher_weights,
         kept_freed_memory=kept,
         load_average=(load_before, load_average()),
+        variants=[c for c in rows if c not in (student_row, teacher_row)
+                  and c.name.startswith(("student", "teacher"))],
+        student_fp32=fp32_row,
+        student_amp=amp_row,
     )
 
 
-def _teacher_step(model, images_args, forward_args) -> Callable:
-    """The teacher's part of one distillation step alone: its input made from the raw images
-    (``teacher_images``) and its forward, with the arguments they had in that step."""
+def _teacher_step(model, images_args, forward_args, precision: str) -> Callable:
+    """The teacher's part of one distillation step alone, in ``precision``: its input made from
+    the raw images (``teacher_images``) and its forward, with the arguments they had in that
+    step."""
     (batched_inputs, student_images), _ = images_args
     (_, *forward_rest), forward_kwargs = forward_args
+    forward_kwargs = dict(forward_kwargs, precision=precision)
 
     def run():
         model._teacher_forward(model.teacher_images(batched_inputs, student_images), *forward_rest,
@@ -294,8 +392,10 @@ def _nst_step(model, args) -> Callable:
 
 
 def format_benchmark(result: DistillBenchmark) -> str:
-    """The table of tools/benchmark_distill.py; its last two lines are ``parts ratio: X.XX`` (with
-    an NST term) and ``overhead: X.XX``."""
+    """The table of tools/benchmark_distill.py (the config's settings first, marked "(config)",
+    then the other settings measured in the same rounds); then ``distillation / student step:
+    X.XX``, the student's mixed-precision speed-up where both precisions were measured, and as
+    its last two lines ``parts ratio: X.XX`` (with an NST term) and ``overhead: X.XX``."""
     h, w = result.image_size
     lines = [
         f"config: {result.config_file or '(given cfg)'}; device: {result.device}; "
@@ -313,10 +413,16 @@ def format_benchmark(result: DistillBenchmark) -> str:
     rows = [result.student, result.teacher, result.distill]
     if result.nst is not None:
         rows.append(result.nst)
-    for row in rows:
+    for row in rows + result.variants:
         lines.append(f"| {row.name} | {row.time_ms:.1f} | {row.fastest_ms:.1f} | {row.faults} | "
                      f"{row.peak_mib:.1f} |")
     lines.append("")
+    lines.append(f"distillation / student step: {result.distill_to_student:.2f} (distillation step "
+                 f"/ student step of the same settings, median of {result.iters} rounds)")
+    if result.amp_speedup is not None:
+        lines.append(f"student mixed-precision speed-up: {result.amp_speedup:.2f} "
+                     f"({result.student_fp32.name} / {result.student_amp.name}, median of "
+                     f"{result.iters} rounds)")
     if result.nst_share is not None:
         lines.append(f"NST term share of the distillation step: {100 * result.nst_share:.1f}%")
         lines.append(f"parts ratio: {result.parts_ratio:.2f} (distillation step / (student step + "
