@@ -10,6 +10,7 @@ iterations) and selectivity.png (the channel maps of every FPN level, seed 0) in
     python tools/demo_det.py                                 # seed 0, the configs' schedules
     python tools/demo_det.py --seeds 3                       # seeds 0, 1, 2
     python tools/demo_det.py --seeds 3 --nst-weights 2 4 8 16   # the NST student at each weight
+    python tools/demo_det.py --seeds 3 --teacher-precisions fp32 bf16   # float32 and bf16 teacher
     python tools/demo_det.py --iters 100                     # shorter: student iterations
 
 A rerun with the same arguments and --threads prints the same numbers on the same machine.
@@ -42,6 +43,10 @@ def main(argv=None):
     parser.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1 of every student run")
     parser.add_argument("--nst-weights", type=float, nargs="+", default=[],
                         help="DISTILL.NST.WEIGHT of each NST variant (default: the config's)")
+    parser.add_argument("--teacher-precisions", nargs="+", default=[],
+                        choices=["fp32", "bf16", "fp16"],
+                        help="the NST student with its teacher in each DISTILL.TEACHER.PRECISION "
+                             "(default: the config's, float32)")
     parser.add_argument("--iters", type=int, default=None,
                         help="student iterations (default: the configs'); the teacher's scale alike")
     parser.add_argument("--datasets-root", default=None,
@@ -57,7 +62,8 @@ def main(argv=None):
     setup_logger(args.output_dir, name="nst_det", abbrev_name="nst_det")
     load_before, start = load_average(), time.perf_counter()
     summary = run_demo(args.output_dir, student_iters=args.iters, datasets_root=args.datasets_root,
-                       seeds=range(args.seeds), nst_weights=args.nst_weights)
+                       seeds=range(args.seeds), nst_weights=args.nst_weights,
+                       teacher_precisions=args.teacher_precisions)
     picture = draw_selectivity(summary, args.output_dir)
     table = format_table(summary)
     report = write_report(os.path.join(args.output_dir, "results.md"), table,

@@ -20,6 +20,7 @@ from nst_det.detection.load_config import load_nst_cfg
 from nst_det.detection.trainer import DistillTrainer
 from nst_det.engine.atomic import atomic_write_json
 from nst_det.engine.config_paths import REPO_ROOT
+from nst_det.engine.precision import PRECISIONS
 from nst_det.research.demo_data import generate_demo_data
 from nst_det.research.seed_report import (format_difference, format_mean_std, logged_rows,
                                           loss_curve, mean_std, plot_seed_runs, weight_variants)
@@ -42,14 +43,26 @@ METRICS = (("VOC AP50 (07 11-point)", "AP50_11point", "voc"),
            ("COCO AP", "AP", "coco"), ("COCO AP50", "AP50", "coco"))
 
 
-def demo_variants(nst_weights: Sequence[float] = ()) -> "OrderedDict[str, tuple]":
+def demo_variants(nst_weights: Sequence[float] = (),
+                  teacher_precisions: Sequence[str] = ()) -> "OrderedDict[str, tuple]":
     """{variant name: (config file in configs/demo, overrides, output folder name)}: the student
-    alone, then the NST student at the config's weight, or at each of ``nst_weights``."""
+    alone, then the NST student at the config's weight, or at each of ``nst_weights``; with
+    ``teacher_precisions``, each NST student with its teacher in each of them
+    (DISTILL.TEACHER.PRECISION; "fp32" keeps the plain names)."""
+    for precision in teacher_precisions:
+        if precision not in PRECISIONS:
+            raise ValueError(f"--teacher-precisions: {precision!r} is none of {list(PRECISIONS)}")
+    nst = [("student + NST", [], "student_nst")] if not nst_weights else \
+        weight_variants("student + NST", "student_nst", nst_weights)
     variants = OrderedDict([("student", (STUDENT_CONFIG, [], "student"))])
-    if not nst_weights:
-        variants["student + NST"] = (NST_CONFIG, [], "student_nst")
-    for name, opts, folder in weight_variants("student + NST", "student_nst", nst_weights):
-        variants[name] = (NST_CONFIG, opts, folder)
+    for name, opts, folder in nst:
+        for precision in teacher_precisions or ["fp32"]:
+            if precision == "fp32":
+                variants[name] = (NST_CONFIG, opts, folder)
+            else:
+                variants[f"{name}, {precision} teacher"] = (
+                    NST_CONFIG, opts + ["DISTILL.TEACHER.PRECISION", precision],
+                    f"{folder}_{precision}_teacher")
     return variants
 
 
@@ -113,15 +126,15 @@ def _reusable_teacher(cfg) -> Optional[dict]:
 
 def run_demo(output_dir: str = "output/demo_det", student_iters: Optional[int] = None,
              datasets_root: Optional[str] = None, seeds: Sequence[int] = (0,),
-             nst_weights: Sequence[float] = ()) -> dict:
+             nst_weights: Sequence[float] = (), teacher_precisions: Sequence[str] = ()) -> dict:
     """Generate the data if missing; train the teacher (or reuse the one finished in
     ``output_dir/teacher`` with the same config), then every variant of
     :func:`demo_variants` for every seed; write results.json and seeds.png in
-    ``output_dir``. Returns {"teacher": result, "variants": {name: [result of each seed]},
+    ``output_dir`` (``teacher_precisions``: see :func:`demo_variants`). Returns {"teacher": result, "variants": {name: [result of each seed]},
     "losses": {name: [loss magnitudes of each seed]}}."""
     if not seeds:
         raise ValueError("run_demo needs at least one seed")
-    variants = demo_variants(nst_weights)
+    variants = demo_variants(nst_weights, teacher_precisions)
     root = demo_root(datasets_root)
     if not demo_data_exists(root):
         logger.info(f"Generating the demo detection set in {root} ...")
