@@ -452,8 +452,17 @@ def test_benchmark_commands(voc, workspace, env, cmd):
             "python tools/benchmark_distill.py --config-file configs/voc_frcnn_nst.yaml --size 320 "
             "--iters 5 --threads 1 MODEL.DEVICE cpu",
             "python tools/benchmark_distill.py --config-file configs/demo/det_student_nst.yaml "
-            "--iters 10 --threads 1"):
+            "--iters 10 --threads 1",
+            "python tools/benchmark_distill.py --config-file configs/voc_frcnn_nst.yaml --iters 5 "
+            "--threads 2 MODEL.DEVICE cpu DISTILL.TEACHER.PRECISION bf16 "
+            "DISTILL.TEACHER.CHANNELS_LAST True",
+            "python tools/benchmark_distill.py --config-file configs/voc_frcnn_nst.yaml --iters 5 "
+            "--threads 2 --config-only MODEL.DEVICE cpu"):
         tokens = cmd(command)
+        for option in ("--iters", "--size"):  # the documented values give way to tiny ones
+            while option in tokens:
+                at = tokens.index(option)
+                del tokens[at:at + 2]
         proc = run(workspace, env, tokens[:4] + ["--iters", "1", "--size", "64"] + tokens[4:])
         assert re.search(r"parts ratio: \d+\.\d\d .*\noverhead: \d+\.\d\d", proc.stdout), command
         kept = "--default-malloc" not in command
@@ -496,6 +505,8 @@ CLS_DEMO_RUNS = [
 DET_DEMO_RUNS = [
     "python tools/demo_det.py --seeds 3",
     "python tools/demo_det.py --seeds 3 --nst-weights 2 4 8 16 --output-dir output/demo_det_weights",
+    "python tools/demo_det.py --seeds 3 --teacher-precisions fp32 bf16 --output-dir "
+    "output/demo_det_precision",
 ]
 
 
@@ -518,6 +529,8 @@ def test_documented_demo_runs(workspace, env, cmd, tmp_path):
         proc = run(workspace, env, _shortened(cmd(command), "--seeds", "1", "--iters", "1",
                                               "--datasets-root", str(tiny)))
         assert "| student + NST" in proc.stdout and "wall time: " in proc.stdout, command
+        if "--teacher-precisions" in command:
+            assert "| student + NST, bf16 teacher |" in proc.stdout, command
     # the selectivity of the detection demo's students, drawn from the runs above
     proc = run(workspace, dict(env, DETECTRON2_DATASETS=str(tiny)), cmd(
         "python tools/visualize_selectivity.py --config-file configs/demo/det_student_nst.yaml "
