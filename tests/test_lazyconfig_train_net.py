@@ -203,6 +203,8 @@ def test_coco_lsj_student_distils_from_the_lsj_r101_lazy_teacher(tmp_path, env):
     log = proc.stdout + proc.stderr
     assert "turned into FrozenBatchNorm2d" in log  # the LSJ teacher's SyncBN, frozen
     assert "copypaste: AP,AP50,AP75,APs,APm,APl" in log  # the COCO evaluator of the config
+    # the LSJ configs' train.amp.enabled: bfloat16 on the CPU
+    assert "runs under torch.autocast on cpu in torch.bfloat16, no grad scaler" in log
     checkpoint = weights(out)
     assert checkpoint["iteration"] == 2
     assert any(k.startswith("roi_heads.mask_head.") for k in checkpoint["model"])

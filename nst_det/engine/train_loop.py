@@ -120,6 +120,10 @@ class TrainLoop(SimpleTrainer):
             grad_scaler = torch.amp.GradScaler(device_type)
         self.grad_scaler = grad_scaler
         self.data_stream: Optional[Iterator] = None
+        if self.amp:
+            logger.info(f"Mixed precision: the training step runs under torch.autocast on "
+                        f"{device_type} in {self.amp_dtype}, "
+                        + ("with a grad scaler" if grad_scaler is not None else "no grad scaler"))
 
     def run_step(self):
         assert self.model.training, "[TrainLoop] model was changed to eval mode!"
