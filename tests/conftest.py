@@ -112,6 +112,7 @@ D2_TOOLS_TEST_FILES = frozenset({
     "test_run_lock.py",              # one run per OUTPUT_DIR
     "test_model_zoo_teacher.py",     # zoo:// teachers and model-zoo .pkl files
     "test_predictions_eval.py",      # tools/eval_predictions.py
+    "test_detection_precision.py",   # the teacher's precision, the student's AMP on the CPU
 })
 
 
