@@ -129,6 +129,7 @@ def test_detection_config_to_train_cls_names_train_net(tmp_path):
 
 def test_one_key_of_the_other_stage_is_named(tmp_path):
     """A detection config that sets SOLVER.EPOCHS (a classification key) names it and the tool."""
+    from nst_det.classification.config import get_cls_config
     from nst_det.detection.load_config import load_nst_cfg
     from nst_det.engine.config_paths import WrongStageConfigError
 
@@ -136,7 +137,7 @@ def test_one_key_of_the_other_stage_is_named(tmp_path):
     with pytest.raises(WrongStageConfigError, match=r"sets keys of the classification stage "
                        r"\(tools/train_cls.py\): SOLVER.EPOCHS; tools/train_net.py reads "
                        r"detection configs"):
-        load_nst_cfg(str(tmp_path / "mixed.yaml"))
+        load_nst_cfg(str(tmp_path / "mixed.yaml"), classification_defaults=get_cls_config)
 
 
 def test_max_iter_below_one_is_refused_naming_the_key(tmp_path):

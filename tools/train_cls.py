@@ -24,12 +24,20 @@ from nst_det.engine.launch import launch
 from nst_det.engine.device import check_device
 
 
+def detection_defaults():
+    """The detection stage's default config: a detection yaml given to this tool is named as such
+    (built only when the yaml has keys the classification stage lacks)."""
+    from nst_det.detection.load_config import get_nst_cfg
+
+    return get_nst_cfg()
+
+
 def load_config(args):
     """Config from --config-file and the KEY VALUE overrides, its MODEL.DEVICE checked (a
     ValueError saying to pass `MODEL.DEVICE cpu` when it asks for CUDA and there is none); with
     --eval-only, a ValueError naming MODEL.STUDENT.WEIGHTS / OUTPUT_DIR when no student weights
     would be loaded."""
-    cfg = load_cls_config(args.config_file, args.opts)
+    cfg = load_cls_config(args.config_file, args.opts, detection_defaults=detection_defaults)
     check_device(cfg.MODEL.DEVICE)
     if getattr(args, "eval_only", False) and not getattr(args, "eval_teacher", False):
         # no score for a student with random weights

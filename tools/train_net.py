@@ -12,12 +12,15 @@ Without a GPU, pass MODEL.DEVICE cpu; --num-gpus N then runs N CPU processes on 
 import nst_det.detection  # noqa: F401  (first: makes Detectron2 usable here, registers nst_det's models and data sets)
 from detectron2.engine import default_argument_parser
 
+from nst_det.classification.config import get_cls_config
 from nst_det.detection.trainer import DistillTrainer, setup_cfg
 from nst_det.engine.launch import launch
 
 
 def main(args):
-    cfg = setup_cfg(args)  # get_cfg + add_nst_config + file + opts, MODEL.DEVICE checked; logging
+    # get_cfg + add_nst_config + file + opts (a classification config named as such), MODEL.DEVICE
+    # checked; logging
+    cfg = setup_cfg(args, classification_defaults=get_cls_config)
     if args.eval_only:
         if args.eval_teacher:
             return DistillTrainer.test_teacher(cfg)

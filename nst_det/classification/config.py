@@ -7,6 +7,7 @@ the distillation keys (``DISTILL``) are those of both stages (nst_det.engine.dis
 the teacher's network name, AT and FitNet; settings out of range are refused at load time.
 """
 import os
+from typing import Callable, Optional
 
 from fvcore.common.config import CfgNode as CN
 
@@ -107,7 +108,8 @@ def get_cls_config() -> CN:
     return _C
 
 
-def load_cls_config(config_file: str = "", opts=None) -> CN:
+def load_cls_config(config_file: str = "", opts=None, *,
+                    detection_defaults: Optional[Callable[[], object]] = None) -> CN:
     """Defaults, then ``config_file`` (with its ``_BASE_`` chain), then ``opts`` [KEY, VALUE, ...];
     relative paths of :data:`PATH_KEYS` made absolute (see nst_det.engine.config_paths), checked with
     :func:`~nst_det.engine.distill_config.check_distill_config`, frozen. An unknown key in either is
@@ -117,14 +119,16 @@ def load_cls_config(config_file: str = "", opts=None) -> CN:
 
     Before the merge, every yaml of the chain is read and checked (a ConfigFileError naming the
     file for an empty one, a yaml syntax error with its line, a key given twice in one mapping, a
-    ``_BASE_`` that is missing or loops; a detection config, naming tools/train_net.py). After it,
-    SOLVER.EPOCHS < 1 is a ValueError naming the key."""
+    ``_BASE_`` that is missing or loops; with ``detection_defaults`` (a function giving the
+    detection stage's default config: the tools pass it, the library's two stages import nothing
+    of each other), a detection config, naming tools/train_net.py). After it, SOLVER.EPOCHS < 1
+    is a ValueError naming the key."""
     cfg = get_cls_config()
     if config_file and not os.path.isfile(config_file):
         raise FileNotFoundError(f"config file '{config_file}' does not exist")
-    if config_file:
+    if config_file and detection_defaults is not None:
         check_config_stage(yaml_chain(config_file), "classification", cfg, "detection",
-                           _detection_defaults)
+                           detection_defaults)
     check_renamed_keys(config_file, opts)
     if config_file:
         cfg.merge_from_file(config_file)
@@ -145,8 +149,3 @@ def load_cls_config(config_file: str = "", opts=None) -> CN:
     cfg.freeze()
     return cfg
 
-
-def _detection_defaults():
-    from nst_det.detection.load_config import get_nst_cfg
-
-    return get_nst_cfg()

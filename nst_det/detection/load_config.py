@@ -3,7 +3,7 @@ overrides, file paths relative to the yaml that names them, distillation setting
 teacher's config; the plain student's config."""
 import argparse
 import os
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
@@ -32,7 +32,8 @@ def get_nst_cfg() -> CN:
     return add_nst_config(get_cfg())
 
 
-def load_nst_cfg(config_file: str, opts: Optional[Sequence[str]] = None) -> CN:
+def load_nst_cfg(config_file: str, opts: Optional[Sequence[str]] = None, *,
+                 classification_defaults: Optional[Callable[[], object]] = None) -> CN:
     """Defaults + nst_det's keys, then ``config_file`` (with its ``_BASE_`` chain), then ``opts``
     [KEY, VALUE, ...]; file paths read relative to the yaml that names them (``PATH_KEYS`` and
     the paths of ``DATASETS.COCO_CUSTOM`` / ``DATASETS.VOC_CUSTOM``); distillation settings
@@ -43,13 +44,16 @@ def load_nst_cfg(config_file: str, opts: Optional[Sequence[str]] = None) -> CN:
     Before the merge, every yaml of the chain is read and checked
     (:func:`~nst_det.engine.config_paths.yaml_chain`: a ConfigFileError naming the file for an
     empty one, a yaml syntax error with its line, a key given twice in one mapping, a ``_BASE_``
-    that is missing or loops; a classification config, naming tools/train_cls.py). After it,
+    that is missing or loops; with ``classification_defaults`` (a function giving the
+    classification stage's default config: the tools pass it, the library's two stages import
+    nothing of each other), a classification config, naming tools/train_cls.py). After it,
     SOLVER.MAX_ITER < 1 is a ValueError naming the key."""
     if not os.path.isfile(config_file):
         raise FileNotFoundError(f"config file '{config_file}' does not exist")
     cfg = get_nst_cfg()
-    check_config_stage(yaml_chain(config_file), "detection", cfg, "classification",
-                       _classification_defaults)
+    if classification_defaults is not None:
+        check_config_stage(yaml_chain(config_file), "detection", cfg, "classification",
+                           classification_defaults)
     check_renamed_keys(config_file, opts)
     cfg.merge_from_file(config_file)
     cfg.merge_from_list(list(opts or []))
@@ -64,12 +68,6 @@ def load_nst_cfg(config_file: str, opts: Optional[Sequence[str]] = None) -> CN:
     cfg.freeze()
     register_custom_datasets(cfg)
     return cfg
-
-
-def _classification_defaults():
-    from nst_det.classification.config import get_cls_config
-
-    return get_cls_config()
 
 
 def check_max_iter(cfg: CN) -> None:

@@ -50,11 +50,14 @@ def detection_checkpointer(cfg, model, weights_check: str, **checkpointables) ->
                               foreign_file_hint=classifier_file_hint, **checkpointables)
 
 
-def setup_cfg(args, setup: bool = True):
+def setup_cfg(args, setup: bool = True, classification_defaults=None):
     """The frozen config of a ``tools/train_net.py`` command line (``args.config_file``,
-    ``args.opts``; paths relative to the yaml that names them), its MODEL.DEVICE checked before
+    ``args.opts``; paths relative to the yaml that names them; a classification config refused
+    naming tools/train_cls.py when ``classification_defaults`` is given, see
+    :func:`~nst_det.detection.load_config.load_nst_cfg`), its MODEL.DEVICE checked before
     anything is built; ``setup`` also runs Detectron2's ``default_setup`` and nst_det's logger."""
-    cfg = load_nst_cfg(args.config_file, args.opts)
+    cfg = load_nst_cfg(args.config_file, args.opts,
+                       classification_defaults=classification_defaults)
     check_device(cfg.MODEL.DEVICE)
     if setup:
         default_setup(cfg, args)
