@@ -52,6 +52,9 @@ def _cpu_worker(local_rank, main_func, world_size, num_per_machine, machine_rank
     comm.synchronize()
     try:
         main_func(*args)
+        # every process done before any tears the group down (a process that leaves while another
+        # still talks to it aborts that one: "terminate called without an active exception")
+        comm.synchronize()
     finally:
         dist.destroy_process_group()
 

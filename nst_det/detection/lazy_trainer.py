@@ -14,12 +14,14 @@ from detectron2.data import build_detection_train_loader
 from detectron2.data.samplers import TrainingSampler
 from detectron2.engine import TrainerBase, default_setup, default_writers, hooks
 from detectron2.engine.defaults import create_ddp_model
-from detectron2.evaluation import DatasetEvaluators, inference_on_dataset, print_csv_format
+from detectron2.evaluation import (COCOEvaluator, DatasetEvaluators, inference_on_dataset,
+                                   print_csv_format)
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 from torch.utils.data import IterableDataset
 
 from nst_det.detection.data.build import ResumableTrainLoader, _StartableSampler
+from nst_det._d2_compat import has_compiled_ops
 from nst_det.detection.config import lazy_key_message
 from nst_det.detection.lazy import check_lazy_distill, student_node
 from nst_det.detection.trainer import classifier_file_hint
@@ -115,10 +117,24 @@ def do_test(cfg, model):
         evaluator = instantiate(cfg.dataloader.evaluator)
         if isinstance(evaluator, (list, tuple)) or type(evaluator).__name__ == "ListConfig":
             evaluator = DatasetEvaluators(list(evaluator))
+        _python_cocoeval_without_compiled_ops(evaluator)
         results = inference_on_dataset(model, instantiate(cfg.dataloader.test), evaluator)
     if comm.is_main_process() and results:
         print_csv_format(results)
     return results
+
+
+def _python_cocoeval_without_compiled_ops(evaluator) -> None:
+    """A COCOEvaluator of the config (the model zoo's LazyConfig files leave ``use_fast_impl`` at
+    its default, True) evaluates with pycocotools' COCOeval where Detectron2 has no compiled
+    ``_C`` (whose fast COCOeval it would call): the same numbers, the Python implementation."""
+    if has_compiled_ops():
+        return
+    for one in getattr(evaluator, "_evaluators", [evaluator]):
+        if isinstance(one, COCOEvaluator) and getattr(one, "_use_fast_impl", False):
+            logger.info(f"{type(one).__name__}: Detectron2 has no compiled ops here, evaluating "
+                        f"with pycocotools' COCOeval (use_fast_impl=False)")
+            one._use_fast_impl = False
 
 
 def _checkpointer(cfg, model, weights_check: str, **checkpointables) -> AtomicCheckpointer:
