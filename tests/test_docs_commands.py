@@ -463,6 +463,10 @@ def test_benchmark_commands(voc, workspace, env, cmd):
             while option in tokens:
                 at = tokens.index(option)
                 del tokens[at:at + 2]
+        # tiny, and only the config's settings (the other precisions and layouts: measured by
+        # tests/test_research_benchmark_distill.py)
+        if "--config-only" not in tokens:
+            tokens.insert(4, "--config-only")
         proc = run(workspace, env, tokens[:4] + ["--iters", "1", "--size", "64"] + tokens[4:])
         assert re.search(r"parts ratio: \d+\.\d\d .*\noverhead: \d+\.\d\d", proc.stdout), command
         kept = "--default-malloc" not in command
