@@ -13,6 +13,7 @@ from torch import nn
 from cls_testing import PatternDataset, save_teacher, tiny_cfg
 
 import nst_det.classification.trainer as cls_trainer
+import nst_det.engine.precision
 import nst_det.losses
 from nst_det.classification.config import load_cls_config
 from nst_det.classification.distill import distillation_losses
@@ -193,3 +194,21 @@ def test_channels_last_teacher_and_student_train(tmp_path, teacher_file):
     assert {id(p) for p in trainer.student.parameters()} == in_optimizer
     losses = _step(trainer)
     assert all(torch.isfinite(torch.tensor(v)) for v in losses.values()), losses
+
+
+def test_default_amp_on_a_cpu_without_bf16_says_to_turn_amp_off(tmp_path, teacher_file,
+                                                                 monkeypatch):
+    """SOLVER.AMP with SOLVER.AMP_PRECISION "" means bfloat16 on the CPU: where the CPU has none,
+    the error names both keys and the way out, never a silent float32 run."""
+    monkeypatch.setattr(nst_det.engine.precision, "bf16_support", lambda device: "")
+    monkeypatch.setattr(cls_trainer, "build_cls_dataset", _no_data)
+    with pytest.raises(ValueError, match=r"SOLVER.AMP is on and SOLVER.AMP_PRECISION is '' "
+                                         r"\(bfloat16 on the CPU\), but the device 'cpu' has no "
+                                         r"bfloat16 arithmetic .*: set SOLVER.AMP False"):
+        ClsTrainer(_cfg(tmp_path, teacher_file, amp=True))
+    with pytest.raises(ValueError, match=r"SOLVER.AMP_PRECISION is 'bf16' but the device 'cpu' "
+                                         r"has no bfloat16 arithmetic"):
+        ClsTrainer(_cfg(tmp_path, teacher_file, amp=True, amp_precision="bf16"))
+    with pytest.raises(ValueError, match=r"DISTILL.TEACHER.PRECISION is 'bf16' but the device "
+                                         r"'cpu' has no bfloat16 arithmetic"):
+        ClsTrainer(_cfg(tmp_path, teacher_file, "bf16"))

@@ -47,7 +47,7 @@ from nst_det.engine.train_loop import RNGCheckpointHook, ResumableTrainer, Train
 from nst_det.engine.warmup import current_iteration, warmup_factor
 
 __all__ = ["ClsTrainer", "default_cls_setup", "accuracy_counts", "epoch_schedule",
-           "trainer_device", "EpochStream", "DistillStep"]
+           "trainer_device", "student_amp_dtype", "EpochStream", "DistillStep"]
 
 logger = logging.getLogger(__name__)
 
@@ -116,6 +116,23 @@ def accuracy_counts(logits, targets, topk=(1, 5)):
     return [int(hit[:, :min(k, k_max)].any(dim=1).sum()) for k in topk]
 
 
+def student_amp_dtype(cfg, device: torch.device):
+    """The autocast dtype of the student's SOLVER.AMP on ``device`` (None when off): the ValueError
+    of nst_det.engine.precision.amp_dtype, naming SOLVER.AMP_PRECISION, where the device cannot run
+    it; for the default "" on a CPU without bfloat16, one that says to turn SOLVER.AMP off."""
+    if not cfg.SOLVER.AMP:
+        return None
+    precision = cfg.SOLVER.AMP_PRECISION
+    try:
+        return amp_dtype(precision, device, "SOLVER.AMP_PRECISION")
+    except ValueError as e:
+        if precision:
+            raise
+        raise ValueError(f"SOLVER.AMP is on and SOLVER.AMP_PRECISION is '' (bfloat16 on the CPU), "
+                         f"but the device '{device}' has no bfloat16 arithmetic (AVX-512 or AMX): "
+                         f"set SOLVER.AMP False to train in float32") from e
+
+
 def trainer_device(cfg) -> torch.device:
     """The device of MODEL.DEVICE (nst_det.engine.device.check_device: CUDA without a GPU is an error);
     under torch.distributed on CUDA, the GPU of this process's local rank."""
@@ -148,8 +165,7 @@ class ClsTrainer(ResumableTrainer, TrainerBase):
         # Precisions the device cannot run: refused here, before any data or network is built.
         if with_teacher and distill_terms(cfg):
             teacher_dtype(cfg, self.device)
-        self.amp_dtype = (amp_dtype(cfg.SOLVER.AMP_PRECISION, self.device, "SOLVER.AMP_PRECISION")
-                          if cfg.SOLVER.AMP else None)
+        self.amp_dtype = student_amp_dtype(cfg, self.device)
         self.amp = self.amp_dtype is not None
         self.rank, self.world_size = comm.get_rank(), comm.get_world_size()
         self.eval_only = eval_only
