@@ -21,7 +21,7 @@ from nst_det.classification.config import load_cls_config
 from nst_det.classification.distill import FrozenTeacher, build_distillation
 from nst_det.classification.trainer import ClsTrainer, accuracy_counts
 from nst_det.engine.atomic import UnreadableCheckpointError, load_checkpoint
-from nst_det.engine.checkpointer import AtomicCheckpointer, WeightsMismatchError
+from nst_det.engine.checkpointer import WeightsMismatchError
 from nst_det.engine.train_loop import NonFiniteLossError
 from nst_det.engine.warmup import warmup_factor
 

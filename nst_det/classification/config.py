@@ -20,6 +20,8 @@ __all__ = ["get_cls_config", "load_cls_config", "PATH_KEYS"]
 # Keys holding file or folder paths: a relative one is read relative to the yaml that sets it
 # (then the current directory, then the repository root), see nst_det.engine.config_paths.
 PATH_KEYS = ["MODEL.STUDENT.WEIGHTS", "DISTILL.TEACHER.WEIGHTS", "DATA.ROOT"]
+# Values of SOLVER.AMP_PRECISION ("" = the device's default, nst_det.engine.precision.amp_dtype).
+AMP_PRECISIONS = ("", "bf16", "fp16")
 
 
 def get_cls_config() -> CN:
@@ -39,6 +41,8 @@ def get_cls_config() -> CN:
     _C.MODEL.STUDENT.NAME = "inception_bn"
     # Local file the student starts from ("" = random init). Nothing is ever downloaded.
     _C.MODEL.STUDENT.WEIGHTS = ""
+    # The student's 4-D weights stored channels-last (NHWC): its convolutions run in that layout.
+    _C.MODEL.STUDENT.CHANNELS_LAST = False
 
     add_distill_config(_C)
     # Teacher network by name; only built when a distillation weight is > 0 (and, with
@@ -94,8 +98,11 @@ def get_cls_config() -> CN:
     _C.SOLVER.STEPS = (30, 60, 90)
     # Learning-rate decay factor at each of SOLVER.STEPS.
     _C.SOLVER.GAMMA = 0.1
-    # Mixed precision (torch.amp autocast + GradScaler); used on CUDA only, ignored on the CPU.
+    # Mixed precision of the student on any device: training and evaluation under torch.autocast
+    # in SOLVER.AMP_PRECISION, with a GradScaler for float16 only.
     _C.SOLVER.AMP = False
+    # "" = float16 on CUDA, bfloat16 on the CPU; "bf16" / "fp16" (CUDA only). Read when SOLVER.AMP.
+    _C.SOLVER.AMP_PRECISION = ""
     # Write a checkpoint every this many epochs (and always after the last epoch).
     _C.SOLVER.CHECKPOINT_PERIOD = 1
 
@@ -122,7 +129,7 @@ def load_cls_config(config_file: str = "", opts=None, *,
     ``_BASE_`` that is missing or loops; with ``detection_defaults`` (a function giving the
     detection stage's default config: the tools pass it, the library's two stages import nothing
     of each other), a detection config, naming tools/train_net.py). After it, SOLVER.EPOCHS < 1
-    is a ValueError naming the key."""
+    and an unknown SOLVER.AMP_PRECISION are ValueErrors naming the key."""
     cfg = get_cls_config()
     if config_file and not os.path.isfile(config_file):
         raise FileNotFoundError(f"config file '{config_file}' does not exist")
@@ -144,6 +151,9 @@ def load_cls_config(config_file: str = "", opts=None, *,
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"SOLVER.EPOCHS is {epochs!r}: the number of training epochs must be an "
                          f"integer >= 1")
+    if cfg.SOLVER.AMP_PRECISION not in AMP_PRECISIONS:  # the device's support: ClsTrainer
+        raise ValueError(f"SOLVER.AMP_PRECISION is {cfg.SOLVER.AMP_PRECISION!r}: it must be one of "
+                         f"{list(AMP_PRECISIONS)} ('' = float16 on CUDA, bfloat16 on the CPU)")
     resolve_config_paths(cfg, config_file, opts, PATH_KEYS)
     check_distill_config(cfg)
     cfg.freeze()

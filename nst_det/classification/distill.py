@@ -6,7 +6,9 @@
   the parameters of the distillation losses (FitNet's 1x1 regressors). Only it goes to the
   optimizer, to ``DistributedDataParallel`` and to checkpoints.
 - ``FrozenTeacher`` is always in eval mode, has ``requires_grad=False`` and runs under
-  ``torch.no_grad()``; it is never wrapped by DDP and never saved with the student.
+  ``torch.no_grad()``; it is never wrapped by DDP and never saved with the student. Its forward
+  runs in the precision of ``DISTILL.TEACHER.PRECISION`` (:func:`teacher_dtype`, set by
+  :func:`prepare_teacher`) and gives the losses float32 whatever it ran in.
 
 ``distillation_losses(student, teacher, images, targets, distill_scale)`` gives
 ``{"loss_cls", "loss_nst", "loss_kd", "loss_at", "loss_fitnet"}`` (only the enabled terms), each
@@ -22,10 +24,13 @@ from nst_det import losses as L
 from nst_det.engine.checkpointer import load_weights_strictly, weights_checksum
 from nst_det.engine.frozen import freeze
 from nst_det.engine.distill_config import check_distill_config, check_feature_lists, nst_loss_kwargs
+from nst_det.engine.precision import autocast, float32_outputs, precision_dtype, to_channels_last
 
 __all__ = [
     "DistillationStudent",
     "FrozenTeacher",
+    "teacher_dtype",
+    "prepare_teacher",
     "build_distillation",
     "distillation_losses",
     "distill_terms",
@@ -65,12 +70,18 @@ def _check_spatial(student_layers, teacher_layers, s_feats, t_feats):
 
 
 class FrozenTeacher(nn.Module):
-    """The teacher's feature taps, frozen: eval mode always, no grad, never trained."""
+    """The teacher's feature taps, frozen: eval mode always, no grad, never trained.
 
-    def __init__(self, taps: nn.Module, layers):
+    ``dtype`` (None = float32; torch.bfloat16 or torch.float16) is the autocast dtype of its
+    forward, on the device of the images; None turns autocast off inside the teacher, so a float32
+    teacher stays float32 under the student's SOLVER.AMP. The logits and features it returns are
+    float32 in every case."""
+
+    def __init__(self, taps: nn.Module, layers, dtype=None):
         super().__init__()
         self.taps = taps
         self.layers = list(layers)
+        self.dtype = dtype
         freeze(self)
 
     def train(self, mode: bool = True):
@@ -79,8 +90,26 @@ class FrozenTeacher(nn.Module):
 
     @torch.no_grad()
     def forward(self, images):
-        """images [N, 3, H, W] -> (logits [N, K], {layer: [N, C_T, h, w]})."""
-        return self.taps(images)
+        """images [N, 3, H, W] -> (logits [N, K], {layer: [N, C_T, h, w]}), float32."""
+        with autocast(self.dtype, images.device):  # None: float32 even in the student's autocast
+            out = self.taps(images)
+        return float32_outputs(out)
+
+
+def teacher_dtype(cfg, device):
+    """The autocast dtype of the teacher's forward on ``device`` (None = float32) from
+    DISTILL.TEACHER.PRECISION; a ValueError naming the key where the device cannot run it ("fp16"
+    off CUDA, "bf16" without bfloat16 arithmetic)."""
+    return precision_dtype(cfg.DISTILL.TEACHER.PRECISION, device, "DISTILL.TEACHER.PRECISION")
+
+
+def prepare_teacher(teacher: FrozenTeacher, cfg, device) -> FrozenTeacher:
+    """``teacher`` (already on ``device``) set to run in DISTILL.TEACHER.PRECISION, with its
+    weights channels-last when DISTILL.TEACHER.CHANNELS_LAST."""
+    teacher.dtype = teacher_dtype(cfg, device)
+    if cfg.DISTILL.TEACHER.CHANNELS_LAST:
+        to_channels_last(teacher)
+    return teacher
 
 
 class DistillationStudent(nn.Module):

@@ -5,10 +5,13 @@
 optional Nesterov, weight decay). The config keeps epoch semantics -- SOLVER.EPOCHS, SOLVER.STEPS
 and SOLVER.CHECKPOINT_PERIOD count epochs -- converted to iterations once, by
 :func:`epoch_schedule`. Everything runs on ``MODEL.DEVICE`` (CUDA asked for on a machine without
-one is an error, never a silent fall-back to the CPU). On CUDA, ``SOLVER.AMP`` turns on autocast +
-``GradScaler``. Under torch.distributed the student is wrapped by ``DistributedDataParallel``; the
-frozen teacher is not. Only rank 0 writes files (apart from Detectron2's log of each process,
-``log.txt.rank<N>``, when :func:`default_cls_setup` ran).
+one is an error, never a silent fall-back to the CPU). ``SOLVER.AMP`` trains the student under
+autocast on any device, in the dtype of SOLVER.AMP_PRECISION (float16 on CUDA, bfloat16 on the CPU
+by default), with a ``GradScaler`` for float16 only; the teacher runs in DISTILL.TEACHER.PRECISION
+(nst_det.engine.precision), float32 by default even under SOLVER.AMP. Under torch.distributed the
+student is wrapped by ``DistributedDataParallel``; the frozen teacher is not. Only rank 0 writes
+files (apart from Detectron2's log of each process, ``log.txt.rank<N>``, when
+:func:`default_cls_setup` ran).
 
 Hooks (Detectron2's): ``IterationTimer``, ``LRScheduler`` (the step schedule),
 ``PeriodicCheckpointer`` (atomic checkpoints every SOLVER.CHECKPOINT_PERIOD epochs and after the
@@ -33,16 +36,18 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from nst_det.classification.data import build_cls_dataset, build_train_loader, build_val_loader
-from nst_det.classification.distill import build_distillation, distillation_losses
+from nst_det.classification.distill import (build_distillation, distill_terms,
+                                            distillation_losses, prepare_teacher, teacher_dtype)
 from nst_det.engine.checkpointer import AtomicCheckpointer
 from nst_det.engine.cpu_memory import keep_freed_memory
 from nst_det.engine.device import check_device
+from nst_det.engine.precision import amp_dtype, autocast, to_channels_last
 from nst_det.engine.run_lock import hold_run_lock
 from nst_det.engine.train_loop import RNGCheckpointHook, ResumableTrainer, TrainLoop, preserved_rng
 from nst_det.engine.warmup import current_iteration, warmup_factor
 
 __all__ = ["ClsTrainer", "default_cls_setup", "accuracy_counts", "epoch_schedule",
-           "trainer_device", "EpochStream", "DistillStep"]
+           "trainer_device", "student_amp_dtype", "EpochStream", "DistillStep"]
 
 logger = logging.getLogger(__name__)
 
@@ -111,6 +116,23 @@ def accuracy_counts(logits, targets, topk=(1, 5)):
     return [int(hit[:, :min(k, k_max)].any(dim=1).sum()) for k in topk]
 
 
+def student_amp_dtype(cfg, device: torch.device):
+    """The autocast dtype of the student's SOLVER.AMP on ``device`` (None when off): the ValueError
+    of nst_det.engine.precision.amp_dtype, naming SOLVER.AMP_PRECISION, where the device cannot run
+    it; for the default "" on a CPU without bfloat16, one that says to turn SOLVER.AMP off."""
+    if not cfg.SOLVER.AMP:
+        return None
+    precision = cfg.SOLVER.AMP_PRECISION
+    try:
+        return amp_dtype(precision, device, "SOLVER.AMP_PRECISION")
+    except ValueError as e:
+        if precision:
+            raise
+        raise ValueError(f"SOLVER.AMP is on and SOLVER.AMP_PRECISION is '' (bfloat16 on the CPU), "
+                         f"but the device '{device}' has no bfloat16 arithmetic (AVX-512 or AMX): "
+                         f"set SOLVER.AMP False to train in float32") from e
+
+
 def trainer_device(cfg) -> torch.device:
     """The device of MODEL.DEVICE (nst_det.engine.device.check_device: CUDA without a GPU is an error);
     under torch.distributed on CUDA, the GPU of this process's local rank."""
@@ -139,6 +161,12 @@ class ClsTrainer(ResumableTrainer, TrainerBase):
         self._release_run_lock = (lambda: None) if eval_only else hold_run_lock(self,
                                                                                 cfg.OUTPUT_DIR)
         self.device = trainer_device(cfg)
+        with_teacher = not eval_only or eval_teacher
+        # Precisions the device cannot run: refused here, before any data or network is built.
+        if with_teacher and distill_terms(cfg):
+            teacher_dtype(cfg, self.device)
+        self.amp_dtype = student_amp_dtype(cfg, self.device)
+        self.amp = self.amp_dtype is not None
         self.rank, self.world_size = comm.get_rank(), comm.get_world_size()
         self.eval_only = eval_only
         seed_all_rng(None if cfg.SEED < 0 else cfg.SEED + self.rank)
@@ -153,15 +181,13 @@ class ClsTrainer(ResumableTrainer, TrainerBase):
         self.val_loader = build_val_loader(self.val_set, self.batch_per_process,
                                            cfg.DATA.NUM_WORKERS, pin_memory=pin_memory)
         input_shape = tuple(self.val_set[0][0].shape)
-        self.student, self.teacher = self.build_model(
-            cfg, input_shape, with_teacher=not eval_only or eval_teacher)
+        self.student, self.teacher = self.build_model(cfg, input_shape, with_teacher=with_teacher)
         self.student.to(self.device)
+        if cfg.MODEL.STUDENT.CHANNELS_LAST:
+            to_channels_last(self.student)
         if self.teacher is not None:
             self.teacher.to(self.device)
-        self.amp = bool(cfg.SOLVER.AMP) and self.device.type == "cuda"
-        if cfg.SOLVER.AMP and not self.amp:
-            logger.warning(f"SOLVER.AMP is on but MODEL.DEVICE is '{cfg.MODEL.DEVICE}': "
-                           f"mixed precision is used on CUDA only, running in float32")
+            prepare_teacher(self.teacher, cfg, self.device)
         self._last_eval_results = {}
         if eval_only:
             self.checkpointer = AtomicCheckpointer(self.student.classifier, cfg.OUTPUT_DIR,
@@ -193,7 +219,7 @@ class ClsTrainer(ResumableTrainer, TrainerBase):
             model = DistributedDataParallel(self.student, device_ids=device_ids)
         self._trainer = TrainLoop(
             DistillStep(model, self.teacher, self.device, cfg.DISTILL.WARMUP_ITERS), stream,
-            self.optimizer, amp=self.amp, device_type=self.device.type)
+            self.optimizer, amp=self.amp, device_type=self.device.type, amp_dtype=self.amp_dtype)
         self.checkpointer = AtomicCheckpointer(self.student.classifier, cfg.OUTPUT_DIR,
                                                weights_check="complete",
                                                weights_key="MODEL.STUDENT.WEIGHTS",
@@ -266,8 +292,9 @@ class ClsTrainer(ResumableTrainer, TrainerBase):
 
     @torch.no_grad()
     def evaluate(self, teacher: bool = False) -> dict:
-        """Top-1 / top-5 accuracy (%) of the student (or the teacher) on the validation set; the
-        random state is left as it was."""
+        """Top-1 / top-5 accuracy (%) of the student (under SOLVER.AMP's autocast when on) or of the
+        teacher (in DISTILL.TEACHER.PRECISION, as it teaches) on the validation set; the random
+        state is left as it was."""
         with preserved_rng():
             return self._evaluate(teacher)
 
@@ -277,14 +304,13 @@ class ClsTrainer(ResumableTrainer, TrainerBase):
                 raise ValueError("the teacher was not built: an eval-only trainer builds it with "
                                  "eval_teacher=True (tools/train_cls.py --eval-teacher)")
             raise ValueError("no teacher is configured (every DISTILL.*.WEIGHT is 0)")
-        net = self.teacher.taps if teacher else self.student.classifier
+        net = self.teacher if teacher else self.student.classifier
         was_training = net.training
         net.eval()
         counts = torch.zeros(3, dtype=torch.float64, device=self.device)
         for images, targets in self.val_loader:
             images, targets = images.to(self.device), targets.to(self.device)
-            with torch.autocast(device_type=self.device.type, dtype=torch.float16,
-                                enabled=self.amp):
+            with autocast(None if teacher else self.amp_dtype, self.device):
                 out = net(images)
             logits = out[0] if isinstance(out, tuple) else out
             top1, top5 = accuracy_counts(logits.float(), targets)
