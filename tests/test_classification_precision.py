@@ -15,7 +15,7 @@ from cls_testing import PatternDataset, save_teacher, tiny_cfg
 import nst_det.classification.trainer as cls_trainer
 import nst_det.engine.precision
 import nst_det.losses
-from nst_det.classification.config import load_cls_config
+from nst_det.classification.config import get_cls_config, load_cls_config
 from nst_det.classification.distill import distillation_losses
 from nst_det.classification.trainer import ClsTrainer
 from nst_det.engine.precision import bf16_support
@@ -121,6 +121,22 @@ def test_fp32_teacher_stays_float32_under_the_students_amp(tmp_path, teacher_fil
     assert set(inside_teacher) == {torch.float32}
     assert set(inside_student) == {torch.bfloat16}
     assert to_losses == {"nst": [torch.float32], "kd": [torch.float32]}
+
+
+@needs_bf16
+def test_default_teacher_runs_as_the_students_step(tmp_path, teacher_file, monkeypatch):
+    """DISTILL.TEACHER.PRECISION "" (the default): inside the student's bfloat16 autocast under
+    SOLVER.AMP, float32 without it; the losses get float32 either way."""
+    assert get_cls_config().DISTILL.TEACHER.PRECISION == ""
+    seen = {}
+    for amp in (False, True):
+        trainer = _trainer(_cfg(tmp_path / str(amp), teacher_file, "", amp=amp))
+        inside_teacher = _conv_output_dtypes(trainer.teacher)
+        to_losses = _record_loss_inputs(monkeypatch)
+        _step(trainer)
+        seen[amp] = set(inside_teacher), {k: set(v) for k, v in to_losses.items()}
+    assert seen[False] == ({torch.float32}, {"nst": {torch.float32}, "kd": {torch.float32}})
+    assert seen[True] == ({torch.bfloat16}, {"nst": {torch.float32}, "kd": {torch.float32}})
 
 
 def _no_data(*args, **kwargs):

@@ -93,7 +93,7 @@ def losses_of(model, batch, amp_dtype=None):
 
 @needs_bf16
 def test_bf16_teacher_runs_in_bf16_and_gives_nst_float32(batch, teacher_weights):
-    fp32 = build(teacher_weights)
+    fp32 = build(teacher_weights, "DISTILL.TEACHER.PRECISION", "fp32")
     bf16 = build(teacher_weights, "DISTILL.TEACHER.PRECISION", "bf16")
     inside_fp32, inside_bf16 = dtypes_inside(fp32.teacher), dtypes_inside(bf16.teacher)
     student_inside = dtypes_inside(bf16.backbone)
@@ -125,11 +125,24 @@ def test_bf16_teacher_class_logits_reach_kd_as_float32(batch, teacher_weights):
 
 @needs_bf16
 def test_fp32_teacher_stays_fp32_inside_the_students_bf16_step(batch, teacher_weights):
-    model = build(teacher_weights)
+    model = build(teacher_weights, "DISTILL.TEACHER.PRECISION", "fp32")
     teacher_inside, student_inside = dtypes_inside(model.teacher), dtypes_inside(model.backbone)
     losses = losses_of(model, batch, amp_dtype=torch.bfloat16)
     assert student_inside == [torch.bfloat16] and teacher_inside == [torch.float32]
     assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in losses.values())
+
+
+@needs_bf16
+def test_default_teacher_runs_as_the_students_step(batch, teacher_weights):
+    """DISTILL.TEACHER.PRECISION "" (the default): float32 without the student's AMP, inside its
+    bfloat16 autocast with it; its outputs reach NST as float32 either way."""
+    model = build(teacher_weights)
+    assert model.teacher_precision == ""
+    inside, received = dtypes_inside(model.teacher), what_nst_receives(model)
+    losses_of(model, batch)
+    losses_of(model, batch, amp_dtype=torch.bfloat16)
+    assert inside == [torch.float32, torch.bfloat16]
+    assert [t for _, t in received] == [{torch.float32}, {torch.float32}]
 
 
 def test_channels_last_teacher_computes_the_same_features(batch, teacher_weights):

@@ -206,7 +206,7 @@ class DistillDetector:
         warmup_iters: int = 0,
         resize: str = "",
         match_levels: str = "name",
-        teacher_precision: str = "fp32",
+        teacher_precision: str = "",
         teacher_channels_last: bool = False,
         **kwargs,
     ):
@@ -229,8 +229,10 @@ class DistillDetector:
                 "teacher_to_student" (bilinear resize of one map of each pair to the other's size).
             match_levels: "name" (empty feature lists: every backbone output both have, by name)
                 or "stride" (each student backbone output with the teacher's of the same stride).
-            teacher_precision: "fp32", "bf16" or "fp16": the teacher's forward under autocast in
-                that type (refused where the device lacks it), its outputs cast to float32.
+            teacher_precision: "" (as the student's step: float32, or inside the student's
+                mixed-precision autocast), "fp32", "bf16" or "fp16": the teacher's forward under
+                autocast in that type (refused where the device lacks it); its outputs are cast
+                to float32 in every case.
             teacher_channels_last: the teacher's convolution weights stored channels-last.
             kwargs: the arguments of the student's detector class.
         """
@@ -464,8 +466,8 @@ class DistillDetector:
     def _teacher_forward(self, images: torch.Tensor, proposal_boxes=None,
                          precision: Optional[str] = None) -> Dict[str, object]:
         """Run the teacher without autograd only as far as distillation needs, in its precision
-        (``precision``, default DISTILL.TEACHER.PRECISION; float32 even inside the student's
-        mixed-precision step), and give its outputs in float32: {"features": {name: [N, C_T, H,
+        (``precision``, default DISTILL.TEACHER.PRECISION; "fp32" is float32 even inside the
+        student's mixed-precision step), and give its outputs in float32: {"features": {name: [N, C_T, H,
         W]}, "class_logits": [R, K + 1] (KD only)}."""
         with autocast(self.teacher_dtype(images.device, precision), images.device):
             out = self._teacher_outputs(images, proposal_boxes)

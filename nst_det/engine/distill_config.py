@@ -76,9 +76,11 @@ def add_distill_config(cfg):
     _C.DISTILL.TEACHER.WEIGHTS = ""
     # --resume with teacher weights other than the checkpoint's (SHA-256): True warns, False refuses.
     _C.DISTILL.TEACHER.ALLOW_OTHER_ON_RESUME = False
-    # Precision of the teacher's forward: "fp32", "bf16" (autocast; CUDA >= sm80, CPU with AVX-512)
-    # or "fp16" (CUDA only); what it gives NST and KD is cast to float32, the losses stay float32.
-    _C.DISTILL.TEACHER.PRECISION = "fp32"
+    # Precision of the teacher's forward: "" = as the student's step (float32, or the student's AMP
+    # type under SOLVER.AMP), "fp32", "bf16" (autocast; CUDA >= sm80, CPU with AVX-512) or "fp16"
+    # (CUDA only); its outputs are cast to float32 for NST and KD. "bf16" measured: 2.7x faster
+    # teacher (3.6x channels-last) on an AVX512-BF16 CPU, loss_nst within 0.2 % (docs/BENCHMARKS.md).
+    _C.DISTILL.TEACHER.PRECISION = ""
     # The teacher's convolution weights stored channels-last (NHWC): faster with "bf16" on the CPU.
     _C.DISTILL.TEACHER.CHANNELS_LAST = False
 

@@ -14,14 +14,19 @@ the key, never a silent float32 run.
 """
 from typing import Optional
 
+import contextlib
+
 import torch
 from torch import nn
 
-__all__ = ["PRECISIONS", "precision_dtype", "amp_dtype", "bf16_support", "autocast",
+__all__ = ["PRECISIONS", "AS_STUDENT", "precision_dtype", "amp_dtype", "bf16_support", "autocast",
            "float32_outputs", "to_channels_last", "needs_grad_scaler"]
 
-# Names of the precisions a key takes -> the autocast dtype (None: float32, no autocast).
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+# The teacher's precision "": as the student's step runs -- inside the student's mixed-precision
+# autocast when there is one, float32 otherwise (autocast left as it is).
+AS_STUDENT = "as the student"
+# Names of the precisions a key takes -> the autocast dtype (None: float32, autocast turned off).
+PRECISIONS = {"": AS_STUDENT, "fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def bf16_support(device) -> str:
@@ -43,8 +48,8 @@ def bf16_support(device) -> str:
 
 def precision_dtype(precision: str, device, key: str) -> Optional[torch.dtype]:
     """The autocast dtype of ``precision`` ("fp32" | "bf16" | "fp16") on ``device``; None for
-    "fp32". A ValueError naming ``key`` for an unknown name, float16 off CUDA, or bfloat16 on a
-    device without it."""
+    "fp32", :data:`AS_STUDENT` for "". A ValueError naming ``key`` for an unknown name, float16
+    off CUDA, or bfloat16 on a device without it."""
     if precision not in PRECISIONS:
         raise ValueError(f"{key} is {precision!r}: it must be one of {list(PRECISIONS)}")
     device = torch.device(device)
@@ -63,6 +68,8 @@ def amp_dtype(precision: str, device, key: str) -> torch.dtype:
     bfloat16 on the CPU; else "bf16" or "fp16" as :func:`precision_dtype` allows."""
     if precision == "":
         precision = "fp16" if torch.device(device).type == "cuda" else "bf16"
+    if precision not in PRECISIONS:
+        raise ValueError(f"{key} is {precision!r}: it must be one of {list(PRECISIONS)}")
     if precision == "fp32":
         raise ValueError(f"{key} is 'fp32': mixed precision runs in 'bf16' or 'fp16' ('' = the "
                          f"device's default); turn mixed precision off instead")
@@ -77,7 +84,9 @@ def needs_grad_scaler(dtype: Optional[torch.dtype]) -> bool:
 def autocast(dtype: Optional[torch.dtype], device):
     """``torch.autocast`` on ``device``'s type (a device or its type's name) in ``dtype``; for None,
     autocast turned off: float32 even inside an enclosing autocast (a float32 teacher stays float32
-    in a student's mixed-precision step)."""
+    in a student's mixed-precision step); for :data:`AS_STUDENT`, autocast left as it is."""
+    if dtype is AS_STUDENT:
+        return contextlib.nullcontext()
     device_type = torch.device(device).type
     if dtype is None:
         return torch.autocast(device_type=device_type, enabled=False)

@@ -261,7 +261,7 @@ def benchmark_distillation(cfg, iters: int = 10, size: Optional[int] = None,
     amp_name = next(n for n, d in PRECISIONS.items() if d == amp) if amp is not None else "fp32"
     student_layout, teacher_layout = bool(cfg.MODEL.CHANNELS_LAST), \
         bool(cfg.DISTILL.TEACHER.CHANNELS_LAST)
-    teacher_precision = cfg.DISTILL.TEACHER.PRECISION
+    teacher_precision = cfg.DISTILL.TEACHER.PRECISION or amp_name  # "": as the student's step
     with tempfile.TemporaryDirectory() as tmpdir:
         cfg, teacher_weights = _benchmark_teacher(cfg, tmpdir)
         torch.manual_seed(cfg.SEED if cfg.SEED >= 0 else 0)
