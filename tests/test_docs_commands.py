@@ -502,6 +502,10 @@ CLS_DEMO_RUNS = [
     '"NST (linear)" AT --output-dir output/demo_cls_kernels',
     "python tools/demo_cls.py --seeds 5 --output-dir output/demo_cls_block3 -- "
     "DISTILL.STUDENT_FEATURES \"['block3.bn1']\" DISTILL.TEACHER_FEATURES \"['block3.bn2']\"",
+    'python tools/demo_cls.py --methods "NST (poly)" "NST (poly) + KD" --output-dir '
+    'output/demo_cls_bf16_teacher -- DISTILL.TEACHER.PRECISION bf16',
+    'python tools/demo_cls.py --methods "NST (poly)" "NST (poly) + KD" --output-dir '
+    'output/demo_cls_fp32_teacher -- DISTILL.TEACHER.PRECISION fp32',
     "python tools/demo_cls.py --seeds 5 --teacher-epochs 8 --nst-weights 50 --output-dir "
     "output/demo_cls_narrow -- MODEL.STUDENT.NAME demo_student DISTILL.STUDENT_FEATURES "
     "\"['block3']\" DISTILL.TEACHER_FEATURES \"['block3']\"",
