@@ -24,6 +24,7 @@ import nst_det.detection  # noqa: F401  (first: makes Detectron2 usable here, re
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_backbone, build_model
 
+from disk_full import DiskFullAfter
 from distill_testing import save_random_teacher, write_teacher_config
 from nst_det.engine import atomic
 from nst_det.classification.models import build_classifier
@@ -453,34 +454,6 @@ def test_convert_tool_hints_build_a_backbone_that_loads_every_converted_weight(
 # ------------------------------------------------------------------------------------------------
 # 10. A full disk while saving
 # ------------------------------------------------------------------------------------------------
-class _DiskFullAfter:
-    """A file whose writes fail with ENOSPC once ``room`` bytes are written."""
-
-    def __init__(self, f, room):
-        self.f, self.room = f, room
-
-    def write(self, data):
-        data = bytes(data)
-        if len(data) > self.room:
-            self.f.write(data[:self.room])
-            self.room = 0
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        self.room -= len(data)
-        return self.f.write(data)
-
-    def flush(self):
-        self.f.flush()
-
-    def fileno(self):
-        return self.f.fileno()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.f.close()
-
-
 def _save_writes_then_fails(obj, f, *args, **kwargs):
     f.write(b"PK\x03\x04 half a checkpoint")
     raise OSError(errno.ENOSPC, "No space left on device")
@@ -498,7 +471,7 @@ def test_full_disk_while_saving_keeps_the_previous_file_and_says_so(tmp_path, mo
         else:  # torch's own zip writer reports the failed write as a RuntimeError
             real_fdopen = os.fdopen
             m.setattr(atomic.os, "fdopen",
-                      lambda fd, mode: _DiskFullAfter(real_fdopen(fd, mode), 1000))
+                      lambda fd, mode: DiskFullAfter(real_fdopen(fd, mode), 1000))
         with pytest.raises(OSError, match=re.escape(
                 f"no space left on device while writing '{path}' (nothing was replaced: the "
                 f"previous file, if any, is intact)")) as info:

@@ -3,7 +3,6 @@
 half-written one. The disk is made full by a write that fails with ENOSPC after a few bytes:
 Detectron2's own writes (PathManager.open) in a subprocess of tools/train_net.py --eval-only,
 nst_det's writer (os.fdopen in nst_det.engine.atomic) in process for the other tools."""
-import errno
 import importlib.util
 import json
 import os
@@ -20,6 +19,10 @@ from nst_det.detection.trainer import DistillTrainer
 from nst_det.engine import atomic
 from nst_det.research.demo_data import generate_demo_data
 
+from disk_full import DiskFullAfter
+
+TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN_NET = os.path.join(REPO, "tools", "train_net.py")
 STUDENT = os.path.join(REPO, "configs", "demo", "det_student.yaml")
@@ -29,45 +32,20 @@ TINY = ["INPUT.MIN_SIZE_TEST", "64", "INPUT.MAX_SIZE_TEST", "80", "DATALOADER.NU
 # Runs tools/train_net.py with Detectron2's PathManager.open failing with ENOSPC after 200 bytes
 # for the file named by $FULL_DISK_FILE.
 FULL_DISK_DRIVER = '''
-import errno, os, runpy, sys
+import os, runpy, sys
 import nst_det.detection
 from detectron2.utils.file_io import PathManager
 
+sys.path.insert(0, os.environ["TESTS_DIR"])
+from disk_full import DiskFullAfter
+
 real_open = PathManager.open
-
-
-class DiskFull:
-    def __init__(self, f):
-        self.f, self.room = f, 200
-
-    def write(self, data):
-        if len(data) > self.room:
-            self.f.write(data[:self.room])
-            self.room = 0
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        self.room -= len(data)
-        return self.f.write(data)
-
-    def flush(self):
-        self.f.flush()
-
-    def fileno(self):
-        return self.f.fileno()
-
-    def close(self):
-        self.f.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.f.close()
 
 
 def open_(path, mode="r", **kwargs):
     f = real_open(path, mode, **kwargs)
     if "w" in mode and os.path.basename(path) == os.environ["FULL_DISK_FILE"]:
-        return DiskFull(f)
+        return DiskFullAfter(f, 200)
     return f
 
 
@@ -77,35 +55,10 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 '''
 
 
-class _DiskFullAfter:
-    """A file whose writes fail with ENOSPC once ``room`` bytes are written."""
-
-    def __init__(self, f, room):
-        self.f, self.room = f, room
-
-    def write(self, data):
-        data = bytes(data)
-        if len(data) > self.room:
-            self.f.write(data[:self.room])
-            self.room = 0
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        self.room -= len(data)
-        return self.f.write(data)
-
-    def __getattr__(self, name):
-        return getattr(self.f, name)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.f.close()
-
-
 def _full_disk(monkeypatch, room=100):
     real_fdopen = os.fdopen
     monkeypatch.setattr(atomic.os, "fdopen",
-                        lambda fd, mode="r", *a, **k: _DiskFullAfter(real_fdopen(fd, mode), room))
+                        lambda fd, mode="r", *a, **k: DiskFullAfter(real_fdopen(fd, mode), room))
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +85,7 @@ def test_full_disk_while_the_evaluator_writes_names_the_file_and_keeps_the_previ
          "('nst_demo_coco_test',)"],
         cwd=str(work), capture_output=True, text=True, timeout=300,
         env=dict(os.environ, DETECTRON2_DATASETS=str(demo / "data"),
-                 FULL_DISK_FILE="instances_predictions.pth"))
+                 FULL_DISK_FILE="instances_predictions.pth", TESTS_DIR=TESTS_DIR))
     assert proc.returncode != 0
     assert ("OSError: [Errno 28] no space left on device while writing "
             "'out/inference/nst_demo_coco_test/instances_predictions.pth' (nothing was replaced: "
