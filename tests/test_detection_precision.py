@@ -146,7 +146,9 @@ def test_default_teacher_runs_as_the_students_step(batch, teacher_weights):
 
 
 def test_channels_last_teacher_computes_the_same_features(batch, teacher_weights):
-    plain, nhwc = build(teacher_weights), build(teacher_weights, "DISTILL.TEACHER.CHANNELS_LAST", True)
+    plain = build(teacher_weights, "DISTILL.TEACHER.CHANNELS_LAST", False)
+    nhwc = build(teacher_weights)  # the default: channels-last
+    assert plain.teacher.backbone.bottom_up.stem.conv1.weight.is_contiguous()
     conv = nhwc.teacher.backbone.bottom_up.stem.conv1.weight
     assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
     student_conv = nhwc.backbone.bottom_up.stem.conv1.weight
@@ -161,9 +163,12 @@ def test_channels_last_teacher_computes_the_same_features(batch, teacher_weights
 
 
 def test_student_channels_last_leaves_the_teacher_alone(teacher_weights):
-    model = build(teacher_weights, "MODEL.CHANNELS_LAST", True)
+    model = build(teacher_weights, "MODEL.CHANNELS_LAST", True,
+                  "DISTILL.TEACHER.CHANNELS_LAST", False)
     assert model.backbone.bottom_up.stem.conv1.weight.is_contiguous(memory_format=torch.channels_last)
     assert model.teacher.backbone.bottom_up.stem.conv1.weight.is_contiguous()
+    assert not build(teacher_weights).backbone.bottom_up.stem.conv1.weight.is_contiguous(
+        memory_format=torch.channels_last)  # MODEL.CHANNELS_LAST False: the student stays NCHW
     assert to_channels_last(model) is model
 
 

@@ -207,7 +207,7 @@ class DistillDetector:
         resize: str = "",
         match_levels: str = "name",
         teacher_precision: str = "",
-        teacher_channels_last: bool = False,
+        teacher_channels_last: bool = True,
         **kwargs,
     ):
         """

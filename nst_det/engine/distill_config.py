@@ -78,11 +78,12 @@ def add_distill_config(cfg):
     _C.DISTILL.TEACHER.ALLOW_OTHER_ON_RESUME = False
     # Precision of the teacher's forward: "" = as the student's step (float32, or the student's AMP
     # type under SOLVER.AMP), "fp32", "bf16" (autocast; CUDA >= sm80, CPU with AVX-512) or "fp16"
-    # (CUDA only); its outputs are cast to float32 for NST and KD. "bf16" measured: 2.7x faster
-    # teacher (3.6x channels-last) on an AVX512-BF16 CPU, loss_nst within 0.2 % (docs/BENCHMARKS.md).
+    # (CUDA only); its outputs are cast to float32 for NST and KD. "bf16" measured: 1.7x faster
+    # teacher on an AVX512-BF16 CPU (2.3x channels-last), loss_nst within 2 % (docs/RESULTS.md).
     _C.DISTILL.TEACHER.PRECISION = ""
-    # The teacher's convolution weights stored channels-last (NHWC): faster with "bf16" on the CPU.
-    _C.DISTILL.TEACHER.CHANNELS_LAST = False
+    # The teacher's convolution weights stored channels-last (NHWC). Measured on the CPU (R-101 FPN,
+    # 800 x 1067, docs/BENCHMARKS.md): 1.28x faster in float32, 1.33x in bfloat16; False = NCHW.
+    _C.DISTILL.TEACHER.CHANNELS_LAST = True
 
     _C.DISTILL.NST = CN()
     # Weight of loss_nst = WEIGHT * sum_pairs LEVEL_WEIGHTS[l] * MMD^2_l; 0 turns NST off.
