@@ -38,9 +38,11 @@ def test_tool_prints_the_table_and_ends_with_the_overhead(tmp_path, capsys):
     assert result.parts_ratio == sorted(r[1] for r in per_round)[1]
     assert all(len(c.times_ms) == 3 for c in (result.student, result.teacher, result.distill))
     assert result.image_size == (64, 85)
-    for row in ("student training step, fp32 (config)", "teacher forward, fp32 (config)",
-                "distillation training step", "NST term (forward + backward)",
-                "student training step, fp32, channels-last", "teacher forward, fp32, channels-last"):
+    # the config's settings first: a float32 student, NCHW; a float32 teacher, channels-last
+    # (DISTILL.TEACHER.CHANNELS_LAST's default); then the other layout of each
+    for row in ("student training step, fp32 (config)", "teacher forward, fp32, channels-last "
+                "(config)", "distillation training step", "NST term (forward + backward)",
+                "student training step, fp32, channels-last", "teacher forward, fp32"):
         assert any(line.startswith(f"| {row} |") for line in lines), row
     # what distilling costs against the student alone, within each round, then the median
     line = next(x for x in lines if x.startswith("distillation / student step: "))
@@ -49,8 +51,8 @@ def test_tool_prints_the_table_and_ends_with_the_overhead(tmp_path, capsys):
         d / s for s, d in zip(result.student.times_ms, result.distill.times_ms))[1]
     if bf16_support("cpu"):  # the other precision of the student and the teacher, same rounds
         names = {v.name for v in result.variants}
-        assert {"student training step, bf16", "teacher forward, bf16",
-                "teacher forward, bf16, channels-last"} <= names
+        assert {"student training step, bf16", "student training step, bf16, channels-last",
+                "teacher forward, bf16", "teacher forward, bf16, channels-last"} <= names
         assert result.student_fp32 is result.student and result.student_amp.name.endswith("bf16")
         speedup = next(x for x in lines if x.startswith("student mixed-precision speed-up: "))
         assert float(speedup.split()[3]) == round(result.amp_speedup, 2)
