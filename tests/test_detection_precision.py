@@ -11,19 +11,16 @@ import pytest
 import torch
 
 import nst_det.detection  # noqa: F401  (first: makes Detectron2 usable here, registers nst_det's models)
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import DatasetCatalog, DatasetMapper
-from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 from nst_det.detection.data import register_demo_datasets
 from nst_det.detection.load_config import load_nst_cfg
-from nst_det.detection.teacher import build_teacher_model
 from nst_det.detection.trainer import DistillTrainer
 from nst_det.engine.precision import bf16_support, to_channels_last
 from nst_det.engine.train_loop import NonFiniteLossError, TrainLoop
 from nst_det.research.demo_data import generate_demo_data
 
-from distill_testing import registered_demo_data
+from distill_testing import registered_demo_data, save_random_teacher
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STUDENT_NST = os.path.join(REPO, "configs", "demo", "det_student_nst.yaml")
@@ -44,11 +41,7 @@ def batch(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def teacher_weights(tmp_path_factory):
-    torch.manual_seed(0)
-    teacher = build_teacher_model(TEACHER)
-    out = tmp_path_factory.mktemp("teacher")
-    DetectionCheckpointer(teacher, str(out)).save("teacher")
-    return str(out / "teacher.pth")
+    return save_random_teacher(TEACHER, str(tmp_path_factory.mktemp("teacher") / "teacher.pth"))
 
 
 def tiny_cfg(*opts, weights=""):
