@@ -205,7 +205,7 @@ def test_train_loop_steps_in_bf16_without_a_grad_scaler():
     model = _Toy()
     before = model.conv.weight.detach().clone()
     loop = TrainLoop(model, [torch.randn(2, 3, 8, 8)] * 2, torch.optim.SGD(model.parameters(), 0.1),
-                     amp=True, amp_dtype=torch.bfloat16, device_type="cpu")
+                     amp_dtype=torch.bfloat16, device_type="cpu")
     with EventStorage():
         loop.iter = 0
         loop.run_step()
@@ -219,7 +219,7 @@ def test_train_loop_in_bf16_still_stops_at_a_non_finite_loss():
     model = _Toy(loss_value=float("inf"))
     before = model.conv.weight.detach().clone()
     loop = TrainLoop(model, [torch.randn(2, 3, 8, 8)], torch.optim.SGD(model.parameters(), 0.1),
-                     amp=True, amp_dtype=torch.bfloat16, device_type="cpu")
+                     amp_dtype=torch.bfloat16, device_type="cpu")
     with EventStorage(), pytest.raises(NonFiniteLossError, match="loss = inf"):
         loop.iter = 0
         loop.run_step()

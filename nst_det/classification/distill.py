@@ -72,10 +72,10 @@ def _check_spatial(student_layers, teacher_layers, s_feats, t_feats):
 class FrozenTeacher(nn.Module):
     """The teacher's feature taps, frozen: eval mode always, no grad, never trained.
 
-    ``dtype`` (None = float32; torch.bfloat16 or torch.float16) is the autocast dtype of its
-    forward, on the device of the images; None turns autocast off inside the teacher, so a float32
-    teacher stays float32 under the student's SOLVER.AMP. The logits and features it returns are
-    float32 in every case."""
+    ``dtype`` (None = float32; torch.bfloat16 or torch.float16; ``AS_STUDENT`` = as the student's
+    step) is the autocast dtype of its forward, on the device of the images; None turns autocast
+    off inside the teacher, so a float32 teacher stays float32 under the student's SOLVER.AMP. The
+    logits and features it returns are float32 in every case."""
 
     def __init__(self, taps: nn.Module, layers, dtype=None):
         super().__init__()
@@ -91,14 +91,14 @@ class FrozenTeacher(nn.Module):
     @torch.no_grad()
     def forward(self, images):
         """images [N, 3, H, W] -> (logits [N, K], {layer: [N, C_T, h, w]}), float32."""
-        with autocast(self.dtype, images.device):  # None: float32 even in the student's autocast
+        with autocast(self.dtype, images.device):
             out = self.taps(images)
         return float32_outputs(out)
 
 
 def teacher_dtype(cfg, device):
-    """The autocast dtype of the teacher's forward on ``device`` (None = float32) from
-    DISTILL.TEACHER.PRECISION; a ValueError naming the key where the device cannot run it ("fp16"
+    """The autocast dtype of the teacher's forward on ``device`` (None = float32, ``AS_STUDENT`` for
+    "") from DISTILL.TEACHER.PRECISION; a ValueError naming the key where the device cannot run it ("fp16"
     off CUDA, "bf16" without bfloat16 arithmetic)."""
     return precision_dtype(cfg.DISTILL.TEACHER.PRECISION, device, "DISTILL.TEACHER.PRECISION")
 

@@ -8,7 +8,7 @@ and SOLVER.CHECKPOINT_PERIOD count epochs -- converted to iterations once, by
 one is an error, never a silent fall-back to the CPU). ``SOLVER.AMP`` trains the student under
 autocast on any device, in the dtype of SOLVER.AMP_PRECISION (float16 on CUDA, bfloat16 on the CPU
 by default), with a ``GradScaler`` for float16 only; the teacher runs in DISTILL.TEACHER.PRECISION
-(nst_det.engine.precision), float32 by default even under SOLVER.AMP. Under torch.distributed the
+(nst_det.engine.precision; by default as the student's step). Under torch.distributed the
 student is wrapped by ``DistributedDataParallel``; the frozen teacher is not. Only rank 0 writes
 files (apart from Detectron2's log of each process, ``log.txt.rank<N>``, when
 :func:`default_cls_setup` ran).
@@ -166,7 +166,6 @@ class ClsTrainer(ResumableTrainer, TrainerBase):
         if with_teacher and distill_terms(cfg):
             teacher_dtype(cfg, self.device)
         self.amp_dtype = student_amp_dtype(cfg, self.device)
-        self.amp = self.amp_dtype is not None
         self.rank, self.world_size = comm.get_rank(), comm.get_world_size()
         self.eval_only = eval_only
         seed_all_rng(None if cfg.SEED < 0 else cfg.SEED + self.rank)
@@ -219,7 +218,7 @@ class ClsTrainer(ResumableTrainer, TrainerBase):
             model = DistributedDataParallel(self.student, device_ids=device_ids)
         self._trainer = TrainLoop(
             DistillStep(model, self.teacher, self.device, cfg.DISTILL.WARMUP_ITERS), stream,
-            self.optimizer, amp=self.amp, device_type=self.device.type, amp_dtype=self.amp_dtype)
+            self.optimizer, amp_dtype=self.amp_dtype, device_type=self.device.type)
         self.checkpointer = AtomicCheckpointer(self.student.classifier, cfg.OUTPUT_DIR,
                                                weights_check="complete",
                                                weights_key="MODEL.STUDENT.WEIGHTS",
@@ -310,7 +309,7 @@ class ClsTrainer(ResumableTrainer, TrainerBase):
         counts = torch.zeros(3, dtype=torch.float64, device=self.device)
         for images, targets in self.val_loader:
             images, targets = images.to(self.device), targets.to(self.device)
-            with autocast(None if teacher else self.amp_dtype, self.device):
+            with autocast(self.amp_dtype, self.device):  # as in training (the teacher: its own)
                 out = net(images)
             logits = out[0] if isinstance(out, tuple) else out
             top1, top5 = accuracy_counts(logits.float(), targets)

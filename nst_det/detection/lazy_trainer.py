@@ -187,11 +187,10 @@ class LazyTrainer(ResumableTrainer, TrainerBase):
         data_loader = build_lazy_train_loader(cfg.dataloader.train)
         model = create_ddp_model(model, **cfg.train.get("ddp", {}))
         amp_settings = cfg.train.get("amp", {})
-        amp = bool(amp_settings.get("enabled", False))
         # train.amp.precision: as the yaml configs' SOLVER.AMP.PRECISION ("" = the device's type)
-        dtype = amp_dtype(amp_settings.get("precision", ""), device,
-                          "train.amp.precision") if amp else None
-        self._trainer = TrainLoop(model, data_loader, optimizer, amp=amp, amp_dtype=dtype,
+        dtype = amp_dtype(amp_settings.get("precision", ""), device, "train.amp.precision") \
+            if amp_settings.get("enabled", False) else None
+        self._trainer = TrainLoop(model, data_loader, optimizer, amp_dtype=dtype,
                                   device_type=device.type)
         self.checkpointer = _checkpointer(cfg, model, "most", trainer=weakref.proxy(self))
         self.start_iter = 0

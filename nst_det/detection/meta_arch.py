@@ -467,15 +467,16 @@ class DistillDetector:
                          precision: Optional[str] = None) -> Dict[str, object]:
         """Run the teacher without autograd only as far as distillation needs, in its precision
         (``precision``, default DISTILL.TEACHER.PRECISION; "fp32" is float32 even inside the
-        student's mixed-precision step), and give its outputs in float32: {"features": {name: [N, C_T, H,
-        W]}, "class_logits": [R, K + 1] (KD only)}."""
+        student's mixed-precision step), and give its outputs in float32: {"features": {name:
+        [N, C_T, H, W]}, "class_logits": [R, K + 1] (KD only)}."""
         with autocast(self.teacher_dtype(images.device, precision), images.device):
             out = self._teacher_outputs(images, proposal_boxes)
         return float32_outputs(out)
 
     def teacher_dtype(self, device=None, precision: Optional[str] = None) -> Optional[torch.dtype]:
         """The teacher's autocast dtype on ``device`` (default: the model's) for ``precision``
-        (default: DISTILL.TEACHER.PRECISION), None for float32; a ValueError naming
+        (default: DISTILL.TEACHER.PRECISION), None for float32, ``AS_STUDENT`` for ""; a
+        ValueError naming
         DISTILL.TEACHER.PRECISION where the device lacks that type (the trainers ask once the
         model is on its device, before training)."""
         device = torch.device(device if device is not None else self.device)

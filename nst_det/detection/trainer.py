@@ -78,9 +78,13 @@ class DistillTrainer(ResumableTrainer, DefaultTrainer):
     (RNGCheckpointHook)."""
 
     def __init__(self, cfg):
+        device = check_device(cfg.MODEL.DEVICE)
+        # SOLVER.AMP.PRECISION the device cannot run: refused before anything is built or locked
+        self._amp_dtype = amp_dtype(cfg.SOLVER.AMP.PRECISION, device, "SOLVER.AMP.PRECISION") \
+            if cfg.SOLVER.AMP.ENABLED else None
         self._release_run_lock = hold_run_lock(self, cfg.OUTPUT_DIR)  # one run per OUTPUT_DIR
         check_num_classes(cfg, cfg.DATASETS.TEST, "DATASETS.TEST")
-        if check_device(cfg.MODEL.DEVICE).type == "cpu":
+        if device.type == "cpu":
             keep_freed_memory()  # no page faults on every step's tensors (nst_det.engine.cpu_memory)
         super().__init__(cfg)
         # The training sets are loaded (their classes known): the test sets must list the same
@@ -93,11 +97,9 @@ class DistillTrainer(ResumableTrainer, DefaultTrainer):
         process's random state for the checkpoints (it runs first, before anything else of the
         iteration's end)."""
         cfg, plain = self.cfg, self._trainer
-        amp = bool(cfg.SOLVER.AMP.ENABLED)
-        device = torch.device(cfg.MODEL.DEVICE)
-        dtype = amp_dtype(cfg.SOLVER.AMP.PRECISION, device, "SOLVER.AMP.PRECISION") if amp else None
-        self._trainer = TrainLoop(plain.model, plain.data_loader, plain.optimizer, amp=amp,
-                                  amp_dtype=dtype, device_type=device.type)
+        self._trainer = TrainLoop(plain.model, plain.data_loader, plain.optimizer,
+                                  amp_dtype=self._amp_dtype,
+                                  device_type=torch.device(cfg.MODEL.DEVICE).type)
         self.checkpointer = detection_checkpointer(
             cfg, plain.model, "partial" if cfg.MODEL.ALLOW_PARTIAL_WEIGHTS else "most",
             trainer=weakref.proxy(self))

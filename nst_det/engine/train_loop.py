@@ -100,7 +100,7 @@ _WRITE_METRICS_TAKES_ITER = "cur_iter" in inspect.signature(SimpleTrainer.write_
 
 
 class TrainLoop(SimpleTrainer):
-    """SimpleTrainer (or, with ``amp``, the AMPTrainer step on any device type, in float16 or
+    """SimpleTrainer (or, with ``amp_dtype``, the AMPTrainer step on any device type, in float16 or
     bfloat16) whose step stops at a non-finite loss term before the optimizer step, naming the
     term, the iteration and the rank.
 
@@ -108,14 +108,14 @@ class TrainLoop(SimpleTrainer):
     so a loader's ``start_at(iteration)`` called by ``--resume`` before training still applies.
     """
 
-    def __init__(self, model, data_loader, optimizer, *, amp: bool = False, grad_scaler=None,
-                 device_type: str = "cuda", amp_dtype: Optional[torch.dtype] = None):
-        """``amp``: the step under ``torch.autocast(device_type, amp_dtype)`` (``amp_dtype`` None:
-        float16), with a grad scaler (``grad_scaler``, or a new one) for float16 only."""
+    def __init__(self, model, data_loader, optimizer, *, amp_dtype: Optional[torch.dtype] = None,
+                 grad_scaler=None, device_type: str = "cuda"):
+        """``amp_dtype``: the step under ``torch.autocast(device_type, amp_dtype)`` (None: float32,
+        no autocast), with a grad scaler (``grad_scaler``, or a new one) for float16 only."""
         super().__init__(model, data_loader, optimizer)
-        self.amp = bool(amp)
+        self.amp_dtype = amp_dtype
+        self.amp = amp_dtype is not None
         self.device_type = device_type
-        self.amp_dtype = (amp_dtype or torch.float16) if self.amp else None
         if self.amp and grad_scaler is None and needs_grad_scaler(self.amp_dtype):
             grad_scaler = torch.amp.GradScaler(device_type)
         self.grad_scaler = grad_scaler
