@@ -305,13 +305,13 @@ def test_eval_only_with_class_map_by_name_evaluates(permuted_coco):
     assert "Evaluation results for t_val_perm in csv format" in out
 
 
-def test_training_sets_with_different_classes_are_refused(permuted_coco, monkeypatch):
+def test_training_sets_with_different_classes_are_refused(permuted_coco):
     from nst_det.detection.data.build import check_class_lists
     from nst_det.detection.load_config import load_nst_cfg
 
-    monkeypatch.chdir(permuted_coco)
-    cfg = load_nst_cfg("cfg.yaml", ["DATASETS.TRAIN", "('t_train', 't_val_perm')",
-                                    "DATASETS.TEST", "('t_val',)"])
+    cfg = load_nst_cfg(str(permuted_coco / "cfg.yaml"), ["DATASETS.TRAIN",
+                                                         "('t_train', 't_val_perm')",
+                                                         "DATASETS.TEST", "('t_val',)"])
     with pytest.raises(ValueError, match=r"class lists differ between the training sets: data "
                        r"set 't_train' \(DATASETS.TRAIN\) has thing_classes \['person', 'car', "
                        r"'bird'\] but data set 't_val_perm' \(DATASETS.TRAIN\) has \['car', "
@@ -319,8 +319,7 @@ def test_training_sets_with_different_classes_are_refused(permuted_coco, monkeyp
         check_class_lists(cfg, cfg.DATASETS.TEST)
 
 
-def test_class_map_by_name_scores_perfect_detections_as_the_unpermuted_set(permuted_coco,
-                                                                          monkeypatch):
+def test_class_map_by_name_scores_perfect_detections_as_the_unpermuted_set(permuted_coco):
     """Detections equal to the ground truth, in the model's (training) class order: AP 100 on
     ``t_val``; on ``t_val_perm`` AP 100 with the map of DATASETS.TEST_CLASS_MAP by_name, and
     less without it (the number that used to be reported)."""
@@ -332,8 +331,9 @@ def test_class_map_by_name_scores_perfect_detections_as_the_unpermuted_set(permu
     from nst_det.detection.evaluation import ClassMapEvaluator, build_evaluator
     from nst_det.detection.load_config import load_nst_cfg
 
-    monkeypatch.chdir(permuted_coco)
-    cfg = load_nst_cfg("cfg.yaml", ["DATASETS.TEST_CLASS_MAP", "by_name", "OUTPUT_DIR", "out_unit"])
+    out = str(permuted_coco / "out_unit")
+    cfg = load_nst_cfg(str(permuted_coco / "cfg.yaml"), ["DATASETS.TEST_CLASS_MAP", "by_name",
+                                                         "OUTPUT_DIR", out])
     images = DatasetCatalog.get("t_val")  # model order: t_val lists the training classes
     inputs, outputs = [], []
     for d in images:
