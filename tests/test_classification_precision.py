@@ -212,6 +212,37 @@ def test_channels_last_teacher_and_student_train(tmp_path, teacher_file):
     assert all(torch.isfinite(torch.tensor(v)) for v in losses.values()), losses
 
 
+def test_folded_teacher_gives_what_it_gave(tmp_path, teacher_file):
+    """DISTILL.TEACHER.FOLD_NORMS (the default): the teacher's BatchNorms are folded into its
+    convolutions (traced by torch.fx) and its logits and tapped maps stay what they were, with
+    norm statistics far from the identity so a wrong fold would show."""
+    state = torch.load(teacher_file)
+    generator = torch.Generator().manual_seed(0)
+    for key, value in state.items():
+        norm = key.endswith(("running_mean", "running_var")) or ".bn" in key
+        if norm and value.is_floating_point():
+            low, high = (0.25, 4) if key.endswith("running_var") else (-1, 1)
+            state[key] = torch.empty_like(value).uniform_(low, high, generator=generator)
+    torch.save(state, tmp_path / "teacher.pth")
+    cfg = _cfg(tmp_path, str(tmp_path / "teacher.pth"))
+    cfg.DISTILL.TEACHER.FOLD_NORMS = False
+    plain = _trainer(cfg).teacher
+    cfg.DISTILL.TEACHER.FOLD_NORMS = True
+    folded = _trainer(cfg).teacher
+
+    def norms(teacher):
+        return sum(isinstance(m, nn.BatchNorm2d) for m in teacher.modules())
+
+    assert norms(plain) == 6 and norms(folded) == 0
+    images = torch.randn(4, 3, 32, 32)
+    (logits_a, maps_a), (logits_b, maps_b) = plain(images), folded(images)
+    torch.testing.assert_close(logits_a, logits_b, rtol=1e-4, atol=1e-5 * logits_a.abs().max())
+    assert maps_a.keys() == maps_b.keys()
+    for name in maps_a:
+        torch.testing.assert_close(maps_a[name], maps_b[name], rtol=1e-4,
+                                   atol=1e-5 * maps_a[name].abs().max())
+
+
 def test_default_amp_on_a_cpu_without_bf16_says_to_turn_amp_off(tmp_path, teacher_file,
                                                                  monkeypatch):
     """SOLVER.AMP with SOLVER.AMP_PRECISION "" means bfloat16 on the CPU: where the CPU has none,

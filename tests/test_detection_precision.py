@@ -150,9 +150,77 @@ def test_channels_last_teacher_computes_the_same_features(batch, teacher_weights
     with torch.no_grad():
         a = plain._teacher_forward(images)["features"]
         b = nhwc._teacher_forward(images)["features"]
+    assert_same_up_to_rounding(a, b)
+
+
+def assert_same_up_to_rounding(a, b):
+    """Feature maps {name: tensor} equal up to float32 rounding (1e-5 of each map's largest value)."""
     assert a.keys() == b.keys()
     for name in a:
-        torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(a[name], b[name], rtol=1e-4,
+                                   atol=1e-5 * a[name].abs().max().item())
+
+
+@pytest.fixture(scope="module")
+def teacher_with_statistics(tmp_path_factory):
+    """Weights of a random teacher whose frozen norms are far from the identity (random means,
+    variances, scales and shifts), so a fold that drops or misplaces one term shows."""
+    path = save_random_teacher(TEACHER, str(tmp_path_factory.mktemp("teacher") / "teacher.pth"))
+    state = torch.load(path)["model"]
+    generator = torch.Generator().manual_seed(3)
+    for key, value in state.items():
+        if "norm" in key and key.rsplit(".", 1)[-1] in ("running_mean", "weight", "bias"):
+            state[key] = torch.empty_like(value).uniform_(-1, 1, generator=generator) + \
+                (1.0 if key.endswith("weight") else 0.0)
+        elif "norm" in key and key.endswith("running_var"):
+            state[key] = torch.empty_like(value).uniform_(0.25, 4, generator=generator)
+    torch.save({"model": state}, path)
+    return path
+
+
+def frozen_norms_in_convs(module):
+    """Detectron2 Conv2d's with a norm (the demo's: BatchNorm2d, frozen in eval mode)."""
+    return sum(1 for m in module.modules()
+               if isinstance(m, torch.nn.Conv2d) and getattr(m, "norm", None) is not None)
+
+
+def test_folded_teacher_computes_the_same_features(batch, teacher_with_statistics):
+    """DISTILL.TEACHER.FOLD_NORMS (the default): every norm of the teacher's convolutions (the
+    demo teacher's BatchNorm2d in eval mode) is folded into them, and the teacher computes what it did (float32 rounding)."""
+    plain = build(teacher_with_statistics, "DISTILL.TEACHER.FOLD_NORMS", False,
+                  "DISTILL.TEACHER.CHANNELS_LAST", False)
+    folded = build(teacher_with_statistics, "DISTILL.TEACHER.CHANNELS_LAST", False)
+    assert frozen_norms_in_convs(plain.teacher) > 20 and frozen_norms_in_convs(folded.teacher) == 0
+    assert frozen_norms_in_convs(folded.backbone) == frozen_norms_in_convs(plain.backbone) > 0
+    images = plain.preprocess_image(batch).tensor
+    with torch.no_grad():
+        a = plain._teacher_forward(images)["features"]
+        b = folded._teacher_forward(images)["features"]
+    assert_same_up_to_rounding(a, b)
+    # the channels-last teacher folds the same and stays channels-last
+    nhwc = build(teacher_with_statistics)
+    conv = nhwc.teacher.backbone.bottom_up.stem.conv1
+    assert conv.norm is None and conv.weight.is_contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        assert_same_up_to_rounding(a, nhwc._teacher_forward(images)["features"])
+
+
+def test_a_fold_without_the_running_mean_is_caught(batch, teacher_with_statistics, monkeypatch):
+    """The broken variant the comparison above catches: folding that ignores running_mean."""
+    import nst_det.engine.frozen as frozen
+    plain = build(teacher_with_statistics, "DISTILL.TEACHER.FOLD_NORMS", False)
+    original = frozen._fold
+
+    def without_mean(conv, norm):
+        norm.running_mean.zero_()
+        original(conv, norm)
+
+    monkeypatch.setattr(frozen, "_fold", without_mean)
+    broken = build(teacher_with_statistics)
+    images = plain.preprocess_image(batch).tensor
+    with torch.no_grad(), pytest.raises(AssertionError):
+        assert_same_up_to_rounding(plain._teacher_forward(images)["features"],
+                                   broken._teacher_forward(images)["features"])
 
 
 def test_student_channels_last_leaves_the_teacher_alone(teacher_weights):
@@ -285,3 +353,4 @@ def test_amp_fp16_on_the_cpu_is_refused_naming_the_key(tmp_path, teacher_weights
     with registered_demo_data(tmp_path / "datasets", 2, 1, seed=5):
         with pytest.raises(ValueError, match=r"SOLVER\.AMP\.PRECISION is 'fp16'.*'cpu'"):
             DistillTrainer(cfg)
+

@@ -56,6 +56,20 @@ def test_tool_prints_the_table_and_ends_with_the_overhead(tmp_path, capsys):
         assert result.student_fp32 is result.student and result.student_amp.name.endswith("bf16")
         speedup = next(x for x in lines if x.startswith("student mixed-precision speed-up: "))
         assert float(speedup.split()[3]) == round(result.amp_speedup, 2)
+    # the config's teacher with its norms not folded (DISTILL.TEACHER.FOLD_NORMS's default: folded)
+    assert any(line.startswith("| teacher forward, fp32, channels-last, norms not folded |")
+               for line in lines)
+    # the floor: the teacher's multiply-adds at the best rate measured here, and the least
+    # distillation / student step that (student step + that floor + NST term) allow
+    assert result.teacher_gmac > 0 and set(result.peak_rates) >= {"fp32"}
+    rate, op = result.peak_rates["fp32"]
+    assert rate > 0 and op in ("matmul", "1x1 convolution")
+    assert result.teacher_floor_ms == 1000 * result.teacher_gmac / rate
+    assert result.floor_ratio == sorted((s + result.teacher_floor_ms + n) / s for s, n in zip(
+        result.student.times_ms, result.nst.times_ms))[1]
+    line = next(x for x in lines if x.startswith("distillation / student step floor: "))
+    assert float(line.split()[5]) == round(result.floor_ratio, 2)
+    assert any(x.startswith("teacher forward floor, fp32: ") for x in lines)
     assert all(len(v.times_ms) == 3 for v in result.variants)
     assert all(cost.time_ms > 0 for cost in (result.student, result.teacher, result.distill,
                                                result.nst))

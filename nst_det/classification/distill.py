@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from nst_det import losses as L
 from nst_det.engine.checkpointer import load_weights_strictly, weights_checksum
-from nst_det.engine.frozen import freeze
+from nst_det.engine.frozen import fold_frozen_norms, freeze
 from nst_det.engine.distill_config import check_distill_config, check_feature_lists, nst_loss_kwargs
 from nst_det.engine.precision import autocast, float32_outputs, precision_dtype, to_channels_last
 
@@ -104,9 +104,13 @@ def teacher_dtype(cfg, device):
 
 
 def prepare_teacher(teacher: FrozenTeacher, cfg, device) -> FrozenTeacher:
-    """``teacher`` (already on ``device``) set to run in DISTILL.TEACHER.PRECISION, with its
-    weights channels-last when DISTILL.TEACHER.CHANNELS_LAST."""
+    """``teacher`` (already on ``device``) set to run in DISTILL.TEACHER.PRECISION, its norms
+    folded into its convolutions when DISTILL.TEACHER.FOLD_NORMS (not where that would change a
+    tapped layer's output), its weights channels-last when DISTILL.TEACHER.CHANNELS_LAST."""
     teacher.dtype = teacher_dtype(cfg, device)
+    if cfg.DISTILL.TEACHER.FOLD_NORMS:
+        folded = fold_frozen_norms(teacher.taps.model, keep=teacher.layers)
+        logger.info(f"The teacher's {folded} frozen norm layers are folded into its convolutions")
     if cfg.DISTILL.TEACHER.CHANNELS_LAST:
         to_channels_last(teacher)
     return teacher

@@ -76,12 +76,13 @@ def distill_arguments(d) -> dict:
         match_levels=d.MATCH_LEVELS,
         teacher_precision=d.TEACHER.PRECISION,
         teacher_channels_last=d.TEACHER.CHANNELS_LAST,
+        teacher_fold_norms=d.TEACHER.FOLD_NORMS,
     )
 
 
 # DISTILL.TEACHER keys a LazyConfig's `distill` section takes (how the teacher runs); its config
 # and weights are the model's `teacher` argument.
-_LAZY_TEACHER_KEYS = ("PRECISION", "CHANNELS_LAST")
+_LAZY_TEACHER_KEYS = ("PRECISION", "CHANNELS_LAST", "FOLD_NORMS")
 
 
 def _as_plain(value):

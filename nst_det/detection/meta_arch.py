@@ -27,7 +27,7 @@ from nst_det.detection.load_config import distills
 from nst_det.losses import binary_kd_loss, kd_loss, nst_loss
 from nst_det.losses.feature_pair import loss_or_nan
 from nst_det.engine.distill_config import check_feature_lists, check_nst_kwargs
-from nst_det.engine.frozen import freeze
+from nst_det.engine.frozen import fold_frozen_norms, freeze
 from nst_det.engine.precision import autocast, float32_outputs, precision_dtype, to_channels_last
 from nst_det.engine.warmup import current_iteration, warmup_factor
 
@@ -208,6 +208,7 @@ class DistillDetector:
         match_levels: str = "name",
         teacher_precision: str = "",
         teacher_channels_last: bool = True,
+        teacher_fold_norms: bool = True,
         **kwargs,
     ):
         """
@@ -234,6 +235,8 @@ class DistillDetector:
                 autocast in that type (refused where the device lacks it); its outputs are cast
                 to float32 in every case.
             teacher_channels_last: the teacher's convolution weights stored channels-last.
+            teacher_fold_norms: the teacher's frozen norms folded into its convolutions
+                (:func:`~nst_det.engine.frozen.fold_frozen_norms`).
             kwargs: the arguments of the student's detector class.
         """
         super().__init__(**kwargs)
@@ -262,6 +265,10 @@ class DistillDetector:
             self._teacher_holder = []
             return
         freeze(teacher)
+        if teacher_fold_norms:
+            # Detectron2's Conv2d holds its norm; a detector is not traceable by torch.fx
+            folded = fold_frozen_norms(teacher, trace=False)
+            logger.info(f"The teacher's {folded} frozen norm layers are folded into its convolutions")
         self.teacher_precision = teacher_precision
         self._teacher_dtypes = {}  # {(device, precision): autocast dtype}
         if teacher_channels_last:

@@ -84,6 +84,9 @@ def add_distill_config(cfg):
     # The teacher's convolution weights stored channels-last (NHWC). Measured on the CPU (R-101 FPN,
     # 800 x 1067, docs/BENCHMARKS.md): 1.28x faster in float32, 1.33x in bfloat16; False = NCHW.
     _C.DISTILL.TEACHER.CHANNELS_LAST = True
+    # The frozen teacher's batch norms folded into the convolutions before them (exact up to
+    # rounding; fewer passes over its activations, docs/BENCHMARKS.md); False = run them as they are.
+    _C.DISTILL.TEACHER.FOLD_NORMS = True
 
     _C.DISTILL.NST = CN()
     # Weight of loss_nst = WEIGHT * sum_pairs LEVEL_WEIGHTS[l] * MMD^2_l; 0 turns NST off.

@@ -4,13 +4,20 @@ distillation needs it, without autograd, from the raw images as the distillation
 its own normalisation included), the NST term (forward and backward of ``loss_nst`` on the
 features of a distillation step) and the distillation training step -- the student and the
 teacher as the config sets them (SOLVER.AMP, MODEL.CHANNELS_LAST, DISTILL.TEACHER.PRECISION,
-DISTILL.TEACHER.CHANNELS_LAST) and, unless ``variants`` is off, in every other precision the
-device runs (float32, bfloat16, float16 on CUDA) and memory layout (NCHW, channels-last).
+DISTILL.TEACHER.CHANNELS_LAST, DISTILL.TEACHER.FOLD_NORMS) and, unless ``variants`` is off, in
+every other precision the device runs (float32, bfloat16, float16 on CUDA) and memory layout (NCHW,
+channels-last), and the config's teacher with its norms folded the other way.
 
     distillation / student step = distillation step / student step (same student settings):
                                   what distilling costs against training the student alone
     overhead    = distillation step / (student step + teacher forward)
     parts ratio = distillation step / (student step + teacher forward + NST term)
+
+    teacher forward floor = the teacher backbone's multiply-adds (fvcore's count) / the best rate
+                            of a large matmul or 1x1 convolution in the teacher's precision,
+                            timed here: the least its forward can take on this device
+    distillation / student step floor = (student step + teacher forward floor + NST term) /
+                                        student step: the least these parts allow
 
 An overhead of 1.00 means distillation costs exactly a student step plus a teacher forward; a parts
 ratio of 1.00 means the distillation step costs its three parts and nothing more (the hooks, the
@@ -28,12 +35,15 @@ import os
 import statistics
 import tempfile
 import contextlib
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from detectron2.modeling import build_model
+from fvcore.nn import FlopCountAnalysis
 from detectron2.solver import build_optimizer
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
@@ -44,10 +54,10 @@ from nst_det.detection.teacher import build_teacher_model
 from nst_det.engine.cpu_memory import freed_memory_is_kept, keep_freed_memory
 from nst_det.engine.precision import PRECISIONS, amp_dtype, autocast, bf16_support, to_channels_last
 from nst_det.research.measure import (load_average, machine_description, peak_memory_mib,
-                                    seconds_and_page_faults)
+                                    seconds, seconds_and_page_faults)
 
 __all__ = ["StepCost", "DistillBenchmark", "benchmark_distillation", "format_benchmark",
-           "synthetic_batch"]
+           "synthetic_batch", "peak_rates", "backbone_gmac", "MATMUL_SIDE"]
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +109,9 @@ class DistillBenchmark:
     variants: List[StepCost] = field(default_factory=list)  # other settings, the same rounds
     student_fp32: Optional[StepCost] = None  # the student in float32 (of the same layout)
     student_amp: Optional[StepCost] = None  # the student in mixed precision (of the same layout)
+    teacher_gmac: Optional[float] = None  # multiply-adds of the teacher backbone's forward (1e9)
+    peak_rates: Dict[str, tuple] = field(default_factory=dict)  # {precision: (GMAC/s, op)}
+    teacher_precision: str = "fp32"  # the precision the config's teacher runs in
 
     def _per_round(self, parts: List[StepCost], whole: Optional[StepCost] = None) -> float:
         """Median over the rounds of ``whole`` (the distillation step) / sum of ``parts``, each
@@ -128,6 +141,23 @@ class DistillBenchmark:
     def nst_share(self) -> Optional[float]:
         """Time of the NST term (forward + backward) / time of the distillation step (medians)."""
         return None if self.nst is None else self.nst.time_ms / self.distill.time_ms
+
+    @property
+    def teacher_floor_ms(self) -> Optional[float]:
+        """The teacher backbone's multiply-adds at this device's matmul rate in the teacher's
+        precision (ms); None where either was not measured."""
+        rate = self.peak_rates.get(self.teacher_precision, (None,))[0]
+        return None if self.teacher_gmac is None or not rate else 1000.0 * self.teacher_gmac / rate
+
+    @property
+    def floor_ratio(self) -> Optional[float]:
+        """(student step + teacher forward floor + NST term) / student step: median of the rounds'
+        ratios; None without a teacher floor or an NST term."""
+        floor = self.teacher_floor_ms
+        if floor is None or self.nst is None:
+            return None
+        return statistics.median((s + floor + n) / s for s, n in
+                                 zip(self.student.times_ms, self.nst.times_ms))
 
     @property
     def amp_speedup(self) -> Optional[float]:
@@ -200,9 +230,55 @@ def _device_precisions(device: torch.device) -> List[str]:
         (["fp16"] if device.type == "cuda" else [])
 
 
-def _label(what: str, precision: str, channels_last: bool, config: bool) -> str:
+def _label(what: str, precision: str, channels_last: bool, config: bool, note: str = "") -> str:
     return (f"{what}, {precision}" + (", channels-last" if channels_last else "")
-            + (" (config)" if config else ""))
+            + (f", {note}" if note else "") + (" (config)" if config else ""))
+
+
+# Size of the rate probes: a MATMUL_SIDE^3 matmul, and the same multiply-adds as a 1x1
+# convolution (MATMUL_SIDE channels in and out, 64 x 64 positions, channels-last): large enough
+# for the best rate of a CPU's BLAS and oneDNN and of a GPU's tensor cores.
+MATMUL_SIDE = 4096
+
+
+def peak_rates(device: torch.device, precisions: List[str], repeats: int = 3
+               ) -> Dict[str, Tuple[float, str]]:
+    """{precision: (GMAC/s, op)}: the faster of a matmul and a 1x1 convolution of MATMUL_SIDE^3
+    multiply-adds in each precision on ``device`` (fastest of ``repeats`` after one untimed), and
+    which op it was: the best rate a network's multiply-adds reach here through torch's kernels
+    (a CPU's BLAS and its oneDNN convolutions can differ twofold)."""
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+    n = MATMUL_SIDE
+    rates = {}
+    for precision in precisions:
+        kw = dict(device=device, dtype=dtypes[precision])
+        a, b = torch.randn(n, n, **kw), torch.randn(n, n, **kw)
+        x = torch.randn(1, n, 64, n // 64, **kw).contiguous(memory_format=torch.channels_last)
+        w = torch.randn(n, n, 1, 1, **kw).contiguous(memory_format=torch.channels_last)
+        best = {}
+        for op, fn in (("matmul", lambda: a @ b), ("1x1 convolution", lambda: F.conv2d(x, w))):
+            fn()
+            best[op] = n**3 / min(seconds(fn, device) for _ in range(repeats)) / 1e9
+        op = max(best, key=best.get)
+        rates[precision] = (best[op], op)
+    return rates
+
+
+def backbone_gmac(backbone: torch.nn.Module, images: torch.Tensor) -> Optional[float]:
+    """Multiply-adds (1e9) of ``backbone(images)`` as fvcore counts them (convolutions, matmuls;
+    elementwise layers are free); None where fvcore cannot trace it."""
+    try:
+        count = FlopCountAnalysis(backbone, images)
+        count.unsupported_ops_warnings(False)
+        count.uncalled_modules_warnings(False)
+        count.tracer_warnings("none")
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            return count.total() / 1e9
+    except Exception as e:  # a backbone the jit tracer cannot follow
+        logger.warning(f"the teacher's multiply-adds could not be counted ({type(e).__name__}: "
+                       f"{e}): no floor")
+        return None
 
 
 class _Recorder:
@@ -273,6 +349,12 @@ def benchmark_distillation(cfg, iters: int = 10, size: Optional[int] = None,
         distill.teacher_dtype()  # DISTILL.TEACHER.PRECISION refused before anything is timed
         student = build_model(student_cfg(cfg))
         student.load_state_dict(distill.state_dict())
+        other_fold = None
+        if variants:  # the config's teacher with its norms folded the other way
+            other_cfg = cfg.clone()
+            other_cfg.defrost()
+            other_cfg.DISTILL.TEACHER.FOLD_NORMS = not cfg.DISTILL.TEACHER.FOLD_NORMS
+            other_fold = build_model(other_cfg)
     distill.train()
     student.train()
     _set_layout(distill, student_layout)
@@ -310,11 +392,18 @@ def benchmark_distillation(cfg, iters: int = 10, size: Optional[int] = None,
             measured[name] = (
                 lambda cl=channels_last: _set_layout(student, cl),
                 _train_step(student, student_optimizer, batch, PRECISIONS[precision], dev))
+        fold_note = "" if cfg.DISTILL.TEACHER.FOLD_NORMS else "norms not folded"
         for i, (precision, channels_last) in enumerate(teacher_settings):
-            name = _label("teacher forward", precision, channels_last, i == 0)
+            name = _label("teacher forward", precision, channels_last, i == 0, fold_note)
             measured[name] = (
                 lambda cl=channels_last: _set_layout(distill.teacher, cl),
                 _teacher_step(distill, images_call.args, teacher_call.args, precision))
+        if other_fold is not None:
+            other_note = "norms folded" if fold_note else "norms not folded"
+            measured[_label("teacher forward", teacher_precision, teacher_layout, False,
+                            other_note)] = (
+                lambda: _set_layout(other_fold.teacher, teacher_layout),
+                _teacher_step(other_fold, images_call.args, teacher_call.args, teacher_precision))
         distill_name = "distillation training step"
         measured[distill_name] = (config_layouts, distill_step)
         if nst_call.args:
@@ -335,6 +424,11 @@ def benchmark_distillation(cfg, iters: int = 10, size: Optional[int] = None,
         for name, (prepare, fn) in measured.items():
             prepare()
             peaks[name] = peak_memory_mib(fn, dev)
+        config_layouts()
+        (batched_inputs, student_images), _ = images_call.args
+        teacher_gmac = backbone_gmac(distill.teacher.backbone,
+                                     distill.teacher_images(batched_inputs, student_images))
+        rates = peak_rates(dev, precisions)
 
     costs = {name: StepCost(name, times[name], peaks[name], faults[name]) for name in measured}
     rows = list(costs.values())
@@ -359,6 +453,9 @@ def benchmark_distillation(cfg, iters: int = 10, size: Optional[int] = None,
                   and c.name.startswith(("student", "teacher"))],
         student_fp32=fp32_row,
         student_amp=amp_row,
+        teacher_gmac=teacher_gmac,
+        peak_rates=rates,
+        teacher_precision=teacher_precision,
     )
 
 
@@ -419,6 +516,21 @@ def format_benchmark(result: DistillBenchmark) -> str:
     lines.append("")
     lines.append(f"distillation / student step: {result.distill_to_student:.2f} (distillation step "
                  f"/ student step of the same settings, median of {result.iters} rounds)")
+    if result.peak_rates:
+        lines.append(f"best rate here ({MATMUL_SIDE}^3 multiply-adds, the faster of a matmul and a "
+                     f"1x1 convolution, fastest of 3): " + ", ".join(
+                         f"{p} {r:.0f} GMAC/s ({op})" for p, (r, op) in result.peak_rates.items()))
+    floor = result.teacher_floor_ms
+    if floor is not None:
+        lines.append(f"teacher forward floor, {result.teacher_precision}: {floor / 1000:.2f} s = "
+                     f"{result.teacher_gmac:.1f} GMAC (its backbone, fvcore's count) at "
+                     f"{result.peak_rates[result.teacher_precision][0]:.0f} GMAC/s; measured "
+                     f"{result.teacher.time_ms / 1000:.2f} s = {result.teacher.time_ms / floor:.2f}"
+                     f"x its floor")
+    if result.floor_ratio is not None:
+        lines.append(f"distillation / student step floor: {result.floor_ratio:.2f} ((student step "
+                     f"+ teacher forward floor + NST term) / student step, median of "
+                     f"{result.iters} rounds)")
     if result.amp_speedup is not None:
         lines.append(f"student mixed-precision speed-up: {result.amp_speedup:.2f} "
                      f"({result.student_fp32.name} / {result.student_amp.name}, median of "
