@@ -57,7 +57,7 @@ def test_both_stages_share_the_same_distill_keys_with_the_same_defaults():
     assert {"NST.WEIGHT", "NST.KERNEL", "NST.DEGREE", "NST.COEF", "NST.SIGMA2", "KD.WEIGHT",
             "KD.TEMPERATURE", "WARMUP_ITERS", "STUDENT_FEATURES", "TEACHER_FEATURES",
             "LEVEL_WEIGHTS", "TEACHER.WEIGHTS", "TEACHER.ALLOW_OTHER_ON_RESUME",
-            "TEACHER.PRECISION", "TEACHER.CHANNELS_LAST"} == set(shared)
+            "TEACHER.PRECISION", "TEACHER.CHANNELS_LAST", "TEACHER.FOLD_NORMS"} == set(shared)
     # every term off by default, in both stages
     assert [v for k, v in det.items() if k.endswith("WEIGHT")] == [0.0, 0.0]
     assert [v for k, v in cls.items() if k.endswith("WEIGHT")] == [0.0, 0.0, 0.0, 0.0]

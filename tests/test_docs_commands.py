@@ -457,7 +457,8 @@ def test_benchmark_commands(voc, workspace, env, cmd):
             "--threads 2 MODEL.DEVICE cpu DISTILL.TEACHER.PRECISION bf16 "
             "DISTILL.TEACHER.CHANNELS_LAST True",
             "python tools/benchmark_distill.py --config-file configs/voc_frcnn_nst.yaml --iters 5 "
-            "--threads 2 --config-only MODEL.DEVICE cpu DISTILL.TEACHER.CHANNELS_LAST False"):
+            "--threads 2 --config-only MODEL.DEVICE cpu DISTILL.TEACHER.CHANNELS_LAST False "
+            "DISTILL.TEACHER.FOLD_NORMS False"):
         tokens = cmd(command)
         for option in ("--iters", "--size"):  # the documented values give way to tiny ones
             while option in tokens:

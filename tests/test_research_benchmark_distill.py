@@ -59,17 +59,20 @@ def test_tool_prints_the_table_and_ends_with_the_overhead(tmp_path, capsys):
     # the config's teacher with its norms not folded (DISTILL.TEACHER.FOLD_NORMS's default: folded)
     assert any(line.startswith("| teacher forward, fp32, channels-last, norms not folded |")
                for line in lines)
-    # the floor: the teacher's multiply-adds at the best rate measured here, and the least
-    # distillation / student step that (student step + that floor + NST term) allow
-    assert result.teacher_gmac > 0 and set(result.peak_rates) >= {"fp32"}
-    rate, op = result.peak_rates["fp32"]
-    assert rate > 0 and op in ("matmul", "1x1 convolution")
+    # the floors: each part's multiply-adds (torch's FlopCounterMode) at the best rate measured
+    # here in its precision, and the least distillation / student step they allow
+    assert result.teacher_gmac > 0 and result.nst_gmac > 0
+    assert set(result.rates["fp32"]) == {"matmul", "1x1 convolution"}
+    rate = max(result.rates["fp32"].values())
+    assert rate > 0 and result.best_rate("fp32") == rate
     assert result.teacher_floor_ms == 1000 * result.teacher_gmac / rate
-    assert result.floor_ratio == sorted((s + result.teacher_floor_ms + n) / s for s, n in zip(
-        result.student.times_ms, result.nst.times_ms))[1]
+    assert result.nst_floor_ms == 1000 * result.nst_gmac / rate
+    floors = result.teacher_floor_ms + result.nst_floor_ms
+    assert result.floor_ratio == sorted((s + floors) / s for s in result.student.times_ms)[1]
     line = next(x for x in lines if x.startswith("distillation / student step floor: "))
     assert float(line.split()[5]) == round(result.floor_ratio, 2)
-    assert any(x.startswith("teacher forward floor, fp32: ") for x in lines)
+    for part in ("teacher forward", "NST term"):
+        assert any(x.startswith(f"{part} floor, fp32: ") for x in lines), part
     assert all(len(v.times_ms) == 3 for v in result.variants)
     assert all(cost.time_ms > 0 for cost in (result.student, result.teacher, result.distill,
                                                result.nst))

@@ -44,8 +44,8 @@ def add_nst_config(cfg: CN) -> CN:
     # both lists; "by_name" = evaluate with the model's classes mapped to the test set's by name.
     _C.DATASETS.TEST_CLASS_MAP = ""
 
-    # The student's convolution weights stored channels-last (NHWC); measured on the CPU: slower in
-    # float32, faster under SOLVER.AMP bf16 (docs/BENCHMARKS.md). The teacher's:
+    # The student's convolution weights stored channels-last (NHWC); measured on the CPU: no
+    # faster in float32, faster under SOLVER.AMP bf16 (docs/BENCHMARKS.md). The teacher's:
     # DISTILL.TEACHER.CHANNELS_LAST.
     _C.MODEL.CHANNELS_LAST = False
     # SOLVER.AMP.ENABLED on any device: "" = float16 (with a grad scaler) on CUDA, bfloat16 on the

@@ -268,7 +268,8 @@ class DistillDetector:
         if teacher_fold_norms:
             # Detectron2's Conv2d holds its norm; a detector is not traceable by torch.fx
             folded = fold_frozen_norms(teacher, trace=False)
-            logger.info(f"The teacher's {folded} frozen norm layers are folded into its convolutions")
+            logger.info(f"The teacher's {folded} frozen norm layers are folded into its "
+                        f"convolutions")
         self.teacher_precision = teacher_precision
         self._teacher_dtypes = {}  # {(device, precision): autocast dtype}
         if teacher_channels_last:

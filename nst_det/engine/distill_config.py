@@ -79,13 +79,14 @@ def add_distill_config(cfg):
     # Precision of the teacher's forward: "" = as the student's step (float32, or the student's AMP
     # type under SOLVER.AMP), "fp32", "bf16" (autocast; CUDA >= sm80, CPU with AVX-512) or "fp16"
     # (CUDA only); its outputs are cast to float32 for NST and KD. "bf16" measured: 1.7x faster
-    # teacher on an AVX512-BF16 CPU (2.3x channels-last), loss_nst within 2 % (docs/RESULTS.md).
+    # teacher on an AVX512-BF16 CPU (2.3x channels-last, norms folded), loss_nst within 2 %
+    # (docs/RESULTS.md).
     _C.DISTILL.TEACHER.PRECISION = ""
     # The teacher's convolution weights stored channels-last (NHWC). Measured on the CPU (R-101 FPN,
-    # 800 x 1067, docs/BENCHMARKS.md): 1.28x faster in float32, 1.33x in bfloat16; False = NCHW.
+    # 800 x 1067, docs/BENCHMARKS.md): 1.22x faster in float32, 1.28x in bfloat16; False = NCHW.
     _C.DISTILL.TEACHER.CHANNELS_LAST = True
-    # The frozen teacher's batch norms folded into the convolutions before them (exact up to
-    # rounding; fewer passes over its activations, docs/BENCHMARKS.md); False = run them as they are.
+    # The frozen teacher's batch norms folded into the convolutions before them: exact up to
+    # rounding, measured 1.06x faster (bfloat16 channels-last R-101 FPN, docs/BENCHMARKS.md).
     _C.DISTILL.TEACHER.FOLD_NORMS = True
 
     _C.DISTILL.NST = CN()

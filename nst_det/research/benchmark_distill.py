@@ -13,11 +13,12 @@ channels-last), and the config's teacher with its norms folded the other way.
     overhead    = distillation step / (student step + teacher forward)
     parts ratio = distillation step / (student step + teacher forward + NST term)
 
-    teacher forward floor = the teacher backbone's multiply-adds (fvcore's count) / the best rate
-                            of a large matmul or 1x1 convolution in the teacher's precision,
-                            timed here: the least its forward can take on this device
-    distillation / student step floor = (student step + teacher forward floor + NST term) /
-                                        student step: the least these parts allow
+    floor of a part = its multiply-adds (torch's FlopCounterMode, over what it ran) / the best
+                      rate of a large matmul or 1x1 convolution in its precision, timed here:
+                      the least it can take on this device (the teacher forward in its
+                      precision, the NST term in float32)
+    distillation / student step floor = (student step + teacher forward floor + NST term floor)
+                                        / student step: the least distilling can add here
 
 An overhead of 1.00 means distillation costs exactly a student step plus a teacher forward; a parts
 ratio of 1.00 means the distillation step costs its three parts and nothing more (the hooks, the
@@ -35,7 +36,6 @@ import os
 import statistics
 import tempfile
 import contextlib
-import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -43,10 +43,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from detectron2.modeling import build_model
-from fvcore.nn import FlopCountAnalysis
 from detectron2.solver import build_optimizer
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
+from torch.utils.flop_counter import FlopCounterMode
 
 from nst_det.detection.architectures import num_classes
 from nst_det.detection.load_config import student_cfg
@@ -57,7 +57,7 @@ from nst_det.research.measure import (load_average, machine_description, peak_me
                                     seconds, seconds_and_page_faults)
 
 __all__ = ["StepCost", "DistillBenchmark", "benchmark_distillation", "format_benchmark",
-           "synthetic_batch", "peak_rates", "backbone_gmac", "MATMUL_SIDE"]
+           "synthetic_batch", "peak_rates", "counted_gmac", "PROBE_SIDE"]
 
 logger = logging.getLogger(__name__)
 
@@ -109,8 +109,9 @@ class DistillBenchmark:
     variants: List[StepCost] = field(default_factory=list)  # other settings, the same rounds
     student_fp32: Optional[StepCost] = None  # the student in float32 (of the same layout)
     student_amp: Optional[StepCost] = None  # the student in mixed precision (of the same layout)
-    teacher_gmac: Optional[float] = None  # multiply-adds of the teacher backbone's forward (1e9)
-    peak_rates: Dict[str, tuple] = field(default_factory=dict)  # {precision: (GMAC/s, op)}
+    teacher_gmac: Optional[float] = None  # multiply-adds of the teacher's forward (1e9)
+    nst_gmac: Optional[float] = None  # multiply-adds of the NST term, forward and backward (1e9)
+    rates: Dict[str, Dict[str, float]] = field(default_factory=dict)  # {precision: {op: GMAC/s}}
     teacher_precision: str = "fp32"  # the precision the config's teacher runs in
 
     def _per_round(self, parts: List[StepCost], whole: Optional[StepCost] = None) -> float:
@@ -142,22 +143,32 @@ class DistillBenchmark:
         """Time of the NST term (forward + backward) / time of the distillation step (medians)."""
         return None if self.nst is None else self.nst.time_ms / self.distill.time_ms
 
+    def best_rate(self, precision: str) -> Optional[float]:
+        """The best multiply-add rate measured in ``precision`` (GMAC/s), None if not measured."""
+        return max(self.rates[precision].values()) if self.rates.get(precision) else None
+
+    def _floor_ms(self, gmac: Optional[float], precision: str) -> Optional[float]:
+        rate = self.best_rate(precision)
+        return None if gmac is None or not rate else 1000.0 * gmac / rate
+
     @property
     def teacher_floor_ms(self) -> Optional[float]:
-        """The teacher backbone's multiply-adds at this device's matmul rate in the teacher's
-        precision (ms); None where either was not measured."""
-        rate = self.peak_rates.get(self.teacher_precision, (None,))[0]
-        return None if self.teacher_gmac is None or not rate else 1000.0 * self.teacher_gmac / rate
+        """The teacher's multiply-adds at the best rate in its precision (ms)."""
+        return self._floor_ms(self.teacher_gmac, self.teacher_precision)
+
+    @property
+    def nst_floor_ms(self) -> Optional[float]:
+        """The NST term's multiply-adds at the best float32 rate (ms)."""
+        return self._floor_ms(self.nst_gmac, "fp32")
 
     @property
     def floor_ratio(self) -> Optional[float]:
-        """(student step + teacher forward floor + NST term) / student step: median of the rounds'
-        ratios; None without a teacher floor or an NST term."""
-        floor = self.teacher_floor_ms
-        if floor is None or self.nst is None:
+        """(student step + teacher forward floor + NST term floor) / student step: median of the
+        rounds' ratios; None where a floor is missing."""
+        floors = (self.teacher_floor_ms, self.nst_floor_ms if self.nst is not None else 0.0)
+        if None in floors:
             return None
-        return statistics.median((s + floor + n) / s for s, n in
-                                 zip(self.student.times_ms, self.nst.times_ms))
+        return statistics.median((s + sum(floors)) / s for s in self.student.times_ms)
 
     @property
     def amp_speedup(self) -> Optional[float]:
@@ -235,50 +246,39 @@ def _label(what: str, precision: str, channels_last: bool, config: bool, note: s
             + (f", {note}" if note else "") + (" (config)" if config else ""))
 
 
-# Size of the rate probes: a MATMUL_SIDE^3 matmul, and the same multiply-adds as a 1x1
-# convolution (MATMUL_SIDE channels in and out, 64 x 64 positions, channels-last): large enough
-# for the best rate of a CPU's BLAS and oneDNN and of a GPU's tensor cores.
-MATMUL_SIDE = 4096
+# Size n of the rate probes: an n^3 matmul, and the same multiply-adds as a 1x1 convolution (n
+# channels in and out, n positions, channels-last): on the CPU 2048 (the rates of 4096 measured
+# the same or lower, at 7 times the time), on CUDA 8192 (tensor cores need large products).
+PROBE_SIDE = {"cpu": 2048, "cuda": 8192}
 
 
 def peak_rates(device: torch.device, precisions: List[str], repeats: int = 3
-               ) -> Dict[str, Tuple[float, str]]:
-    """{precision: (GMAC/s, op)}: the faster of a matmul and a 1x1 convolution of MATMUL_SIDE^3
-    multiply-adds in each precision on ``device`` (fastest of ``repeats`` after one untimed), and
-    which op it was: the best rate a network's multiply-adds reach here through torch's kernels
-    (a CPU's BLAS and its oneDNN convolutions can differ twofold)."""
+               ) -> Dict[str, Dict[str, float]]:
+    """{precision: {"matmul": GMAC/s, "1x1 convolution": GMAC/s}}: a matmul and a 1x1 convolution
+    (channels-last) of n^3 multiply-adds (n = PROBE_SIDE) in each precision on ``device``, fastest of
+    ``repeats`` after one untimed. The faster is the best rate a network's multiply-adds reach
+    here through torch's kernels (a CPU's BLAS and its oneDNN convolutions can differ twofold)."""
     dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-    n = MATMUL_SIDE
+    n = PROBE_SIDE.get(device.type, PROBE_SIDE["cpu"])
     rates = {}
     for precision in precisions:
         kw = dict(device=device, dtype=dtypes[precision])
         a, b = torch.randn(n, n, **kw), torch.randn(n, n, **kw)
         x = torch.randn(1, n, 64, n // 64, **kw).contiguous(memory_format=torch.channels_last)
         w = torch.randn(n, n, 1, 1, **kw).contiguous(memory_format=torch.channels_last)
-        best = {}
+        rates[precision] = {}
         for op, fn in (("matmul", lambda: a @ b), ("1x1 convolution", lambda: F.conv2d(x, w))):
             fn()
-            best[op] = n**3 / min(seconds(fn, device) for _ in range(repeats)) / 1e9
-        op = max(best, key=best.get)
-        rates[precision] = (best[op], op)
+            rates[precision][op] = n**3 / min(seconds(fn, device) for _ in range(repeats)) / 1e9
     return rates
 
 
-def backbone_gmac(backbone: torch.nn.Module, images: torch.Tensor) -> Optional[float]:
-    """Multiply-adds (1e9) of ``backbone(images)`` as fvcore counts them (convolutions, matmuls;
-    elementwise layers are free); None where fvcore cannot trace it."""
-    try:
-        count = FlopCountAnalysis(backbone, images)
-        count.unsupported_ops_warnings(False)
-        count.uncalled_modules_warnings(False)
-        count.tracer_warnings("none")
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")
-            return count.total() / 1e9
-    except Exception as e:  # a backbone the jit tracer cannot follow
-        logger.warning(f"the teacher's multiply-adds could not be counted ({type(e).__name__}: "
-                       f"{e}): no floor")
-        return None
+def counted_gmac(fn: Callable) -> float:
+    """Multiply-adds (1e9) of the matmuls and convolutions ``fn()`` runs, forward and backward, as
+    torch's FlopCounterMode counts them (2 flops each; elementwise work is not counted)."""
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops() / 2e9
 
 
 class _Recorder:
@@ -425,9 +425,9 @@ def benchmark_distillation(cfg, iters: int = 10, size: Optional[int] = None,
             prepare()
             peaks[name] = peak_memory_mib(fn, dev)
         config_layouts()
-        (batched_inputs, student_images), _ = images_call.args
-        teacher_gmac = backbone_gmac(distill.teacher.backbone,
-                                     distill.teacher_images(batched_inputs, student_images))
+        teacher_name = _label("teacher forward", teacher_precision, teacher_layout, True, fold_note)
+        teacher_gmac = counted_gmac(measured[teacher_name][1])
+        nst_gmac = counted_gmac(_nst_step(distill, nst_call.args)) if nst_call.args else None
         rates = peak_rates(dev, precisions)
 
     costs = {name: StepCost(name, times[name], peaks[name], faults[name]) for name in measured}
@@ -454,7 +454,8 @@ def benchmark_distillation(cfg, iters: int = 10, size: Optional[int] = None,
         student_fp32=fp32_row,
         student_amp=amp_row,
         teacher_gmac=teacher_gmac,
-        peak_rates=rates,
+        nst_gmac=nst_gmac,
+        rates=rates,
         teacher_precision=teacher_precision,
     )
 
@@ -516,20 +517,22 @@ def format_benchmark(result: DistillBenchmark) -> str:
     lines.append("")
     lines.append(f"distillation / student step: {result.distill_to_student:.2f} (distillation step "
                  f"/ student step of the same settings, median of {result.iters} rounds)")
-    if result.peak_rates:
-        lines.append(f"best rate here ({MATMUL_SIDE}^3 multiply-adds, the faster of a matmul and a "
-                     f"1x1 convolution, fastest of 3): " + ", ".join(
-                         f"{p} {r:.0f} GMAC/s ({op})" for p, (r, op) in result.peak_rates.items()))
-    floor = result.teacher_floor_ms
-    if floor is not None:
-        lines.append(f"teacher forward floor, {result.teacher_precision}: {floor / 1000:.2f} s = "
-                     f"{result.teacher_gmac:.1f} GMAC (its backbone, fvcore's count) at "
-                     f"{result.peak_rates[result.teacher_precision][0]:.0f} GMAC/s; measured "
-                     f"{result.teacher.time_ms / 1000:.2f} s = {result.teacher.time_ms / floor:.2f}"
-                     f"x its floor")
+    if result.rates:
+        side = PROBE_SIDE.get(torch.device(result.device).type, PROBE_SIDE["cpu"])
+        lines.append(f"rates here ({side}^3 multiply-adds, fastest of 3): " + "; ".join(
+            f"{p} " + ", ".join(f"{op} {r:.0f}" for op, r in ops.items()) + " GMAC/s"
+            for p, ops in result.rates.items()))
+    parts = [("teacher forward", result.teacher, result.teacher_gmac, result.teacher_floor_ms,
+              result.teacher_precision),
+             ("NST term", result.nst, result.nst_gmac, result.nst_floor_ms, "fp32")]
+    for what, cost, gmac, floor, precision in parts:
+        if cost is not None and floor is not None:
+            lines.append(f"{what} floor, {precision}: {floor / 1000:.2f} s = {gmac:.1f} GMAC "
+                         f"(torch's FlopCounterMode) at {result.best_rate(precision):.0f} GMAC/s; "
+                         f"measured {cost.time_ms / 1000:.2f} s = {cost.time_ms / floor:.2f}x")
     if result.floor_ratio is not None:
         lines.append(f"distillation / student step floor: {result.floor_ratio:.2f} ((student step "
-                     f"+ teacher forward floor + NST term) / student step, median of "
+                     f"+ teacher forward floor + NST term floor) / student step, median of "
                      f"{result.iters} rounds)")
     if result.amp_speedup is not None:
         lines.append(f"student mixed-precision speed-up: {result.amp_speedup:.2f} "
