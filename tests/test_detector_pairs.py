@@ -226,7 +226,12 @@ def test_lazy_teachers_are_frozen_with_their_batch_norms_fixed(trained):
     teacher = trained["model"].teacher
     assert not any(isinstance(m, (nn.BatchNorm2d, nn.SyncBatchNorm)) for m in teacher.modules())
     if "syncbn" in trained["pair"]:
-        assert sum(isinstance(m, FrozenBatchNorm2d) for m in teacher.modules()) > 50
+        # frozen, then folded into their convolutions (DISTILL.TEACHER.FOLD_NORMS): a Conv2d
+        # whose norm is gone and which has a bias (the backbone's convolutions have none before)
+        frozen = sum(isinstance(m, FrozenBatchNorm2d) for m in teacher.modules())
+        folded = sum(isinstance(m, nn.Conv2d) and getattr(m, "norm", "") is None
+                     and m.bias is not None for m in teacher.backbone.bottom_up.modules())
+        assert frozen + folded > 50 and (folded > 50) == trained["cfg"].DISTILL.TEACHER.FOLD_NORMS
         assert re.search(r"\d+ BatchNorm/SyncBatchNorm layers turned into FrozenBatchNorm2d",
                          trained["log"])
 

@@ -51,8 +51,10 @@ def test_zoo_name_resolves_inside_detectron2_and_is_never_a_local_path(tmp_path,
 
 def test_zoo_teacher_loads_strictly_from_a_local_pkl_and_teaches_the_student(zoo_teacher):
     teacher, pkl = zoo_teacher
+    # the weights as loaded: folding the teacher's norms (DISTILL.TEACHER.FOLD_NORMS) rewrites them
     cfg = load_nst_cfg(STUDENT_NST, TINY + ["DISTILL.TEACHER.CONFIG", ZOO_TEACHER,
-                                            "DISTILL.TEACHER.WEIGHTS", pkl])
+                                            "DISTILL.TEACHER.WEIGHTS", pkl,
+                                            "DISTILL.TEACHER.FOLD_NORMS", False])
     torch.manual_seed(1)
     model = build_model(cfg)
     loaded = model.teacher.state_dict()
