@@ -2,8 +2,11 @@
 """The cost of the teacher: time, page faults and peak memory of the student's training step, the
 teacher's forward, the NST term and the distillation step on the same two images, the student and
 the teacher as the config sets them and (unless --config-only) in every other precision and memory
-layout the device runs. Then ``distillation / student step: X.XX`` (what distilling costs against
-training the student alone), the student's mixed-precision speed-up, and as the last two lines
+layout the device runs (and the config's teacher with its norms folded the other way). Then
+``distillation / student step: X.XX`` (what distilling costs against training the student alone),
+the device's best multiply-add rates, the floors of the teacher forward and the NST term (their
+multiply-adds at those rates) and ``distillation / student step floor: X.XX``, the least distilling
+can add here, the student's mixed-precision speed-up, and as the last two lines
 ``parts ratio: X.XX`` = distillation step / (student step + teacher forward + NST term) and
 ``overhead: X.XX`` = distillation step / (student step + teacher forward), each the median of the
 rounds' ratios. See nst_det/research/benchmark_distill.py.
