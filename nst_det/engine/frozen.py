@@ -3,6 +3,7 @@ import logging
 from typing import Iterable, List, Tuple
 
 import torch
+from detectron2.layers import Conv2d, FrozenBatchNorm2d
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
@@ -25,8 +26,7 @@ def _foldable_norm(norm) -> bool:
     BatchNorm2d in eval mode with running statistics."""
     if isinstance(norm, nn.BatchNorm2d):
         return not norm.training and norm.running_mean is not None
-    return type(norm).__name__ == "FrozenBatchNorm2d" and all(
-        hasattr(norm, a) for a in ("weight", "bias", "running_mean", "running_var", "eps"))
+    return isinstance(norm, FrozenBatchNorm2d)
 
 
 def _fold(conv: nn.Conv2d, norm) -> None:
@@ -82,9 +82,9 @@ def fold_frozen_norms(module: nn.Module, keep: Iterable[str] = (), trace: bool =
                          f"{type(module).__name__} is in training mode")
     keep = list(keep)
     folded = 0
-    for name, conv in module.named_modules():
+    for conv in module.modules():
         norm = getattr(conv, "norm", None)
-        if isinstance(conv, nn.Conv2d) and norm is not None and _foldable_norm(norm):
+        if isinstance(conv, Conv2d) and norm is not None and _foldable_norm(norm):
             _fold(conv, norm)
             conv.norm = None  # Detectron2's Conv2d applies its norm only when it is not None
             folded += 1
