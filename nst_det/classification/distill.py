@@ -109,8 +109,7 @@ def prepare_teacher(teacher: FrozenTeacher, cfg, device) -> FrozenTeacher:
     tapped layer's output), its weights channels-last when DISTILL.TEACHER.CHANNELS_LAST."""
     teacher.dtype = teacher_dtype(cfg, device)
     if cfg.DISTILL.TEACHER.FOLD_NORMS:
-        folded = fold_frozen_norms(teacher.taps.model, keep=teacher.layers)
-        logger.info(f"The teacher's {folded} frozen norm layers are folded into its convolutions")
+        fold_frozen_norms(teacher.taps.model, keep=teacher.layers)
     if cfg.DISTILL.TEACHER.CHANNELS_LAST:
         to_channels_last(teacher)
     return teacher

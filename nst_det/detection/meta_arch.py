@@ -267,9 +267,7 @@ class DistillDetector:
         freeze(teacher)
         if teacher_fold_norms:
             # Detectron2's Conv2d holds its norm; a detector is not traceable by torch.fx
-            folded = fold_frozen_norms(teacher, trace=False)
-            logger.info(f"The teacher's {folded} frozen norm layers are folded into its "
-                        f"convolutions")
+            fold_frozen_norms(teacher, trace=False)
         self.teacher_precision = teacher_precision
         self._teacher_dtypes = {}  # {(device, precision): autocast dtype}
         if teacher_channels_last:

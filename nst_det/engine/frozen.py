@@ -1,5 +1,6 @@
 """The teacher of both stages is frozen the same way, and may have its norm layers folded."""
 import logging
+from collections import Counter
 from typing import Iterable, List, Tuple
 
 import torch
@@ -47,7 +48,7 @@ def _traced_pairs(module: nn.Module) -> List[Tuple[str, str]]:
                     f"only norms inside their convolution are folded")
         return []
     calls = [n for n in graph.nodes if n.op == "call_module"]
-    once = {t for t in (n.target for n in calls) if sum(c.target == t for c in calls) == 1}
+    once = {target for target, count in Counter(n.target for n in calls).items() if count == 1}
     pairs = []
     for node in calls:
         source = node.args[0] if node.args else None
@@ -94,4 +95,6 @@ def fold_frozen_norms(module: nn.Module, keep: Iterable[str] = (), trace: bool =
         _fold(module.get_submodule(conv_name), module.get_submodule(norm_name))
         module.set_submodule(norm_name, nn.Identity())
         folded += 1
+    logger.info(f"{folded} frozen norm layers of the {type(module).__name__} folded into its "
+                f"convolutions")
     return folded

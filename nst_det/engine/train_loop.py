@@ -114,13 +114,12 @@ class TrainLoop(SimpleTrainer):
         no autocast), with a grad scaler (``grad_scaler``, or a new one) for float16 only."""
         super().__init__(model, data_loader, optimizer)
         self.amp_dtype = amp_dtype
-        self.amp = amp_dtype is not None
         self.device_type = device_type
-        if self.amp and grad_scaler is None and needs_grad_scaler(self.amp_dtype):
+        if grad_scaler is None and needs_grad_scaler(self.amp_dtype):
             grad_scaler = torch.amp.GradScaler(device_type)
         self.grad_scaler = grad_scaler
         self.data_stream: Optional[Iterator] = None
-        if self.amp:
+        if self.amp_dtype is not None:
             logger.info(f"Mixed precision: the training step runs under torch.autocast on "
                         f"{device_type} in {self.amp_dtype}, "
                         + ("with a grad scaler" if grad_scaler is not None else "no grad scaler"))
@@ -133,7 +132,8 @@ class TrainLoop(SimpleTrainer):
         data = next(self.data_stream)
         data_time = time.perf_counter() - start
 
-        with autocast(self.amp_dtype, self.device_type) if self.amp else contextlib.nullcontext():
+        with autocast(self.amp_dtype, self.device_type) if self.amp_dtype is not None \
+                else contextlib.nullcontext():
             loss_dict = self.model(data)
         if isinstance(loss_dict, torch.Tensor):
             loss_dict = {"total_loss": loss_dict}

@@ -57,7 +57,7 @@ from nst_det.research.measure import (load_average, machine_description, peak_me
                                     seconds, seconds_and_page_faults)
 
 __all__ = ["StepCost", "DistillBenchmark", "benchmark_distillation", "format_benchmark",
-           "synthetic_batch", "peak_rates", "counted_gmac", "PROBE_SIDE"]
+           "synthetic_batch", "peak_rates", "counted_gmac", "PROBE_SIDE", "probe_side"]
 
 logger = logging.getLogger(__name__)
 
@@ -252,17 +252,21 @@ def _label(what: str, precision: str, channels_last: bool, config: bool, note: s
 PROBE_SIDE = {"cpu": 2048, "cuda": 8192}
 
 
+def probe_side(device) -> int:
+    """n of the rate probes on ``device`` (a device or its type's name)."""
+    return PROBE_SIDE.get(torch.device(device).type, PROBE_SIDE["cpu"])
+
+
 def peak_rates(device: torch.device, precisions: List[str], repeats: int = 3
                ) -> Dict[str, Dict[str, float]]:
     """{precision: {"matmul": GMAC/s, "1x1 convolution": GMAC/s}}: a matmul and a 1x1 convolution
     (channels-last) of n^3 multiply-adds (n = PROBE_SIDE) in each precision on ``device``, fastest of
     ``repeats`` after one untimed. The faster is the best rate a network's multiply-adds reach
     here through torch's kernels (a CPU's BLAS and its oneDNN convolutions can differ twofold)."""
-    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-    n = PROBE_SIDE.get(device.type, PROBE_SIDE["cpu"])
+    n = probe_side(device)
     rates = {}
     for precision in precisions:
-        kw = dict(device=device, dtype=dtypes[precision])
+        kw = dict(device=device, dtype=PRECISIONS[precision] or torch.float32)  # None: float32
         a, b = torch.randn(n, n, **kw), torch.randn(n, n, **kw)
         x = torch.randn(1, n, 64, n // 64, **kw).contiguous(memory_format=torch.channels_last)
         w = torch.randn(n, n, 1, 1, **kw).contiguous(memory_format=torch.channels_last)
@@ -398,6 +402,8 @@ def benchmark_distillation(cfg, iters: int = 10, size: Optional[int] = None,
             measured[name] = (
                 lambda cl=channels_last: _set_layout(distill.teacher, cl),
                 _teacher_step(distill, images_call.args, teacher_call.args, precision))
+            if i == 0:
+                config_teacher_step = measured[name][1]
         if other_fold is not None:
             other_note = "norms folded" if fold_note else "norms not folded"
             measured[_label("teacher forward", teacher_precision, teacher_layout, False,
@@ -425,8 +431,7 @@ def benchmark_distillation(cfg, iters: int = 10, size: Optional[int] = None,
             prepare()
             peaks[name] = peak_memory_mib(fn, dev)
         config_layouts()
-        teacher_name = _label("teacher forward", teacher_precision, teacher_layout, True, fold_note)
-        teacher_gmac = counted_gmac(measured[teacher_name][1])
+        teacher_gmac = counted_gmac(config_teacher_step)
         nst_gmac = counted_gmac(_nst_step(distill, nst_call.args)) if nst_call.args else None
         rates = peak_rates(dev, precisions)
 
@@ -518,8 +523,7 @@ def format_benchmark(result: DistillBenchmark) -> str:
     lines.append(f"distillation / student step: {result.distill_to_student:.2f} (distillation step "
                  f"/ student step of the same settings, median of {result.iters} rounds)")
     if result.rates:
-        side = PROBE_SIDE.get(torch.device(result.device).type, PROBE_SIDE["cpu"])
-        lines.append(f"rates here ({side}^3 multiply-adds, fastest of 3): " + "; ".join(
+        lines.append(f"rates here ({probe_side(result.device)}^3 multiply-adds, fastest of 3): " + "; ".join(
             f"{p} " + ", ".join(f"{op} {r:.0f}" for op, r in ops.items()) + " GMAC/s"
             for p, ops in result.rates.items()))
     parts = [("teacher forward", result.teacher, result.teacher_gmac, result.teacher_floor_ms,
